@@ -1,0 +1,36 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: create the database, import the sample members and items, send the issue into var/outbox/
+demo: $(STAMP)
+	$(BIN)/newsletter demo
+
+## test: the whole suite (SQLite always; PostgreSQL when reachable, required when CI=true)
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check newsletter tests bench
+	$(BIN)/ruff format --check newsletter tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy newsletter
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(BIN)/python bench/compile.py
+
+clean:
+	rm -rf var/outbox var/preview var/newsletter.db var/newsletter.db-wal var/newsletter.db-shm

@@ -1,0 +1,344 @@
+"""Compile an issue: pick the new items and the open survey, render once, inline CSS once, text once.
+
+Everything that differs between members (their name, their signed links) is left in the
+compiled issue as a slot: a marker string that survives Jinja2, premailer and html2text
+untouched, and that personalize.py replaces for each member by plain substitution.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import html2text
+import premailer
+from jinja2 import Environment
+from markupsafe import Markup
+from sqlalchemy.orm import Session
+
+from newsletter import store
+from newsletter.config import Settings
+from newsletter.errors import HeaderError, IssueTooLarge, NothingToSend
+from newsletter.models import Issue as IssueRow
+from newsletter.models import IssueItem, Item, utcnow
+
+# RFC 5322 §2.1.1: a line is at most 998 octets. Lines are broken well below that, counting
+# each slot at its largest filled size, so substitution can never push a line over.
+LINE_LIMIT = 600
+SLOT_ALLOWANCE = 320
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    id: int
+    title: str
+    section: str
+    url: str
+    body_html: Markup
+    body_text: str
+    published_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OptionView:
+    position: int
+    label: str
+    link: str  # a slot marker
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyView:
+    id: int
+    question: str
+    options: tuple[OptionView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    name: str
+    items: tuple[ItemView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """One issue, rendered and inlined, with member slots still open."""
+
+    subject: str
+    html: str
+    text: str
+    nonce: str
+    item_ids: tuple[int, ...]
+    survey_id: int | None
+    vote_positions: tuple[int, ...]
+    created: dt.datetime
+    stats: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def slot_pattern(self) -> re.Pattern[str]:
+        return slot_pattern(self.nonce)
+
+    def html_bytes_estimate(self) -> int:
+        """The HTML size with every slot filled at its largest expected size."""
+        markers = self.slot_pattern.findall(self.html)
+        base = len(self.slot_pattern.sub("", self.html).encode())
+        return base + len(markers) * SLOT_ALLOWANCE // 2
+
+
+def slot(nonce: str, name: str) -> str:
+    # Letters and digits only: nothing in Jinja2's escaping, premailer, lxml or html2text
+    # touches such a word, and the random nonce keeps item text from ever forging one.
+    return f"XSLOT{nonce}{name}SLOTX"
+
+
+def slot_pattern(nonce: str) -> re.Pattern[str]:
+    return re.compile(rf"XSLOT{nonce}([a-z0-9]+)SLOTX")
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(6)
+
+
+def _text_maker() -> html2text.HTML2Text:
+    h = html2text.HTML2Text()
+    h.body_width = 76
+    h.unicode_snob = True
+    h.ignore_emphasis = True
+    h.ignore_images = True
+    h.protect_links = True
+    return h
+
+
+def item_views(items: Sequence[Item]) -> list[ItemView]:
+    maker = _text_maker()
+    return [
+        ItemView(
+            id=item.id,
+            title=item.title,
+            section=item.section,
+            url=item.url,
+            body_html=Markup(item.body_html),  # sanitised by nh3 when it was imported
+            body_text=maker.handle(item.body_html).strip(),
+            published_at=item.published_at,
+        )
+        for item in items
+    ]
+
+
+def group_sections(items: Sequence[ItemView], order: Sequence[str]) -> list[Section]:
+    grouped: dict[str, list[ItemView]] = {name: [] for name in order}
+    for item in items:
+        grouped.setdefault(item.section, []).append(item)
+    return [Section(name, tuple(members)) for name, members in grouped.items() if members]
+
+
+def render_subject(
+    env: Environment, settings: Settings, items: Sequence[ItemView], date: dt.date
+) -> str:
+    template = env.from_string(settings.list.subject)
+    subject = template.render(
+        list_name=settings.list.name,
+        first_title=items[0].title if items else "",
+        item_count=len(items),
+        date=date,
+    )
+    if re.search(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f]", subject):
+        raise HeaderError("Subject", subject)
+    return " ".join(subject.split())
+
+
+def inline_css(html: str) -> str:
+    """premailer, once per issue. `!important` is kept so @media rules can still win."""
+    logger = logging.getLogger("CSSUTILS")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # cssutils warns about every mso-/-webkit- property
+    try:
+        result: str = premailer.Premailer(
+            html,
+            strip_important=False,
+            keep_style_tags=False,
+            disable_validation=True,
+            allow_network=False,
+            remove_classes=False,
+            cssutils_logging_level=logging.CRITICAL,
+        ).transform()
+    finally:
+        logger.setLevel(level)
+    return result
+
+
+def wrap_lines(text: str, pattern: re.Pattern[str], limit: int = LINE_LIMIT) -> str:
+    """Break lines that could pass the RFC 5322 limit once slots are filled.
+
+    Breaks go at a space (a newline is white space to HTML and to readers of text), or,
+    in text without spaces such as Chinese, between tags or characters.
+    """
+    out: list[str] = []
+    for line in text.split("\n"):
+        while _weight(line, pattern) > limit:
+            cut = _cut_point(line, pattern, limit)
+            out.append(line[:cut].rstrip(" "))
+            line = line[cut:].lstrip(" ")
+        out.append(line)
+    return "\n".join(out)
+
+
+def _weight(line: str, pattern: re.Pattern[str]) -> int:
+    if len(line) * 4 <= LINE_LIMIT // 2:
+        return len(line)
+    return len(line.encode()) + len(pattern.findall(line)) * SLOT_ALLOWANCE
+
+
+def _cut_point(line: str, pattern: re.Pattern[str], limit: int) -> int:
+    hi = len(line)
+    while hi > 1 and _weight(line[:hi], pattern) > limit:
+        hi = max(1, hi * 3 // 4)
+    # Never cut inside a slot marker.
+    for m in pattern.finditer(line):
+        if m.start() < hi < m.end():
+            hi = m.start() or m.end()
+    for sep in (" ", "><"):
+        pos = line.rfind(sep, 1, hi)
+        if pos > hi // 3:
+            return pos + (1 if sep == "><" else 0)
+    return hi
+
+
+def compile_issue(
+    settings: Settings,
+    env: Environment,
+    items: Sequence[ItemView],
+    survey: tuple[int, str, Sequence[tuple[int, str]]] | None,
+    *,
+    now: dt.datetime | None = None,
+    nonce: str | None = None,
+) -> Compiled:
+    """Render, inline and make the text part of one issue. Runs once per issue, never per member."""
+    now = now or utcnow()
+    nonce = nonce or new_nonce()
+    slots = {name: slot(nonce, name) for name in ("name", "view", "unsubscribe")}
+    survey_view = None
+    if survey is not None:
+        survey_id, question, options = survey
+        survey_view = SurveyView(
+            survey_id,
+            question,
+            tuple(OptionView(pos, label, slot(nonce, f"vote{pos}")) for pos, label in options),
+        )
+    base = settings.list.base_url.rstrip("/")
+    subject = render_subject(env, settings, items, now.date())
+    context = {
+        "list": {
+            "name": settings.list.name,
+            "id": settings.list.id,
+            "language": settings.list.language,
+            "base_url": base,
+            "archive_url": f"{base}/archive",
+        },
+        "subject": subject,
+        "date": now,
+        "sections": group_sections(items, settings.issue.sections),
+        "item_count": len(items),
+        "survey": survey_view,
+        "slots": slots,
+    }
+    timings: dict[str, Any] = {}
+    t0 = _clock()
+    rendered = env.get_template("email/issue.html").render(context)
+    t1 = _clock()
+    inlined = inline_css(rendered)
+    t2 = _clock()
+    text = env.get_template("email/issue.txt").render(context)
+    timings.update(render_s=t1 - t0, inline_s=t2 - t1, text_s=_clock() - t2)
+    pattern = slot_pattern(nonce)
+    compiled = Compiled(
+        subject=subject,
+        html=wrap_lines(inlined, pattern),
+        text=wrap_lines(_tidy_text(text), pattern),
+        nonce=nonce,
+        item_ids=tuple(i.id for i in items),
+        survey_id=survey_view.id if survey_view else None,
+        vote_positions=tuple(o.position for o in survey_view.options) if survey_view else (),
+        created=now,
+        stats=timings,
+    )
+    size = compiled.html_bytes_estimate()
+    if size > settings.issue.size_limit:
+        raise IssueTooLarge(size, settings.issue.size_limit, len(items))
+    return compiled
+
+
+def _tidy_text(text: str) -> str:
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def _clock() -> float:
+    return time.perf_counter()
+
+
+def gather(session: Session, settings: Settings) -> tuple[list[ItemView], Any]:
+    """The next issue's content from the database: new items and the open survey."""
+    # The oldest waiting items go first into an issue; the issue shows the newest on top.
+    picked = sorted(
+        store.new_items(session, settings.issue.max_items),
+        key=lambda i: (i.published_at or i.created_at, i.id),
+        reverse=True,
+    )
+    items = item_views(picked)
+    survey = None
+    if settings.survey is not None:
+        row = store.sync_survey(session, settings.survey)
+        if row.status == "open":
+            options = [(o.position, o.label) for o in store.survey_options(session, row.id)]
+            survey = (row.id, row.question, options)
+    return items, survey
+
+
+def compile_next(session: Session, settings: Settings, env: Environment) -> Compiled:
+    """Compile the next issue from the new items; NothingToSend when there are none."""
+    items, survey = gather(session, settings)
+    if not items:
+        raise NothingToSend("no new items since the last issue: nothing to send")
+    return compile_issue(settings, env, items, survey)
+
+
+def release(session: Session, compiled: Compiled) -> IssueRow:
+    """Store the compiled issue, claim its items and snapshot its audience, in one transaction."""
+    issue = IssueRow(
+        subject=compiled.subject,
+        html=compiled.html,
+        text=compiled.text,
+        nonce=compiled.nonce,
+        survey_id=compiled.survey_id,
+        created_at=compiled.created,
+    )
+    session.add(issue)
+    session.flush()
+    session.add_all(
+        IssueItem(issue_id=issue.id, item_id=item_id, position=pos)
+        for pos, item_id in enumerate(compiled.item_ids)
+    )
+    store.snapshot_audience(session, issue.id, compiled.created)
+    return issue
+
+
+def from_row(row: IssueRow) -> Compiled:
+    """The compiled form of a stored issue, to resume its send without compiling again."""
+    pattern = slot_pattern(row.nonce)
+    votes = sorted({int(n[4:]) for n in pattern.findall(row.html) if n.startswith("vote")})
+    return Compiled(
+        subject=row.subject,
+        html=row.html,
+        text=row.text,
+        nonce=row.nonce,
+        item_ids=(),
+        survey_id=row.survey_id,
+        vote_positions=tuple(votes),
+        created=row.created_at,
+    )

@@ -1,0 +1,200 @@
+"""Fill a compiled issue's slots for one member → the message's bytes, headers included.
+
+The MIME skeleton (headers, boundary, both parts) is laid out once per issue and cut at
+every slot into literal byte strings. A member's message is then one bytes.join over those
+literals and that member's values: no MIME objects, no rendering, no CSS, per member.
+Bodies are 8bit UTF-8 (RFC 6152), so the server must offer 8BITMIME.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import html
+import re
+import secrets
+from dataclasses import dataclass
+from email.header import Header
+
+from newsletter.config import Settings
+from newsletter.errors import HeaderError
+from newsletter.issue import Compiled, slot
+from newsletter.tokens import Kind, Signer
+
+CRLF = "\r\n"
+_HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
+
+
+def encode_phrase(text: str, header_name: str) -> str:
+    """A display name or phrase for a header: RFC 2047 encoded-words when it is not ASCII."""
+    if _HEADER_UNSAFE.search(text):
+        raise HeaderError(header_name, text)
+    if text.isascii():
+        return email.utils.quote(text) if re.search(r'[()<>\[\]:;@\\,."]', text) else text
+    return Header(text, "utf-8", header_name=header_name).encode(linesep=CRLF)
+
+
+def format_address(name: str, address: str, header_name: str) -> str:
+    if _HEADER_UNSAFE.search(address) or not address.isascii():
+        raise HeaderError(header_name, address)
+    if not name:
+        return address
+    if name.isascii():
+        formatted = email.utils.formataddr((name, address))
+        if _HEADER_UNSAFE.search(formatted):
+            raise HeaderError(header_name, name)
+        return formatted
+    return f"{encode_phrase(name, header_name)} <{address}>"
+
+
+def encode_unstructured(text: str, header_name: str) -> str:
+    if _HEADER_UNSAFE.search(text):
+        raise HeaderError(header_name, text)
+    return Header(
+        text, "utf-8" if not text.isascii() else "us-ascii", header_name=header_name
+    ).encode(linesep=CRLF)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    member_id: int
+    email: str
+    name: str
+
+
+class Personalizer:
+    """Per-issue: the skeleton. Per member: `message(recipient)` → (Message-ID, bytes)."""
+
+    def __init__(
+        self,
+        compiled: Compiled,
+        settings: Settings,
+        signer: Signer | None,
+        issue_id: int,
+        *,
+        fallback_name: str = "reader",
+    ) -> None:
+        self.compiled = compiled
+        self.issue_id = issue_id
+        self.signer = signer
+        self.fallback_name = fallback_name
+        self.base = settings.list.base_url.rstrip("/")
+        self.domain = settings.list.from_address.rsplit("@", 1)[1]
+        self.boundary = "=_nl_" + secrets.token_hex(12)
+        self._date_cache: tuple[int, str] = (-1, "")
+        self._literals, self._keys = self._skeleton(compiled, settings)
+
+    def _skeleton(self, compiled: Compiled, settings: Settings) -> tuple[list[bytes], list[str]]:
+        def s(name: str) -> str:
+            return slot(compiled.nonce, name)
+
+        lst = settings.list
+        headers = [
+            f"From: {format_address(lst.name, lst.from_address, 'From')}",
+            f"To: {s('to')}",
+            f"Subject: {encode_unstructured(compiled.subject, 'Subject')}",
+            f"Date: {s('date')}",
+            f"Message-ID: {s('msgid')}",
+            f"List-Id: {encode_phrase(lst.name, 'List-Id')} <{lst.id}>",  # RFC 2919
+            f"List-Unsubscribe: <{s('unsubscribe')}>",  # RFC 2369
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",  # RFC 8058
+            f"List-Archive: <{self.base}/archive>",
+        ]
+        if lst.reply_to:
+            headers.append(f"Reply-To: {lst.reply_to}")
+        headers += [
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{self.boundary}"',
+        ]
+        b = self.boundary
+
+        def part(kind: str) -> str:
+            return (
+                f'--{b}{CRLF}Content-Type: text/{kind}; charset="utf-8"{CRLF}'
+                f"Content-Transfer-Encoding: 8bit{CRLF}{CRLF}"
+            )
+
+        text_body = compiled.text.replace("\r\n", "\n").replace("\n", CRLF)
+        html_body = compiled.html.replace("\r\n", "\n").replace("\n", CRLF)
+        pieces = [
+            (
+                CRLF.join(headers)
+                + CRLF * 2
+                + "This is a multi-part message in MIME format."
+                + CRLF,
+                "",
+            ),
+            (part("plain") + text_body + CRLF, ""),
+            (part("html") + html_body + CRLF + f"--{b}--" + CRLF, "_html"),
+        ]
+        literals: list[bytes] = []
+        keys: list[str] = []
+        pattern = compiled.slot_pattern
+        pending = ""
+        for chunk, suffix in pieces:
+            pos = 0
+            for m in pattern.finditer(chunk):
+                pending += chunk[pos : m.start()]
+                literals.append(pending.encode())
+                pending = ""
+                name = m.group(1)
+                keys.append(name + suffix if name == "name" else name)
+                pos = m.end()
+            pending += chunk[pos:]
+        literals.append(pending.encode())
+        return literals, keys
+
+    def _date(self) -> str:
+        now = dt.datetime.now(dt.UTC)
+        second = int(now.timestamp())
+        if self._date_cache[0] != second:
+            self._date_cache = (second, email.utils.format_datetime(now.replace(microsecond=0)))
+        return self._date_cache[1]
+
+    def message_id(self, member_id: int) -> str:
+        return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}@{self.domain}>"
+
+    def values(self, r: Recipient) -> dict[str, str]:
+        """Every slot's value for one member."""
+        name = r.name or self.fallback_name
+        values = {
+            "to": format_address(r.name, r.email, "To"),
+            "date": self._date(),
+            "msgid": self.message_id(r.member_id),
+            "name": name,
+            "name_html": html.escape(name, quote=False),
+        }
+        if self.signer is None:
+            base = f"{self.base}/preview"
+            values["unsubscribe"] = f"{base}/unsubscribe"
+            values["view"] = f"{self.base}/archive"
+            for pos in self.compiled.vote_positions:
+                values[f"vote{pos}"] = f"{base}/vote/{pos}"
+            return values
+        sign = self.signer.make
+        values["unsubscribe"] = (
+            f"{self.base}/u/{sign(Kind.UNSUBSCRIBE, r.member_id, self.issue_id)}"
+        )
+        values["view"] = (
+            f"{self.base}/archive/{self.issue_id}?t={sign(Kind.VIEW, self.issue_id, r.member_id)}"
+        )
+        survey_id = self.compiled.survey_id or 0
+        for pos in self.compiled.vote_positions:
+            values[f"vote{pos}"] = f"{self.base}/v/{sign(Kind.VOTE, survey_id, r.member_id, pos)}"
+        return values
+
+    def message(self, r: Recipient) -> tuple[str, bytes]:
+        v = self.values(r)
+        lits, keys = self._literals, self._keys
+        out = [lits[0]]
+        for i, key in enumerate(keys):
+            out.append(v[key].encode())
+            out.append(lits[i + 1])
+        return v["msgid"], b"".join(out)
+
+    def fill_text(self, text: str, r: Recipient, *, html_part: bool) -> str:
+        """Fill the slots of one part as a string (previews and the archive use this)."""
+        v = self.values(r)
+        if html_part:
+            v["name"] = v["name_html"]
+        return self.compiled.slot_pattern.sub(lambda m: v[m.group(1)], text)

@@ -1,0 +1,121 @@
+"""The command line as a user meets it: a subprocess in a site folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+from tests.checks import check_message, parse, seed_titles
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(
+    site: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    base.update(env or {}, COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", *args],
+        cwd=site,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def use_port(site: Path, port: int) -> None:
+    path = site / "config.toml"
+    path.write_text(path.read_text().replace("port = 8025", f"port = {port}"))
+
+
+def test_demo_delivers_once_per_active_member_then_nothing(site: Path) -> None:
+    use_port(site, free_port())
+    first = run(site, "demo")
+    assert first.returncode == 0, first.stderr
+    outbox = site / "var" / "outbox"
+    files = sorted(outbox.glob("*.eml"))
+    assert len(files) == 5
+    messages: dict[str, EmailMessage] = {}
+    links: set[str] = set()
+    for path in files:
+        data = path.read_bytes()
+        body = data.split(b"\r\n", 2)[2]  # after the sink's Return-Path and Delivered-To lines
+        msg, text, _html, vote_links = check_message(body)
+        for title in seed_titles():
+            assert title in text
+        links.update(vote_links)
+        messages[msg["To"].addresses[0].addr_spec] = msg
+    assert "former.member@example.org" not in messages
+    assert len(messages) == 5 and len(links) == 15
+    assert "delivered: 5, failed: 0" in first.stdout
+    assert "var/outbox" in first.stdout and "var/preview/issue-1.html" in first.stdout
+    assert (site / "var" / "preview" / "issue-1.html").is_file()
+
+    second = run(site, "demo")
+    assert second.returncode == 0, second.stderr
+    assert "nothing to send" in second.stdout
+    assert sorted(outbox.glob("*.eml")) == files
+
+
+def test_unknown_config_key_is_one_line_and_nonzero(site: Path) -> None:
+    path = site / "config.toml"
+    path.write_text(path.read_text().replace("[smtp]\n", "[smtp]\nhots = 'typo'\n"))
+    result = run(site, "send", env={"NEWSLETTER_SECRET_KEY": "x" * 32})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "smtp.hots" in lines[0] and "unknown key" in lines[0]
+
+
+def test_missing_secret_names_the_variable_and_stores_nothing(site: Path) -> None:
+    assert run(site, "items", "import", "examples/seed-feed.xml").returncode == 0
+    result = run(site, "send")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "NEWSLETTER_SECRET_KEY" in result.stderr
+    listed = run(site, "items", "list", "--new")
+    assert listed.stdout.count("Comprehensive Reports") == 8  # still new: nothing was claimed
+
+
+def test_subscribers_import_reports_rows(site: Path) -> None:
+    csv = site / "subscribers" / "bad.csv"
+    csv.write_text("email,name\nok@example.org,Ok\nnot-an-address,Bad\n")
+    result = run(site, "subscribers", "import", "subscribers/bad.csv")
+    assert result.returncode == 1
+    assert "bad.csv:line 3:" in result.stderr
+    assert "1 added" in result.stdout and "1 rejected" in result.stdout
+
+
+def test_preview_writes_files_and_sends_nothing(site: Path) -> None:
+    run(site, "items", "import", "examples/seed-feed.xml")
+    result = run(site, "issue", "preview")
+    assert result.returncode == 0, result.stderr
+    html = (site / "var" / "preview" / "next-issue.html").read_text()
+    assert all(t.replace("'", "&#39;") in html or t in html for t in seed_titles())
+    msg = parse((site / "var" / "preview" / "next-issue.eml").read_bytes())
+    assert msg["Subject"]
+    listed = run(site, "items", "list", "--new")
+    assert listed.stdout.count("Comprehensive Reports") == 8
+
+
+def test_help_everywhere() -> None:
+    for args in (
+        ["--help"],
+        ["subscribers", "--help"],
+        ["items", "import", "--help"],
+        ["send", "--help"],
+    ):
+        result = run(REPO, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Usage" in result.stdout

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from newsletter import db
+from newsletter.models import Base
+
+
+def test_migrations_build_exactly_the_models(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    assert db.is_current(engine)
+    db.upgrade(engine)  # a second upgrade is a no-op
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
+    engine = db.make_engine(f"sqlite:///{tmp_path}/var/x.db")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()

@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import premailer
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import publish
+from newsletter.config import Settings
+from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
+from newsletter.members import import_csv
+from newsletter.models import Delivery, Issue, IssueItem, Member
+from newsletter.sources import import_source
+from tests.checks import check_message, seed_titles
+from tests.smtpd import RecordingHandler
+
+
+def load_sample(sessions: sessionmaker[Session], site: Path) -> None:
+    import_csv(sessions, site / "subscribers" / "example.csv")
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+
+
+def send(settings: Settings, sessions: sessionmaker[Session]) -> Any:
+    return asyncio.run(publish.send(settings, sessions))
+
+
+def active_emails(sessions: sessionmaker[Session]) -> set[str]:
+    with sessions() as s:
+        return set(s.scalars(select(Member.email).where(Member.status == "active")))
+
+
+def test_one_message_per_active_member(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load_sample(sessions, site)
+    summary = send(settings, sessions)
+    received = smtp_server.by_recipient()
+    assert set(received) == active_emails(sessions)
+    assert "former.member@example.org" not in received
+    assert all(len(msgs) == 1 for msgs in received.values())
+    assert summary.counts == {"sent": len(received)}
+
+    all_links: set[str] = set()
+    message_ids = set()
+    titles = seed_titles()
+    for rcpt, (msg_rec,) in received.items():
+        assert msg_rec.mail_from == settings.list.return_path
+        assert "BODY=8BITMIME" in msg_rec.mail_options
+        msg, text, html, links = check_message(msg_rec.data)
+        assert msg["To"].addresses[0].addr_spec == rcpt
+        for title in titles:
+            assert title in text
+            assert title.replace("'", "&#39;") in html or title in html
+        assert settings.survey is not None and settings.survey.question in text
+        all_links.update(links)
+        message_ids.add(msg["Message-ID"])
+    assert len(all_links) == 3 * len(received)  # every member's links are their own
+    assert len(message_ids) == len(received)
+
+    with sessions() as s:
+        issue = s.scalars(select(Issue)).one()
+        assert issue.status == "sent" and issue.sent_at is not None
+        rows = s.scalars(select(Delivery)).all()
+        assert {r.status for r in rows} == {"sent"} and len(rows) == len(received)
+        assert {r.message_id for r in rows} == message_ids
+        assert len(s.scalars(select(IssueItem)).all()) == 8
+
+    with pytest.raises(NothingToSend):
+        send(settings, sessions)
+    assert len(smtp_server.messages) == len(received)
+
+
+def test_rendering_and_inlining_run_once_per_issue(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    smtp_server: RecordingHandler,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    rows = "".join(f"m{i}@example.org,Member {i}\n" for i in range(60))
+    (tmp_path / "many.csv").write_text("email,name\n" + rows)
+    import_csv(sessions, tmp_path / "many.csv")
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    calls: Counter[str] = Counter()
+    transform, render = premailer.Premailer.transform, jinja2.Template.render
+
+    def counting_transform(self: premailer.Premailer, *a: Any, **k: Any) -> Any:
+        calls["premailer"] += 1
+        return transform(self, *a, **k)
+
+    def counting_render(self: jinja2.Template, *a: Any, **k: Any) -> Any:
+        calls[self.name or "subject"] += 1
+        return render(self, *a, **k)
+
+    monkeypatch.setattr(premailer.Premailer, "transform", counting_transform)
+    monkeypatch.setattr(jinja2.Template, "render", counting_render)
+    send(settings, sessions)
+    assert len(smtp_server.messages) == 60
+    assert calls == {"premailer": 1, "email/issue.html": 1, "email/issue.txt": 1, "subject": 1}
+
+
+def test_chinese_names_and_titles_survive_the_headers(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    (tmp_path / "zh.csv").write_text("email,name\nzhang.wei@example.org,张伟\n", encoding="utf-8")
+    import_csv(sessions, tmp_path / "zh.csv")
+    title = "小米与诺基亚签署专利许可协议，探索人工智能合作"
+    feed = tmp_path / "zh.xml"
+    feed.write_text(
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>中国知识产权</title>'
+        f"<item><title>{title}</title><guid>zh-1</guid><pubDate>Wed, 06 Dec 2017 09:00:00 +0800</pubDate>"
+        f"<description>&lt;p&gt;{'知识产权保护' * 400}&lt;/p&gt;</description></item></channel></rss>",
+        encoding="utf-8",
+    )
+    import_source(sessions, str(feed))
+    send(settings, sessions)
+    (received,) = smtp_server.messages
+    raw_headers = received.data.split(b"\r\n\r\n", 1)[0]
+    assert raw_headers.isascii()  # RFC 2047 encoded-words, no raw UTF-8 in the header block
+    msg, text, html, _ = check_message(received.data)
+    assert msg["Subject"] == f"{settings.list.name}: {title}"
+    assert msg["To"].addresses[0].display_name == "张伟"
+    assert msg["From"].addresses[0].display_name == settings.list.name
+    assert "Dear 张伟," in text and "Dear 张伟," in html
+    assert "知识产权保护" * 50 in "".join(text.split())
+
+
+def test_refused_addresses_are_bounced_and_the_rest_delivered(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load_sample(sessions, site)
+    smtp_server.refuse["wang.fang@example.org"] = "550 5.1.1 No such user"
+    smtp_server.refuse["li.wei@example.org"] = "452 4.2.2 Mailbox full, try later"
+    summary = send(settings, sessions)
+    assert summary.counts == {"sent": 3, "bounced": 1, "failed": 1}
+    with sessions() as s:
+        rows = {
+            email: (d.status, d.last_code, d.attempts)
+            for d, email in s.execute(select(Delivery, Member.email).join(Member))
+        }
+    assert rows["wang.fang@example.org"] == ("bounced", 550, 1)
+    assert rows["li.wei@example.org"][:2] == ("failed", 452)
+    assert set(smtp_server.by_recipient()) == {e for e, (st, _, _) in rows.items() if st == "sent"}
+
+
+def test_member_who_leaves_after_the_snapshot_is_skipped(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load_sample(sessions, site)
+    prepared = publish.prepare(settings, sessions)
+    with sessions.begin() as s:
+        s.execute(
+            update(Member)
+            .where(Member.email == "chen.jie@example.org")
+            .values(status="unsubscribed")
+        )
+    summary = asyncio.run(publish.deliver(settings, sessions, prepared))
+    assert summary.counts == {"sent": 4, "skipped": 1}
+    assert "chen.jie@example.org" not in smtp_server.by_recipient()
+
+
+def test_an_interrupted_issue_is_resumed_not_remade(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load_sample(sessions, site)
+    first = publish.prepare(settings, sessions)  # released, then the process "dies"
+    summary = send(settings, sessions)
+    assert summary.issue_id == first.issue.id
+    with sessions() as s:
+        assert len(s.scalars(select(Issue)).all()) == 1
+    assert len(smtp_server.messages) == 5
+
+
+def test_missing_secret_stores_nothing(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load_sample(sessions, site)
+    keyless = dataclasses.replace(settings, secret_keys=())
+    with pytest.raises(MissingSecret, match="NEWSLETTER_SECRET_KEY"):
+        send(keyless, sessions)
+    with sessions() as s:
+        assert s.scalars(select(Issue)).all() == []
+    assert smtp_server.messages == []
+
+
+def test_oversized_issue_is_refused_and_items_stay_new(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load_sample(sessions, site)
+    small = dataclasses.replace(
+        settings, issue=dataclasses.replace(settings.issue, size_limit=10_000)
+    )
+    with pytest.raises(IssueTooLarge, match="Gmail"):
+        send(small, sessions)
+    with sessions() as s:
+        assert s.scalars(select(Issue)).all() == []
+    assert smtp_server.messages == []
+    send(settings, sessions)  # with the normal limit, the same items go out
+    assert len(smtp_server.messages) == 5
