@@ -119,3 +119,42 @@ def test_help_everywhere() -> None:
         result = run(REPO, *args)
         assert result.returncode == 0, (args, result.stderr)
         assert "Usage" in result.stdout
+
+
+def test_smtp_sink_writes_each_message_to_the_outbox(site: Path) -> None:
+    import smtplib
+    import time
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "smtp-sink", "--port", str(port), "--outbox", "box"],
+        cwd=site,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = smtplib.SMTP("127.0.0.1", port, timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the sink did not start"
+                time.sleep(0.1)
+        with client:
+            client.sendmail(
+                "a@example.org", ["b@example.org", "c@example.org"], b"Subject: hi\r\n\r\nbody\r\n"
+            )
+        files = sorted((site / "box").glob("*.eml"))
+        assert len(files) == 2
+        first = parse(files[0].read_bytes())
+        assert first["Return-Path"] == "<a@example.org>" and first["Subject"] == "hi"
+        assert {parse(f.read_bytes())["Delivered-To"] for f in files} == {
+            "b@example.org",
+            "c@example.org",
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
