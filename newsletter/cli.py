@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,27 +17,33 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import config as config_mod
 from newsletter import db, members, publish, sources, store
 from newsletter import issue as issues
 from newsletter.config import Settings
-from newsletter.deliver import Outcome, Summary
+from newsletter.deliver import Engine, Summary
 from newsletter.errors import ConfigError, NewsletterError, NothingToSend
-from newsletter.models import FAILED, SENT, Issue
+from newsletter.ledger import Outcome
+from newsletter.models import FAILED, PAUSED, SENT, SKIPPED, Issue
 from newsletter.preview import write_preview
 from newsletter.sink import OutboxHandler, ServerThread, serve_forever
 from newsletter.site import environment, scaffold
 
+T = TypeVar("T")
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -227,49 +235,108 @@ def issue_preview(
 
 @app.command()
 def send() -> None:
-    """Send the next issue to every active member, or resume an interrupted send."""
-    settings = state.settings()
-    summary = _send(settings, state.sessions())
-    if summary is None:
-        return
-    if summary.counts.get(FAILED):
+    """Send: finish interrupted or deferred deliveries, then the next issue to every active member.
+
+    Safe to run again at any time (from cron, say): an interrupted send resumes where it
+    stopped, and a member is never mailed twice by design (at most the in-flight window,
+    delivery.in_flight, after a hard crash).
+    """
+    summaries = _send(state.settings(), state.sessions())
+    if any(s.counts.get(FAILED) or s.status == PAUSED for s in summaries):
         raise typer.Exit(1)
 
 
-def _send(settings: Settings, sessions: sessionmaker[Session]) -> Summary | None:
-    try:
-        prepared = publish.prepare(settings, sessions)
-    except NothingToSend as exc:
-        console.print(str(exc))
-        return None
-    verb = "resuming" if prepared.resumed else "sending"
-    console.print(f"{verb} issue #{prepared.issue.id}: {prepared.issue.subject}")
+@app.command()
+def retry(
+    issue_id: Annotated[int, typer.Argument(help="The issue whose failed deliveries to retry.")],
+) -> None:
+    """Re-queue an issue's failed deliveries (those past the retry deadline) and send them."""
+    settings, sessions = state.settings(), state.sessions()
+    summary = _with_progress(lambda run: publish.retry(settings, sessions, issue_id, run))
+    _print_summary(summary)
+
+
+def _with_progress(job: Callable[[publish.Run], Coroutine[Any, Any, T]]) -> T:
+    """Run a send with a live progress bar (rate, ETA, failures); Ctrl-C or SIGTERM stop it cleanly."""
     with _progress() as progress:
-        task = progress.add_task(f"issue #{prepared.issue.id}", total=prepared.queued)
-        failures = 0
+        tasks: dict[int, TaskID] = {}
+        failures: dict[int, int] = {}
+        engines: list[Engine] = []
+
+        def on_start(engine: Engine, total: int) -> None:
+            engines.append(engine)
+            issue_id = engine.issue.id
+            failures[issue_id] = 0
+            tasks[issue_id] = progress.add_task(f"issue #{issue_id}", total=total)
 
         def tick(outcome: Outcome) -> None:
-            nonlocal failures
-            failures += outcome.status != SENT
+            issue_id = engines[-1].issue.id
+            if outcome.status not in (SENT, SKIPPED):
+                failures[issue_id] += 1
             progress.update(
-                task, advance=1, description=f"issue #{prepared.issue.id} ({failures} failed)"
+                tasks[issue_id],
+                advance=1,
+                description=f"issue #{issue_id} · {failures[issue_id]} not sent",
             )
 
-        summary = asyncio.run(publish.deliver(settings, sessions, prepared, progress=tick))
-    _print_summary(summary)
-    return summary
+        async def main() -> T:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _stop_all, engines)
+            return await job(publish.Run(progress=tick, on_start=on_start))
+
+        return asyncio.run(main())
+
+
+def _stop_all(engines: list[Engine]) -> None:
+    for engine in engines:
+        engine.stop("stopped by a signal")
+
+
+def _send(settings: Settings, sessions: sessionmaker[Session]) -> list[Summary]:
+    try:
+        summaries = _with_progress(lambda run: publish.send(settings, sessions, run))
+    except NothingToSend as exc:
+        console.print(str(exc))
+        return []
+    for summary in summaries:
+        _print_summary(summary)
+    return summaries
 
 
 def _print_summary(summary: Summary) -> None:
-    table = Table(title=f"issue #{summary.issue_id}")
-    table.add_column("status")
+    table = Table(title=f"issue #{summary.issue_id}: {summary.status}")
+    table.add_column("deliveries")
     table.add_column("members", justify="right")
-    for status in ("sent", "failed", "bounced", "skipped", "queued"):
-        table.add_row(status, str(summary.counts.get(status, 0)))
+    for status in ("sent", "deferred", "failed", "bounced", "skipped", "queued", "sending"):
+        if summary.counts.get(status) or status in ("sent", "failed"):
+            table.add_row(status, str(summary.counts.get(status, 0)))
     console.print(table)
     console.print(
-        f"{summary.attempted} messages in {summary.elapsed:.2f}s ({summary.rate:.0f} msg/s)"
+        f"{summary.attempted} attempts in {summary.elapsed:.2f}s ({summary.rate:.0f} msg/s)"
     )
+    if summary.status == PAUSED:
+        err.print(f"issue #{summary.issue_id} is paused: {summary.pause_reason}")
+    if summary.counts.get("deferred"):
+        console.print(
+            "deferred deliveries are retried by the next `newsletter send` once they are due"
+        )
+
+
+@issue_app.command("pause")
+def issue_pause(issue_id: Annotated[int, typer.Argument(help="The issue to pause.")]) -> None:
+    """Pause a sending issue: every running send stops within a moment, keeping its place."""
+    publish.set_paused(state.sessions(), issue_id, True)
+    console.print(f"issue #{issue_id} paused")
+
+
+@issue_app.command("resume")
+def issue_resume(issue_id: Annotated[int, typer.Argument(help="The issue to resume.")]) -> None:
+    """Resume a paused issue and continue sending it from where it stopped."""
+    settings, sessions = state.settings(), state.sessions()
+    issue = publish.set_paused(sessions, issue_id, False)
+    console.print(f"issue #{issue_id} resumed")
+    _print_summary(_with_progress(lambda run: publish.deliver(settings, sessions, issue, run)))
 
 
 @app.command("smtp-sink")
@@ -317,7 +384,8 @@ def demo() -> None:
     handler = OutboxHandler(outbox)
     with ServerThread(handler, settings.smtp.host, settings.smtp.port):
         console.print(f"bundled SMTP sink listening on {settings.smtp.host}:{settings.smtp.port}")
-        summary = _send(settings, sessions)
+        summaries = _send(settings, sessions)
+    summary = summaries[-1] if summaries else None
     with sessions() as session:
         counts = store.member_counts(session)
         new_left = store.count_new_items(session)
@@ -338,9 +406,8 @@ def demo() -> None:
             issues.from_row(row), settings, settings.path(settings.issue.preview_dir), row.id
         )
     console.print(f"items: {n_items} in issue #{summary.issue_id}")
-    console.print(
-        f"delivered: {summary.counts.get('sent', 0)}, failed: {summary.counts.get('failed', 0) + summary.counts.get('bounced', 0)}"
-    )
+    not_sent = sum(summary.counts.get(k, 0) for k in ("failed", "bounced", "deferred"))
+    console.print(f"delivered: {summary.counts.get('sent', 0)}, failed: {not_sent}")
     console.print(f"outbox: {outbox}/ ({handler.count} .eml files written by this run)")
     console.print(f"preview: {files.html} and {files.text}")
 
@@ -359,12 +426,20 @@ def _demo_secret(settings: Settings) -> Settings:
     return config_mod.load(settings.config_path, env=env)
 
 
+class RateColumn(ProgressColumn):
+    """Items per second, from Rich's own speed estimate."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f}/s" if task.speed else "–/s")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
+        RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -382,8 +457,8 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:
-        err.print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except NewsletterError as exc:
-        err.print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

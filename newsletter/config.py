@@ -40,6 +40,19 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RelaySettings:
+    host: str
+    port: int = 25
+    security: Literal["none", "starttls", "tls"] = "none"
+    user: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class SmtpSettings:
     host: str = "127.0.0.1"
     port: int = 8025
@@ -47,7 +60,40 @@ class SmtpSettings:
     user: str = ""
     timeout: float = 30.0
     connections: int = 4
+    rate_per_second: float = 0.0
+    rate_per_hour: int = 0
+    idle_timeout: float = 30.0
+    messages_per_connection: int = 0
+    fallback: list[RelaySettings] = field(default_factory=list)
     password: str = field(default="", repr=False)
+
+    @property
+    def relays(self) -> list[RelaySettings]:
+        """The primary relay, then the fallbacks, in failover order."""
+        primary = RelaySettings(self.host, self.port, self.security, self.user, self.password)
+        return [primary, *self.fallback]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    in_flight: int = 200
+    commit_every: int = 50
+    recheck_ms: int = 50
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 6 * 3600.0
+    retry_deadline_hours: float = 72.0
+    linger_seconds: float = 120.0
+    bounce_threshold: int = 2
+    pause_after: int = 10
+    lease_seconds: float = 300.0
+    verp: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    domain: str
+    selector: str
+    key_file: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +129,8 @@ class Settings:
     list: ListSettings
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    dkim: DkimSettings | None = None
     sink: SinkSettings = field(default_factory=SinkSettings)
     issue: IssueSettings = field(default_factory=IssueSettings)
     survey: SurveySettings | None = None
@@ -142,6 +190,16 @@ def load(
     raw.setdefault("smtp", {})
     if password:
         raw["smtp"]["password"] = password
+
+    for index, relay in enumerate(raw["smtp"].get("fallback", []), start=1):
+        if isinstance(relay, dict):
+            if "password" in relay:
+                raise ConfigError(
+                    f"smtp.fallback[{index - 1}].password",
+                    f"secrets do not belong in config.toml; set {SMTP_PASSWORD_ENV}_{index} instead",
+                )
+            if env.get(f"{SMTP_PASSWORD_ENV}_{index}"):
+                relay["password"] = env[f"{SMTP_PASSWORD_ENV}_{index}"]
 
     settings: Settings = _build(Settings, raw, "", skip={"site_dir", "config_path", "secret_keys"})
     settings = dataclasses.replace(
@@ -214,6 +272,22 @@ def _validate(s: Settings) -> None:
         raise ConfigError("smtp.connections", "must be at least 1")
     if s.smtp.user and not s.smtp.password:
         raise MissingSecret("smtp.password", SMTP_PASSWORD_ENV, f"smtp.user is {s.smtp.user!r}")
+    for i, relay in enumerate(s.smtp.fallback):
+        if relay.user and not relay.password:
+            raise MissingSecret(
+                f"smtp.fallback[{i}].password",
+                f"{SMTP_PASSWORD_ENV}_{i + 1}",
+                f"the relay's user is {relay.user!r}",
+            )
+    if s.smtp.rate_per_second < 0 or s.smtp.rate_per_hour < 0:
+        raise ConfigError("smtp.rate_per_second", "rates must not be negative (0 means unlimited)")
+    d = s.delivery
+    if d.in_flight < 1 or d.commit_every < 1:
+        raise ConfigError("delivery.in_flight", "in_flight and commit_every must be at least 1")
+    if d.bounce_threshold < 1:
+        raise ConfigError("delivery.bounce_threshold", "must be at least 1")
+    if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
+        raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
     if s.issue.max_items < 1:
         raise ConfigError("issue.max_items", "must be at least 1")
     if s.survey is not None:
@@ -243,7 +317,7 @@ def _build(cls: type[Any], data: Any, where: str, skip: set[str] | None = None) 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in (skip or set())}
     for key in data:
         if key not in fields:
-            known = ", ".join(sorted(fields))
+            known = ", ".join(sorted(f for f in fields if f != "password"))
             raise ConfigError(_join(where, key), f"unknown key (known keys here: {known})")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():

@@ -1,82 +1,58 @@
-"""Deliver an issue: one message per member over reused SMTP connections, one ledger row per member.
+"""The delivery engine: send one issue's rows over pooled SMTP connections, recording every outcome.
 
-This is the first, simple engine: N connections in parallel, each message to exactly one
-recipient, every outcome recorded. 5xx is permanent (552 is treated as temporary, as
-Mailman does: "mailbox full" often clears); 4xx, timeouts and dropped connections are
-retried a few times on a fresh connection within the run and then recorded as failed.
+Rows are claimed from the ledger a window at a time (delivery.in_flight) and their outcomes
+committed in small batches, so a process killed at any moment re-sends at most the claimed
+window. 5xx replies are permanent (552 is treated as temporary, as Mailman does); 4xx,
+timeouts and dropped connections defer the row with exponential backoff and jitter until
+the issue's retry deadline, then fail it. A run of connection failures pauses the issue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol
 
 import aiosmtplib
-from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import store
-from newsletter.config import Settings, SmtpSettings
+from newsletter.config import Settings
 from newsletter.errors import NewsletterError
-from newsletter.models import (
-    ACTIVE,
-    BOUNCED,
-    FAILED,
-    QUEUED,
-    SENT,
-    SKIPPED,
-    Delivery,
-    Issue,
-    Member,
-    utcnow,
+from newsletter.ledger import Job, Ledger, Outcome, new_owner
+from newsletter.models import BOUNCED, DEFERRED, FAILED, PAUSED, SENT, SKIPPED, Issue, utcnow
+from newsletter.personalize import Personalizer
+from newsletter.pool import (
+    CONNECTION_ERRORS,
+    ClientFactory,
+    Connection,
+    RateLimiter,
+    Relays,
+    aiosmtplib_client,
 )
-from newsletter.personalize import Personalizer, Recipient
-
-BATCH = 500
-ATTEMPTS_PER_RUN = 3
 
 
-class DeliveryError(NewsletterError, ConnectionError):
-    """The SMTP server cannot be used at all (down, refusing, missing a needed extension)."""
+class IssuePaused(NewsletterError):
+    """The issue is paused (by an editor, or by the engine after repeated connection failures)."""
 
-
-class SmtpConnection(Protocol):
-    """What the engine needs of a connection; aiosmtplib.SMTP is one, a test double could be another."""
-
-    async def connect(self) -> object: ...
-    async def ehlo(self) -> object: ...
-    async def sendmail(
-        self, sender: str, recipients: list[str], message: bytes, /, *, mail_options: list[str]
-    ) -> object: ...
-    def supports_extension(self, extension: str) -> bool: ...
-    def close(self) -> None: ...
-
-
-def smtp_factory(conf: SmtpSettings) -> Callable[[], aiosmtplib.SMTP]:
-    def make() -> aiosmtplib.SMTP:
-        return aiosmtplib.SMTP(
-            hostname=conf.host,
-            port=conf.port,
-            username=conf.user or None,
-            password=conf.password or None,
-            use_tls=conf.security == "tls",
-            start_tls=conf.security == "starttls",
-            timeout=conf.timeout,
+    def __init__(self, issue_id: int, reason: str) -> None:
+        self.issue_id = issue_id
+        self.reason = reason
+        super().__init__(
+            f"issue #{issue_id} is paused: {reason or 'by an editor'}; "
+            f"`newsletter issue resume {issue_id}` continues it"
         )
 
-    return make
 
+class MessageSigner(Protocol):
+    """Anything that signs a finished message (DKIM); see newsletter.signing."""
 
-@dataclass(slots=True)
-class Outcome:
-    delivery_id: int
-    status: str
-    code: int | None
-    message: str
-    message_id: str = ""
+    def sign(self, message: bytes) -> bytes: ...
 
 
 @dataclass
@@ -86,35 +62,26 @@ class Summary:
     counts: dict[str, int] = field(default_factory=dict)
     attempted: int = 0
     elapsed: float = 0.0
+    status: str = ""
+    pause_reason: str = ""
 
     @property
     def rate(self) -> float:
         return self.attempted / self.elapsed if self.elapsed else 0.0
 
 
-def classify(exc: BaseException) -> tuple[str, int | None, str]:
-    """(status, code, text) for an SMTP failure. 5xx but 552 is permanent; the rest temporary."""
+def classify(exc: BaseException) -> tuple[bool, int | None, str]:
+    """(permanent, code, text) for a failed attempt. 5xx but 552 is permanent; the rest is not."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         code = int(exc.code)
-        permanent = 500 <= code < 600 and code != 552
-        return (BOUNCED if permanent else FAILED), code, str(exc.message)[:1000]
-    return FAILED, None, f"{exc.__class__.__name__}: {exc}"[:1000]
+        return 500 <= code < 600 and code != 552, code, str(exc.message)
+    return False, None, f"{exc.__class__.__name__}: {exc}"
 
 
-_CONNECTION_ERRORS = (
-    aiosmtplib.SMTPServerDisconnected,
-    aiosmtplib.SMTPTimeoutError,
-    aiosmtplib.SMTPConnectError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-
-class Sender:
-    """Sends one issue's queued rows; `run()` returns when none is left to try in this run."""
+class Engine:
+    """Delivers one issue. `run()` returns when nothing is left to try within the linger window."""
 
     def __init__(
         self,
@@ -123,190 +90,215 @@ class Sender:
         issue: Issue,
         personalizer: Personalizer,
         *,
-        connect: Callable[[], SmtpConnection] | None = None,
+        client_factory: ClientFactory = aiosmtplib_client,
         progress: Callable[[Outcome], None] | None = None,
+        dkim: MessageSigner | None = None,
+        owner: str | None = None,
     ) -> None:
         self.settings = settings
-        self.sessions = sessions
+        self.conf = settings.delivery
         self.issue = issue
         self.personalizer = personalizer
-        self.connect = connect or smtp_factory(settings.smtp)
         self.progress = progress
-        self.envelope_from = settings.list.return_path or settings.list.from_address
-        self.mail_options = ["BODY=8BITMIME"]
+        self.dkim = dkim
+        self.ledger = Ledger(
+            sessions,
+            issue.id,
+            owner or new_owner(),
+            lease_seconds=self.conf.lease_seconds,
+            bounce_threshold=self.conf.bounce_threshold,
+        )
+        self.sessions = sessions
+        self.relays = Relays(settings.smtp, client_factory)
+        self.limiter = RateLimiter(settings.smtp.rate_per_second, settings.smtp.rate_per_hour)
+        self.retry_until = issue.retry_until or (
+            issue.created_at + dt.timedelta(hours=self.conf.retry_deadline_hours)
+        )
+        self.outcomes: list[Outcome] = []
+        self.in_flight = 0
+        self.left: set[int] = set()
+        self.stopping = False
+        self.stop_reason = ""
+        self.consecutive_failures = 0
+        self.attempted = 0
+        self._recorded = asyncio.Event()
 
-    async def _open(self) -> SmtpConnection:
-        conn = self.connect()
-        await conn.connect()
-        return conn
-
-    async def preflight(self) -> None:
-        """Fail early and clearly when the server is unreachable or cannot take 8bit bodies."""
-        conf = self.settings.smtp
-        try:
-            conn = await self._open()
-        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
-            raise DeliveryError(
-                f"cannot connect to the SMTP server {conf.host}:{conf.port}: {exc}"
-            ) from None
-        try:
-            await conn.ehlo()
-            if not conn.supports_extension("8bitmime"):
-                raise DeliveryError(
-                    f"the SMTP server {conf.host}:{conf.port} does not offer 8BITMIME (RFC 6152), "
-                    "which UTF-8 bodies need"
-                )
-        finally:
-            conn.close()
+    def stop(self, reason: str = "") -> None:
+        """Stop claiming; messages already in an SMTP transaction finish, the rest go back."""
+        self.stopping = True
+        self.stop_reason = self.stop_reason or reason
 
     async def run(self) -> Summary:
-        await self.preflight()
+        status, reason = await asyncio.to_thread(self.ledger.issue_status)
+        if status == PAUSED:
+            raise IssuePaused(self.issue.id, reason)
         started = time.monotonic()
-        summary = Summary(self.issue.id, self.issue.subject)
-        queue: asyncio.Queue[tuple[int, Recipient] | None] = asyncio.Queue(
-            maxsize=self.settings.smtp.connections * 4
-        )
-        results: list[Outcome] = []
+        await asyncio.to_thread(self.ledger.recover)
+        queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        unsent: list[int] = []
         workers = [
-            asyncio.create_task(self._worker(queue, results))
+            asyncio.create_task(self._worker(queue, unsent))
             for _ in range(self.settings.smtp.connections)
         ]
+        recorder = asyncio.create_task(self._recorder())
         try:
-            last_id = 0
-            while True:
-                batch, skipped = self._load_batch(last_id)
-                if not batch and not skipped:
-                    break
-                last_id = max([d for d, _ in batch] + skipped)
-                results.extend(
-                    Outcome(d, SKIPPED, None, "member no longer active") for d in skipped
-                )
-                for job in batch:
-                    await queue.put(job)
-                await queue.join()
-                summary.attempted += len(batch)
-                self._record(results)
-                results.clear()
+            await self._produce(queue)
         finally:
+            self.stopping = self.stopping or not queue.empty()
             for _ in workers:
                 queue.put_nowait(None)
-            await asyncio.gather(*workers, return_exceptions=True)
-            self._record(results)
-        summary.elapsed = time.monotonic() - started
-        self._finish()
+            await asyncio.gather(*workers)
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
+            await asyncio.to_thread(self.ledger.record, self.outcomes)
+            self.outcomes = []
+            await asyncio.to_thread(self.ledger.release, unsent)
+        if self.stop_reason.startswith("paused"):
+            await asyncio.to_thread(self.ledger.pause, self.stop_reason)
+        status = await asyncio.to_thread(self.ledger.finish)
         with self.sessions() as session:
-            summary.counts = store.delivery_counts(session, self.issue.id)
-        return summary
+            counts = store.delivery_counts(session, self.issue.id)
+        return Summary(
+            self.issue.id,
+            self.issue.subject,
+            counts,
+            self.attempted,
+            time.monotonic() - started,
+            status,
+            self.stop_reason,
+        )
 
-    def _load_batch(self, after: int) -> tuple[list[tuple[int, Recipient]], list[int]]:
-        """The next queued rows; members who left since the snapshot come back as skipped."""
-        with self.sessions() as session:
-            rows = session.execute(
-                select(Delivery.id, Member.id, Member.email, Member.name, Member.status)
-                .join(Member, Member.id == Delivery.member_id)
-                .where(
-                    Delivery.issue_id == self.issue.id,
-                    Delivery.status == QUEUED,
-                    Delivery.id > after,
-                )
-                .order_by(Delivery.id)
-                .limit(BATCH)
-            ).all()
-        batch = [(d, Recipient(m, e, n)) for d, m, e, n, st in rows if st == ACTIVE]
-        skipped = [d for d, _, _, _, st in rows if st != ACTIVE]
-        return batch, skipped
+    async def _produce(self, queue: asyncio.Queue[Job | None]) -> None:
+        window = self.conf.in_flight
+        refill_at = max(1, window // 2)
+        while not self.stopping:
+            room = window - self.in_flight
+            if room >= refill_at:
+                jobs, skipped = await asyncio.to_thread(self.ledger.claim, room)
+                if jobs or skipped:
+                    self.in_flight += len(jobs)
+                    for job in jobs:
+                        queue.put_nowait(job)
+                    continue
+                if self.in_flight == 0:
+                    if not await self._linger():
+                        return
+                    continue
+            self._recorded.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recorded.wait(), timeout=0.25)
 
-    async def _worker(
-        self, queue: asyncio.Queue[tuple[int, Recipient] | None], results: list[Outcome]
-    ) -> None:
-        conn: SmtpConnection | None = None
+    async def _linger(self) -> bool:
+        """Nothing to claim now: wait for the next deferred row if it is due soon enough."""
+        due = await asyncio.to_thread(self.ledger.next_due)
+        if due is None:
+            return False
+        wait = (due - utcnow()).total_seconds()
+        if wait > self.conf.linger_seconds:
+            return False
+        await asyncio.sleep(max(wait, 0.0) + 0.01)
+        return True
+
+    async def _recorder(self) -> None:
+        """Commit outcomes every commit_every results or 100 ms; re-read who left meanwhile."""
+        since = utcnow()
+        last_check = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005 if len(self.outcomes) >= self.conf.commit_every else 0.1)
+            if self.outcomes:
+                batch, self.outcomes = self.outcomes, []
+                await asyncio.to_thread(self.ledger.record, batch)
+                self.in_flight -= len(batch)
+                self._recorded.set()
+            if time.monotonic() - last_check >= self.conf.recheck_ms / 1000:
+                checked = utcnow()
+                self.left |= await asyncio.to_thread(self.ledger.left_since, since)
+                status, reason = await asyncio.to_thread(self.ledger.issue_status)
+                if status == PAUSED:
+                    self.stop(f"paused: {reason or 'by an editor'}")
+                since, last_check = checked - dt.timedelta(seconds=1), time.monotonic()
+
+    async def _worker(self, queue: asyncio.Queue[Job | None], unsent: list[int]) -> None:
+        conn = Connection(
+            self.relays, self.settings.smtp.idle_timeout, self.settings.smtp.messages_per_connection
+        )
         try:
             while (job := await queue.get()) is not None:
-                try:
-                    delivery_id, recipient = job
-                    outcome, conn = await self._send_one(conn, delivery_id, recipient)
-                    results.append(outcome)
-                    if self.progress:
-                        self.progress(outcome)
-                finally:
-                    queue.task_done()
-            queue.task_done()
+                if self.stopping:
+                    unsent.append(job.delivery_id)
+                    self.in_flight -= 1
+                    continue
+                if job.recipient.member_id in self.left:
+                    outcome = Outcome(
+                        job.delivery_id,
+                        job.recipient.member_id,
+                        SKIPPED,
+                        None,
+                        "member left during the send",
+                    )
+                else:
+                    outcome = await self._attempt(conn, job)
+                    self.attempted += 1
+                self.outcomes.append(outcome)
+                if self.progress:
+                    self.progress(outcome)
         finally:
-            if conn is not None:
-                conn.close()
+            await conn.release(polite=True)
 
-    async def _send_one(
-        self, conn: SmtpConnection | None, delivery_id: int, recipient: Recipient
-    ) -> tuple[Outcome, SmtpConnection | None]:
-        message_id, data = self.personalizer.message(recipient)
-        outcome = Outcome(delivery_id, FAILED, None, "not attempted", message_id)
-        for _ in range(ATTEMPTS_PER_RUN):
-            try:
-                if conn is None:
-                    conn = await self._open()
-                await conn.sendmail(
-                    self.envelope_from, [recipient.email], data, mail_options=self.mail_options
-                )
-                return Outcome(delivery_id, SENT, 250, "accepted", message_id), conn
-            except aiosmtplib.SMTPResponseException as exc:
-                status, code, text = classify(exc)
-                outcome = Outcome(delivery_id, status, code, text, message_id)
-                if code == 421 and conn is not None:  # the server is closing (RFC 5321 §3.8)
-                    conn.close()
-                    conn = None
-                if status == BOUNCED:
-                    return outcome, conn
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                status, code, text = classify(exc)
-                outcome = Outcome(delivery_id, status, code, text, message_id)
-                if status == BOUNCED:
-                    return outcome, conn
-            except _CONNECTION_ERRORS as exc:
-                _, code, text = classify(exc)
-                outcome = Outcome(delivery_id, FAILED, code, text, message_id)
-                if conn is not None:
-                    conn.close()
-                    conn = None
-        return outcome, conn
-
-    def _record(self, results: list[Outcome]) -> None:
-        if not results:
-            return
-        now = utcnow()
-        table = cast(Table, Delivery.__table__)
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("b_id"))
-            .values(
-                status=bindparam("b_status"),
-                attempts=table.c.attempts + bindparam("b_inc"),
-                last_code=bindparam("b_code"),
-                last_message=bindparam("b_message"),
-                message_id=bindparam("b_message_id"),
-                updated_at=bindparam("b_now", type_=table.c.updated_at.type),
+    async def _attempt(self, conn: Connection, job: Job) -> Outcome:
+        r = job.recipient
+        message_id, data = self.personalizer.message(r)
+        if self.dkim is not None:
+            data = self.dkim.sign(data)
+        await self.limiter.acquire()
+        try:
+            client = await conn.get()
+            await client.sendmail(
+                self.personalizer.envelope_from(r.member_id),
+                [r.email],
+                data,
+                mail_options=["BODY=8BITMIME"],
             )
-        )
-        params = [
-            {
-                "b_id": o.delivery_id,
-                "b_status": o.status,
-                "b_inc": 0 if o.status == SKIPPED else 1,
-                "b_code": o.code,
-                "b_message": o.message,
-                "b_message_id": o.message_id,
-                "b_now": now,
-            }
-            for o in results
-        ]
-        with self.sessions.begin() as session:
-            session.connection().execute(statement, params)
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
+            permanent, code, text = classify(exc)
+            if code == 421:  # the server is closing the connection (RFC 5321 §3.8)
+                await conn.release()
+                self._connection_failed(text)
+            else:
+                conn.mark_used()
+            if permanent:
+                return Outcome(job.delivery_id, r.member_id, BOUNCED, code, text, message_id)
+            return self._defer(job, code, text, message_id)
+        except CONNECTION_ERRORS as exc:
+            await conn.release()
+            _, code, text = classify(exc)
+            self._connection_failed(text)
+            return self._defer(job, code, text, message_id)
+        conn.mark_used()
+        self.consecutive_failures = 0
+        return Outcome(job.delivery_id, r.member_id, SENT, 250, "accepted", message_id)
 
-    def _finish(self) -> None:
-        with self.sessions.begin() as session:
-            counts = store.delivery_counts(session, self.issue.id)
-            if not counts.get(QUEUED):
-                session.execute(
-                    update(Issue)
-                    .where(Issue.id == self.issue.id)
-                    .values(status=SENT, sent_at=utcnow())
-                )
+    def _defer(self, job: Job, code: int | None, text: str, message_id: str) -> Outcome:
+        attempt = job.attempts + 1
+        delay = min(self.conf.retry_max_seconds, self.conf.retry_base_seconds * 2 ** (attempt - 1))
+        when = utcnow() + dt.timedelta(seconds=delay * random.uniform(0.8, 1.2))
+        if when > self.retry_until:
+            return Outcome(
+                job.delivery_id,
+                job.recipient.member_id,
+                FAILED,
+                code,
+                f"gave up at the retry deadline: {text}",
+                message_id,
+            )
+        return Outcome(
+            job.delivery_id, job.recipient.member_id, DEFERRED, code, text, message_id, when
+        )
+
+    def _connection_failed(self, text: str) -> None:
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.conf.pause_after and not self.stopping:
+            self.stop(
+                f"paused after {self.consecutive_failures} consecutive connection failures; last: {text}"
+            )

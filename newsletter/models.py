@@ -66,8 +66,13 @@ class Member(Base):
     status: Mapped[str] = mapped_column(String(16), default=ACTIVE, index=True)
     attributes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Indexed: a running send polls it to drop members who leave mid-send.
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, index=True
+    )
     unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Permanent failures (5xx) so far; at delivery.bounce_threshold the member becomes "bounced".
+    bounce_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Item(Base):
@@ -105,8 +110,9 @@ class SurveyOption(Base):
     label: Mapped[str] = mapped_column(String(1000))
 
 
-# Issue status values.
-SENDING, SENT = "sending", "sent"
+# Issue status values. "sending" lasts while any row may still be tried (queued, in flight
+# or deferred); "paused" stops every worker; "sent" means every row has a final outcome.
+SENDING, PAUSED, SENT = "sending", "paused", "sent"
 
 
 class Issue(Base):
@@ -125,6 +131,9 @@ class Issue(Base):
     slot_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Temporary failures are retried until this moment, then recorded as failed.
+    retry_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pause_reason: Mapped[str] = mapped_column(String(1000), default="")
 
 
 class IssueItem(Base):
@@ -138,8 +147,16 @@ class IssueItem(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
-# Delivery status values (SENT and BOUNCED are shared with the issue and member values).
-QUEUED, FAILED, SKIPPED = "queued", "failed", "skipped"
+# Delivery status values (SENT and BOUNCED are shared with the issue and member values):
+#   queued → sending → sent | bounced (5xx) | deferred (4xx, timeout, drop: retried at
+#   next_attempt_at) → … → failed (the retry deadline passed) | skipped (member left).
+QUEUED, SENDING_ROW, DEFERRED, FAILED, SKIPPED = (
+    "queued",
+    "sending",
+    "deferred",
+    "failed",
+    "skipped",
+)
 
 
 class Delivery(Base):
@@ -157,5 +174,10 @@ class Delivery(Base):
     last_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_message: Mapped[str] = mapped_column(String(1000), default="")
     message_id: Mapped[str] = mapped_column(String(300), default="")
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A worker's claim: rows in "sending" belong to lease_owner until lease_until.
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -80,6 +80,9 @@ class Personalizer:
         self.fallback_name = fallback_name
         self.base = settings.list.base_url.rstrip("/")
         self.domain = settings.list.from_address.rsplit("@", 1)[1]
+        bounce = settings.list.return_path or settings.list.from_address
+        self._bounce_local, self._bounce_domain = bounce.rsplit("@", 1)
+        self.verp = settings.delivery.verp
         self.boundary = "=_nl_" + secrets.token_hex(12)
         self._date_cache: tuple[int, str] = (-1, "")
         self._literals, self._keys = self._skeleton(compiled, settings)
@@ -99,6 +102,8 @@ class Personalizer:
             f"List-Unsubscribe: <{s('unsubscribe')}>",  # RFC 2369
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",  # RFC 8058
             f"List-Archive: <{self.base}/archive>",
+            # Gmail's feedback loop groups complaints by these fields: campaign:list:type:sender.
+            f"Feedback-ID: {self.issue_id}:{lst.id}:newsletter:{self.domain}",
         ]
         if lst.reply_to:
             headers.append(f"Reply-To: {lst.reply_to}")
@@ -150,6 +155,13 @@ class Personalizer:
         if self._date_cache[0] != second:
             self._date_cache = (second, email.utils.format_datetime(now.replace(microsecond=0)))
         return self._date_cache[1]
+
+    def envelope_from(self, member_id: int) -> str:
+        """The MAIL FROM (and so the Return-Path). With VERP, one per member and issue, so a
+        bounce names who bounced without parsing the DSN: bounces+<issue>-<member>@domain."""
+        if not self.verp:
+            return f"{self._bounce_local}@{self._bounce_domain}"
+        return f"{self._bounce_local}+{self.issue_id}-{member_id}@{self._bounce_domain}"
 
     def message_id(self, member_id: int) -> str:
         return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}@{self.domain}>"

@@ -83,7 +83,12 @@ def site(tmp_path: Path) -> Path:
 def make_settings(
     site: Path, database_url: str, smtp_port: int = 8025, **overrides: Any
 ) -> Settings:
-    merged: dict[str, Any] = {"database": {"url": database_url}, "smtp": {"port": smtp_port}}
+    merged: dict[str, Any] = {
+        "database": {"url": database_url},
+        "smtp": {"port": smtp_port},
+        # Tests do not wait for deferred rows unless they ask to.
+        "delivery": {"linger_seconds": 0.0},
+    }
     for section, values in overrides.items():
         merged.setdefault(section, {}).update(values)
     return config.load(site / "config.toml", env={config.SECRET_ENV: SECRET}, overrides=merged)

@@ -39,11 +39,13 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.Column("unsubscribed_at", sa.DateTime(), nullable=True),
+        sa.Column("bounce_count", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_members")),
         sa.UniqueConstraint("email", name=op.f("uq_members_email")),
     )
     with op.batch_alter_table("members", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_members_status"), ["status"], unique=False)
+        batch_op.create_index(batch_op.f("ix_members_updated_at"), ["updated_at"], unique=False)
 
     op.create_table(
         "surveys",
@@ -69,6 +71,8 @@ def upgrade() -> None:
         sa.Column("slot_at", sa.DateTime(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("sent_at", sa.DateTime(), nullable=True),
+        sa.Column("retry_until", sa.DateTime(), nullable=True),
+        sa.Column("pause_reason", sa.String(length=1000), nullable=False),
         sa.ForeignKeyConstraint(
             ["survey_id"], ["surveys.id"], name=op.f("fk_issues_survey_id_surveys")
         ),
@@ -103,8 +107,12 @@ def upgrade() -> None:
         sa.Column("last_code", sa.Integer(), nullable=True),
         sa.Column("last_message", sa.String(length=1000), nullable=False),
         sa.Column("message_id", sa.String(length=300), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(), nullable=True),
+        sa.Column("lease_owner", sa.String(length=200), nullable=True),
+        sa.Column("lease_until", sa.DateTime(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=True),
+        sa.Column("sent_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["issue_id"],
             ["issues.id"],
@@ -153,6 +161,7 @@ def downgrade() -> None:
     op.drop_table("issues")
     op.drop_table("surveys")
     with op.batch_alter_table("members", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_members_updated_at"))
         batch_op.drop_index(batch_op.f("ix_members_status"))
 
     op.drop_table("members")

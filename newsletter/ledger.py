@@ -1,0 +1,303 @@
+"""The delivery ledger: claim rows under a lease, record outcomes in batches, recover dead claims.
+
+Every call here is synchronous and short; the engine runs them in a thread so the event
+loop keeps sending meanwhile. A row is in one of: queued, sending (claimed by lease_owner
+until lease_until), sent, bounced, deferred (retry at next_attempt_at), failed, skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.models import (
+    ACTIVE,
+    BOUNCED,
+    DEFERRED,
+    FAILED,
+    PAUSED,
+    QUEUED,
+    SENDING,
+    SENDING_ROW,
+    SENT,
+    SKIPPED,
+    Delivery,
+    Issue,
+    Member,
+    utcnow,
+)
+from newsletter.personalize import Recipient
+
+D = cast(Table, Delivery.__table__)
+M = cast(Table, Member.__table__)
+I = cast(Table, Issue.__table__)  # noqa: E741
+UNFINISHED = (QUEUED, SENDING_ROW, DEFERRED)
+
+
+def new_owner() -> str:
+    """This process's name on its leases: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_dead(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's claim waits for its lease to expire
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(slots=True)
+class Job:
+    delivery_id: int
+    recipient: Recipient
+    attempts: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    delivery_id: int
+    member_id: int
+    status: str
+    code: int | None
+    message: str
+    message_id: str = ""
+    next_attempt_at: dt.datetime | None = None
+
+
+class Ledger:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        issue_id: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        bounce_threshold: int,
+    ) -> None:
+        self.sessions = sessions
+        self.issue_id = issue_id
+        self.owner = owner
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.bounce_threshold = bounce_threshold
+        self._record = (
+            update(D)
+            .where(D.c.id == bindparam("b_id"), D.c.lease_owner == bindparam("b_owner"))
+            .values(
+                status=bindparam("b_status"),
+                attempts=D.c.attempts + bindparam("b_inc"),
+                last_code=bindparam("b_code"),
+                last_message=bindparam("b_message"),
+                message_id=bindparam("b_message_id"),
+                next_attempt_at=bindparam("b_next", type_=D.c.next_attempt_at.type),
+                sent_at=bindparam("b_sent", type_=D.c.sent_at.type),
+                updated_at=bindparam("b_now", type_=D.c.updated_at.type),
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+        self._bounce = (
+            update(M)
+            .where(M.c.id == bindparam("b_member"))
+            .values(
+                bounce_count=M.c.bounce_count + 1,
+                updated_at=bindparam("b_now", type_=M.c.updated_at.type),
+                status=case(
+                    (and_(M.c.status == ACTIVE, M.c.bounce_count + 1 >= bounce_threshold), BOUNCED),
+                    else_=M.c.status,
+                ),
+            )
+        )
+
+    def recover(self) -> int:
+        """Put rows claimed by processes of this host that have died back in the queue."""
+        with self.sessions.begin() as session:
+            owners = session.scalars(
+                select(D.c.lease_owner)
+                .where(D.c.issue_id == self.issue_id, D.c.status == SENDING_ROW)
+                .distinct()
+            ).all()
+            dead = [o for o in owners if o and o != self.owner and _owner_is_dead(o)]
+            if not dead:
+                return 0
+            result = session.execute(
+                update(D)
+                .where(
+                    D.c.issue_id == self.issue_id,
+                    D.c.status == SENDING_ROW,
+                    D.c.lease_owner.in_(dead),
+                )
+                .values(status=QUEUED, lease_owner=None, lease_until=None)
+            )
+            return int(cast(Any, result).rowcount or 0)
+
+    def claim(self, limit: int) -> tuple[list[Job], int]:
+        """Claim up to `limit` rows that may be tried now; rows of members who left are skipped."""
+        now = utcnow()
+        claimable = and_(
+            D.c.issue_id == self.issue_id,
+            or_(
+                D.c.status == QUEUED,
+                and_(D.c.status == DEFERRED, D.c.next_attempt_at <= now),
+                and_(D.c.status == SENDING_ROW, D.c.lease_until < now),
+            ),
+        )
+        ids = (
+            select(D.c.id)
+            .where(claimable)
+            .order_by(D.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.sessions.begin() as session:
+            claimed = session.execute(
+                update(D)
+                .where(D.c.id.in_(ids.scalar_subquery()))
+                .values(status=SENDING_ROW, lease_owner=self.owner, lease_until=now + self.lease)
+                .returning(D.c.id, D.c.member_id, D.c.attempts)
+            ).all()
+            if not claimed:
+                return [], 0
+            members = {
+                row.id: row
+                for row in session.execute(
+                    select(M.c.id, M.c.email, M.c.name, M.c.status).where(
+                        M.c.id.in_([c.member_id for c in claimed])
+                    )
+                )
+            }
+            jobs: list[Job] = []
+            gone: list[int] = []
+            for delivery_id, member_id, attempts in sorted(claimed):
+                m = members[member_id]
+                if m.status == ACTIVE:
+                    jobs.append(Job(delivery_id, Recipient(member_id, m.email, m.name), attempts))
+                else:
+                    gone.append(delivery_id)
+            if gone:
+                session.execute(
+                    update(D)
+                    .where(D.c.id.in_(gone))
+                    .values(
+                        status=SKIPPED,
+                        last_message="member no longer active",
+                        lease_owner=None,
+                        lease_until=None,
+                        updated_at=now,
+                    )
+                )
+            return jobs, len(gone)
+
+    def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Write a batch of outcomes in one transaction; bounces also count against the member."""
+        if not outcomes:
+            return
+        now = utcnow()
+        params = [
+            {
+                "b_id": o.delivery_id,
+                "b_owner": self.owner,
+                "b_status": o.status,
+                "b_inc": 0 if o.status == SKIPPED else 1,
+                "b_code": o.code,
+                "b_message": o.message[:1000],
+                "b_message_id": o.message_id,
+                "b_next": o.next_attempt_at,
+                "b_sent": now if o.status == SENT else None,
+                "b_now": now,
+            }
+            for o in outcomes
+        ]
+        bounces = [{"b_member": o.member_id, "b_now": now} for o in outcomes if o.status == BOUNCED]
+        with self.sessions.begin() as session:
+            conn = session.connection()
+            conn.execute(self._record, params)
+            if bounces:
+                conn.execute(self._bounce, bounces)
+
+    def release(self, delivery_ids: Sequence[int]) -> None:
+        """Return claimed rows that were never tried to the queue (a pause or a stop)."""
+        if not delivery_ids:
+            return
+        with self.sessions.begin() as session:
+            session.execute(
+                update(D)
+                .where(D.c.id.in_(list(delivery_ids)), D.c.lease_owner == self.owner)
+                .values(status=QUEUED, lease_owner=None, lease_until=None)
+            )
+
+    def left_since(self, since: dt.datetime) -> set[int]:
+        """Members of this issue who stopped being active since `since` (for the mid-send re-check)."""
+        with self.sessions() as session:
+            return set(
+                session.scalars(select(M.c.id).where(M.c.updated_at >= since, M.c.status != ACTIVE))
+            )
+
+    def next_due(self) -> dt.datetime | None:
+        with self.sessions() as session:
+            due: dt.datetime | None = session.scalar(
+                select(func.min(D.c.next_attempt_at)).where(
+                    D.c.issue_id == self.issue_id, D.c.status == DEFERRED
+                )
+            )
+            return due
+
+    def issue_status(self) -> tuple[str, str]:
+        with self.sessions() as session:
+            row = session.execute(
+                select(I.c.status, I.c.pause_reason).where(I.c.id == self.issue_id)
+            ).one()
+            return str(row.status), str(row.pause_reason)
+
+    def pause(self, reason: str) -> None:
+        with self.sessions.begin() as session:
+            session.execute(
+                update(I)
+                .where(I.c.id == self.issue_id)
+                .values(status=PAUSED, pause_reason=reason[:1000])
+            )
+
+    def finish(self) -> str:
+        """Mark the issue sent once every row has a final outcome; return its status."""
+        with self.sessions.begin() as session:
+            left = session.scalar(
+                select(func.count()).where(
+                    D.c.issue_id == self.issue_id, D.c.status.in_(UNFINISHED)
+                )
+            )
+            status = session.scalar(select(I.c.status).where(I.c.id == self.issue_id))
+            if not left and status == SENDING:
+                session.execute(
+                    update(I).where(I.c.id == self.issue_id).values(status=SENT, sent_at=utcnow())
+                )
+                return SENT
+            return str(status)
+
+    def requeue_failed(self) -> int:
+        """Give an issue's failed rows another round (`newsletter retry`)."""
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(D)
+                .where(D.c.issue_id == self.issue_id, D.c.status == FAILED)
+                .values(status=QUEUED, next_attempt_at=None)
+            )
+            count = int(cast(Any, result).rowcount or 0)
+            if count:
+                session.execute(
+                    update(I).where(I.c.id == self.issue_id).values(status=SENDING, sent_at=None)
+                )
+            return count

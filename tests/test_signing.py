@@ -1,0 +1,260 @@
+"""DKIM signing: dkimpy verifies what DkimSigner signs, and the signature covers what it must."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.header import Header
+
+import dkim  # type: ignore[import-untyped]
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from dkim.util import parse_tag_value  # type: ignore[import-untyped]
+
+from newsletter.errors import ConfigError
+from newsletter.signing import DEFAULT_HEADERS, DkimSigner
+
+DOMAIN, SELECTOR = "news.example.org", "nl2025"
+CRLF = b"\r\n"
+UNSUBSCRIBE = b"https://news.example.org/u/AbCdEf0123456789"
+
+
+@dataclass(frozen=True)
+class Key:
+    pem: bytes  # PKCS#1 ("BEGIN RSA PRIVATE KEY"), which dkimpy's own parser reads too
+    txt: bytes  # the selector's DNS TXT record
+
+    def dnsfunc(self, expected: bytes) -> Callable[..., bytes]:
+        """dkimpy calls dnsfunc(name, timeout=...) with name = b'<s>._domainkey.<d>.'."""
+
+        def lookup(name: bytes, timeout: float = 5) -> bytes:
+            assert name == expected
+            return self.txt
+
+        return lookup
+
+
+@pytest.fixture(scope="module")
+def key() -> Key:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Key(pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(spki))
+
+
+@pytest.fixture(scope="module")
+def signer(key: Key) -> DkimSigner:
+    return DkimSigner(DOMAIN, SELECTOR, key.pem)
+
+
+def message(unsubscribe: bytes = UNSUBSCRIBE, filler: int = 40) -> bytes:
+    """A digest laid out as newsletter.personalize lays it out: CRLF, 8bit, multipart."""
+    subject = Header("本周摘要：开源新闻与社区动态", "utf-8", header_name="Subject").encode(
+        linesep="\r\n"
+    )
+    boundary = b"=_nl_0123456789abcdef01234567"
+    headers = [
+        b"From: Example News <news@news.example.org>",
+        b'To: "Ada Lovelace" <ada@example.com>',
+        b"Subject: " + subject.encode("ascii"),
+        b"Date: Mon, 03 Mar 2025 09:00:00 +0000",
+        b"Message-ID: <42.7.deadbeef@news.example.org>",
+        b"List-Id: Example News <news.example.org>",
+        b"List-Unsubscribe: <" + unsubscribe + b">",
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        b"List-Archive: <https://news.example.org/archive>",
+        b"MIME-Version: 1.0",
+        b'Content-Type: multipart/alternative; boundary="' + boundary + b'"',
+    ]
+    text = "你好 Ada, this week's items:\r\n".encode() + b"* An item  with  spaces \r\n" * filler
+    html = b"<p>" + "你好".encode() + b"</p>\r\n" + b"<li>An item</li>\r\n" * filler
+    part = b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n'
+    body = b"".join(
+        [
+            b"This is a multi-part message in MIME format.\r\n",
+            b"--" + boundary + CRLF + part % b"plain" + text + CRLF,
+            b"--" + boundary + CRLF + part % b"html" + html + CRLF,
+            b"--" + boundary + b"--" + CRLF,
+        ]
+    )
+    return CRLF.join(headers) + CRLF + CRLF + body
+
+
+def verify(signed: bytes, key: Key) -> bool:
+    name = f"{SELECTOR}._domainkey.{DOMAIN}.".encode()
+    result: bool = dkim.verify(signed, dnsfunc=key.dnsfunc(name))
+    return result
+
+
+def tags(header: bytes) -> dict[bytes, bytes]:
+    name, _, value = header.partition(b":")
+    assert name == b"DKIM-Signature"
+    parsed: dict[bytes, bytes] = parse_tag_value(value.replace(CRLF, b""))
+    return parsed
+
+
+def test_signed_message_verifies(signer: DkimSigner, key: Key) -> None:
+    msg = message()
+    signed = signer.sign(msg)
+    assert signed.startswith(b"DKIM-Signature: ") and signed.endswith(msg)
+    assert verify(signed, key)
+
+
+def test_signature_tags(signer: DkimSigner) -> None:
+    t = tags(signer.signature_header(message()))
+    signed = [h.strip() for h in t[b"h"].split(b":")]
+    for h in (b"from", b"to", b"subject", b"date", b"message-id", b"list-id"):
+        assert h in signed
+    assert b"list-unsubscribe" in signed and b"list-unsubscribe-post" in signed
+    assert b"feedback-id" not in signed  # only headers that the message has
+    assert signed == [h for h in DEFAULT_HEADERS if h != b"feedback-id"]
+    assert t[b"c"] == b"relaxed/simple"
+    assert t[b"a"] == b"rsa-sha256"
+    assert t[b"d"] == DOMAIN.encode() and t[b"s"] == SELECTOR.encode()
+    assert len(base64.b64decode(re.sub(rb"\s+", b"", t[b"b"]))) == 256  # RSA-2048
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda m: m.replace(b"An item  with", b"An item  wiTh", 1), id="body-byte"),
+        pytest.param(lambda m: m.replace(UNSUBSCRIBE, b"https://evil.example/u/x"), id="unsub"),
+        pytest.param(lambda m: m.replace(b"One-Click", b"One-Clack"), id="unsub-post"),
+        pytest.param(lambda m: m.replace(b"ada@example.com", b"eve@example.com"), id="to"),
+        pytest.param(lambda m: m + b"appended\r\n", id="appended-body"),
+    ],
+)
+def test_tampering_fails(signer: DkimSigner, key: Key, tamper: Callable[[bytes], bytes]) -> None:
+    signed = signer.sign(message())
+    assert tamper(signed) != signed
+    assert not verify(tamper(signed), key)
+
+
+def test_relaxed_headers_survive_refolding(signer: DkimSigner, key: Key) -> None:
+    signed = signer.sign(message())
+    refolded = signed.replace(b"List-Id: Example News", b"List-Id:   Example\r\n\tNews", 1)
+    assert refolded != signed and verify(refolded, key)
+
+
+def test_header_lines_and_folding(signer: DkimSigner) -> None:
+    header = signer.signature_header(message())
+    assert header.endswith(CRLF) and not header.endswith(CRLF + CRLF)
+    assert b"\n" not in header.replace(CRLF, b"") and b"\r" not in header.replace(CRLF, b"")
+    lines = header[:-2].split(CRLF)
+    assert len(lines) > 1  # folded
+    assert all(len(line) <= 998 for line in lines)
+    assert all(line[:1] in (b" ", b"\t") for line in lines[1:])  # continuation lines
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        pytest.param(b"not a key", id="garbage"),
+        pytest.param(b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"),
+        pytest.param(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            id="ec-key",
+        ),
+    ],
+)
+def test_bad_key_names_the_setting(pem: bytes) -> None:
+    with pytest.raises(ConfigError) as info:
+        DkimSigner(DOMAIN, SELECTOR, pem)
+    assert info.value.key == "dkim.key_file"
+    assert "dkim.key_file" in str(info.value)
+
+
+def test_encrypted_key_is_refused() -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    with pytest.raises(ConfigError, match=r"dkim\.key_file"):
+        DkimSigner(DOMAIN, SELECTOR, pem)
+
+
+def test_bad_domain_or_selector(key: Key) -> None:
+    with pytest.raises(ConfigError, match=r"dkim\.domain"):
+        DkimSigner("news.example.org; x=y", SELECTOR, key.pem)
+    with pytest.raises(ConfigError, match=r"dkim\.selector"):
+        DkimSigner(DOMAIN, "", key.pem)
+
+
+def test_same_signature_as_dkimpy(
+    signer: DkimSigner, key: Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RSASSA-PKCS1-v1_5 is deterministic: at one t= both paths give the same bytes."""
+    monkeypatch.setattr(time, "time", lambda: 1_740_992_400.0)
+    msg = message()
+    ours = signer.signature_header(msg)
+    include = [h for h in DEFAULT_HEADERS if h != b"feedback-id"]
+    theirs: bytes = dkim.sign(
+        msg,
+        SELECTOR.encode(),
+        DOMAIN.encode(),
+        key.pem,
+        canonicalize=(b"relaxed", b"simple"),
+        include_headers=include,
+    )
+    assert verify(ours + msg, key) and verify(theirs + msg, key)
+    assert ours == theirs
+    # ...and the fast path left dkimpy's module alone: its RSA is still its own.
+    assert dkim.RSASSA_PKCS1_v1_5_sign is dkim.crypto.RSASSA_PKCS1_v1_5_sign
+    assert dkim.parse_pem_private_key is dkim.crypto.parse_pem_private_key
+
+
+def test_pkcs8_key_and_threads(key: Key) -> None:
+    pkcs8 = serialization.load_pem_private_key(key.pem, password=None).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    shared = DkimSigner(DOMAIN, SELECTOR, pkcs8)
+    messages = [message(UNSUBSCRIBE + str(i).encode(), filler=i) for i in range(40)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        signed = list(pool.map(shared.sign, messages))
+    assert all(s.endswith(m) and verify(s, key) for s, m in zip(signed, messages, strict=True))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(message(), id="crlf"),
+        pytest.param(message().replace(CRLF, b"\n"), id="lf-only"),
+        pytest.param(message().replace(b"An item", b"An\nitem", 1), id="bare-lf-in-body"),
+        pytest.param(b"From: a@b.example\r\nSubject: x\r\n", id="no-body"),
+        pytest.param(b"From: a@b.example\r\n\r\n", id="empty-body"),
+        pytest.param(b"From: a@b.example\r\n\r\n\r\nbody\r\n\r\n\r\n", id="blank-lines"),
+        pytest.param(b"\r\nFrom: a@b.example\r\n\r\nbody\r\n", id="leading-blank"),
+        pytest.param(b"From: a@b.example\r\n\tfolded\r\n\r\nx\ry\r\n", id="folded-lone-cr"),
+    ],
+)
+def test_parse_shortcut_matches_dkimpy(raw: bytes) -> None:
+    """The signer's parse of a message is exactly dkimpy's rfc822_parse."""
+    from newsletter.signing import _OpenSSLDKIM
+
+    parsed = _OpenSSLDKIM(raw)
+    headers, body = dkim.rfc822_parse(raw)
+    assert (parsed.headers, parsed.body) == (headers, body)
+
+
+def test_lf_message_still_verifies(signer: DkimSigner, key: Key) -> None:
+    lf = message().replace(CRLF, b"\n")
+    assert verify(signer.sign(lf), key)
