@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import secrets
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -38,7 +42,7 @@ from newsletter.errors import ConfigError, NewsletterError, NothingToSend
 from newsletter.ledger import Outcome
 from newsletter.models import FAILED, PAUSED, SENT, SKIPPED, Issue
 from newsletter.preview import write_preview
-from newsletter.sink import OutboxHandler, ServerThread, serve_forever
+from newsletter.sink import DiscardHandler, OutboxHandler, ServerThread, serve_forever
 from newsletter.site import environment, scaffold
 
 T = TypeVar("T")
@@ -234,16 +238,79 @@ def issue_preview(
 
 
 @app.command()
-def send() -> None:
+def send(
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            "-p",
+            min=1,
+            help="Sender processes sharing the issue through the ledger (one per core is a good start).",
+        ),
+    ] = 1,
+) -> None:
     """Send: finish interrupted or deferred deliveries, then the next issue to every active member.
 
     Safe to run again at any time (from cron, say): an interrupted send resumes where it
     stopped, and a member is never mailed twice by design (at most the in-flight window,
     delivery.in_flight, after a hard crash).
     """
-    summaries = _send(state.settings(), state.sessions())
-    if any(s.counts.get(FAILED) or s.status == PAUSED for s in summaries):
+    settings, sessions = state.settings(), state.sessions()
+    helpers: list[subprocess.Popen[bytes]] = []
+    if processes > 1:
+        with contextlib.suppress(NothingToSend):
+            publish.release_next(settings, sessions)
+        if publish.unfinished(sessions):
+            helpers = [_spawn_worker() for _ in range(processes - 1)]
+    try:
+        summaries = _send(settings, sessions)
+    finally:
+        codes = [p.wait() for p in helpers]
+    if any(codes):
+        err.print(f"a helper sender process failed (exit codes {codes})")
+    if any(s.counts.get(FAILED) or s.status == PAUSED for s in summaries) or any(codes):
         raise typer.Exit(1)
+
+
+def _spawn_worker() -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "newsletter",
+        "--config",
+        str(state.config_path),
+        "worker",
+        "--once",
+        "--quiet",
+    ]
+    return subprocess.Popen(command)
+
+
+@app.command()
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit when no issue has rows to send.")
+    ] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between looks for work when idle.")] = 5.0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
+) -> None:
+    """Deliver rows of unfinished issues, sharing them with any other senders through the ledger.
+
+    Never compiles an issue: `send` (or the scheduler) releases issues; any number of
+    workers, here or on other machines, then claim their rows under a lease.
+    """
+    settings, sessions = state.settings(), state.sessions()
+    while True:
+        pending = publish.unfinished(sessions)
+        for issue in pending:
+            if quiet:
+                asyncio.run(publish.deliver(settings, sessions, issue))
+            else:
+                job = functools.partial(publish.deliver, settings, sessions, issue)
+                _print_summary(_with_progress(job))
+        if once:
+            return
+        time.sleep(poll)
 
 
 @app.command()
@@ -350,18 +417,24 @@ def smtp_sink(
     outbox: Annotated[
         Path | None, typer.Option(help="Folder for .eml files (default: sink.outbox).")
     ] = None,
+    discard: Annotated[
+        bool, typer.Option("--discard", help="Accept and drop messages (for benchmarks).")
+    ] = False,
 ) -> None:
     """Run the bundled SMTP sink: accept every message and write it to the outbox as .eml."""
     settings = state.settings()
     folder = outbox or settings.path(settings.sink.outbox)
     h, p = host or settings.smtp.host, port if port is not None else settings.smtp.port
-    console.print(f"SMTP sink on {h}:{p}, writing to {folder}/ (Ctrl-C stops)")
-    try:
-        asyncio.run(
-            serve_forever(folder, h, p, lambda path: console.print(f"received {path.name}"))
-        )
-    except KeyboardInterrupt:
-        console.print("stopped")
+    handler: OutboxHandler | DiscardHandler
+    if discard:
+        handler = DiscardHandler()
+        console.print(f"SMTP sink on {h}:{p}, discarding every message (Ctrl-C stops)")
+    else:
+        handler = OutboxHandler(folder, lambda path: console.print(f"received {path.name}"))
+        console.print(f"SMTP sink on {h}:{p}, writing to {folder}/ (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(handler, h, p))
+    console.print(f"stopped after {handler.count} messages")
 
 
 @app.command()

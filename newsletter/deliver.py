@@ -15,6 +15,7 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,6 +123,10 @@ class Engine:
         self.consecutive_failures = 0
         self.attempted = 0
         self._recorded = asyncio.Event()
+        # OpenSSL releases the GIL while it signs, so DKIM signatures run beside the sending.
+        self._sign_pool = (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim") if dkim else None
+        )
 
     def stop(self, reason: str = "") -> None:
         """Stop claiming; messages already in an SMTP transaction finish, the rest go back."""
@@ -154,6 +159,8 @@ class Engine:
             await asyncio.to_thread(self.ledger.record, self.outcomes)
             self.outcomes = []
             await asyncio.to_thread(self.ledger.release, unsent)
+        if self._sign_pool is not None:
+            self._sign_pool.shutdown(wait=False)
         if self.stop_reason.startswith("paused"):
             await asyncio.to_thread(self.ledger.pause, self.stop_reason)
         status = await asyncio.to_thread(self.ledger.finish)
@@ -249,8 +256,10 @@ class Engine:
     async def _attempt(self, conn: Connection, job: Job) -> Outcome:
         r = job.recipient
         message_id, data = self.personalizer.message(r)
-        if self.dkim is not None:
-            data = self.dkim.sign(data)
+        if self.dkim is not None and self._sign_pool is not None:
+            data = await asyncio.get_running_loop().run_in_executor(
+                self._sign_pool, self.dkim.sign, data
+            )
         await self.limiter.acquire()
         try:
             client = await conn.get()
