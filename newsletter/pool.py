@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -148,9 +148,17 @@ class Connection:
 class RateLimiter:
     """Token buckets for messages per second and per hour (0 means no limit)."""
 
-    def __init__(self, per_second: float, per_hour: int) -> None:
+    def __init__(
+        self,
+        per_second: float,
+        per_hour: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.clock, self.sleep = clock, sleep
         self.buckets: list[list[float]] = []  # [capacity, tokens, refill per second, last]
-        now = time.monotonic()
+        now = clock()
         if per_second > 0:
             self.buckets.append([max(per_second, 1.0), max(per_second, 1.0), per_second, now])
         if per_hour > 0:
@@ -165,15 +173,15 @@ class RateLimiter:
             return
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self.clock()
                 wait = 0.0
                 for b in self.buckets:
                     b[1] = min(b[0], b[1] + (now - b[3]) * b[2])
                     b[3] = now
-                    if b[1] < 1.0:
+                    if b[1] < 1.0 - 1e-9:  # tolerance: float refills land a hair short of 1
                         wait = max(wait, (1.0 - b[1]) / b[2])
                 if wait <= 0:
                     for b in self.buckets:
-                        b[1] -= 1.0
+                        b[1] = max(b[1] - 1.0, 0.0)
                     return
-                await asyncio.sleep(wait)
+                await self.sleep(wait)

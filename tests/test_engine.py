@@ -1,0 +1,310 @@
+"""The delivery engine against a real SMTP server that fails on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import publish
+from newsletter.config import Settings
+from newsletter.members import import_csv
+from newsletter.models import Delivery, Issue, Member, utcnow
+from newsletter.pool import RateLimiter
+from newsletter.sources import import_source
+from tests.checks import check_message
+from tests.smtpd import RecordingHandler
+
+
+def add_members(sessions: sessionmaker[Session], tmp_path: Path, n: int) -> list[str]:
+    emails = [f"member{i:05d}@example.org" for i in range(n)]
+    path = tmp_path / f"members-{n}.csv"
+    path.write_text("email,name\n" + "".join(f"{e},Member {i}\n" for i, e in enumerate(emails)))
+    import_csv(sessions, path)
+    return emails
+
+
+def fast_retries(settings: Settings, **delivery: Any) -> Settings:
+    """Backoff in milliseconds and a run that waits for its deferred rows."""
+    values = {
+        "retry_base_seconds": 0.01,
+        "retry_max_seconds": 0.05,
+        "linger_seconds": 30.0,
+        "pause_after": 1000,
+        **delivery,
+    }
+    return dataclasses.replace(
+        settings,
+        delivery=dataclasses.replace(settings.delivery, **values),
+        smtp=dataclasses.replace(settings.smtp, timeout=1.0),
+    )
+
+
+def rows_by_email(sessions: sessionmaker[Session]) -> dict[str, Delivery]:
+    with sessions() as s:
+        return {email: d for d, email in s.execute(select(Delivery, Member.email).join(Member))}
+
+
+def send_all(settings: Settings, sessions: sessionmaker[Session]) -> Any:
+    return asyncio.run(publish.send(settings, sessions))[-1]
+
+
+def test_faults_lose_nobody_and_mail_nobody_twice(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    emails = add_members(sessions, tmp_path, 300)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    rng = random.Random(20171206)
+    refused = set(rng.sample(emails, 12))
+    for e in refused:
+        smtp_server.refuse[e] = "550 5.1.1 No such user here"
+    kinds = ["421", "451", "drop-rcpt", "drop-data", "stall"]
+    for e in emails:
+        if e not in refused and rng.random() < 0.35:
+            smtp_server.faults[e] = [rng.choice(kinds) for _ in range(rng.randint(1, 2))]
+    smtp_server.stall_seconds = 1.5
+    fast = fast_retries(settings)
+    summary = send_all(fast, sessions)
+
+    received = smtp_server.by_recipient()
+    assert set(smtp_server.injected) == set(kinds)  # every kind of failure happened
+    assert set(received) == set(emails) - refused  # nobody deliverable was lost
+    assert all(len(m) == 1 for m in received.values())  # nobody was mailed twice
+    rows = rows_by_email(sessions)
+    for e in emails:
+        if e in refused:
+            assert (rows[e].status, rows[e].last_code) == ("bounced", 550)
+        else:
+            assert rows[e].status == "sent"
+            assert rows[e].attempts == len(smtp_server.faults.get(e, [])) + 1
+    assert summary.counts == {"sent": len(received), "bounced": len(refused)}
+    assert summary.status == "sent"
+
+
+def test_unsubscribe_mid_send_is_honoured(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    emails = add_members(sessions, tmp_path, 400)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    smtp_server.delay_seconds = 0.02  # 4 connections → about 200 messages a second
+    leaver: dict[str, str] = {}
+
+    def unsubscribe_when_halfway() -> None:
+        while smtp_server.count() < 150:
+            time.sleep(0.005)
+        # Someone a little ahead of the sender: already claimed, not yet sent.
+        sent = set(smtp_server.by_recipient())
+        target = next(e for e in emails[200:] if e not in sent)
+        with sessions.begin() as s:
+            s.execute(
+                update(Member)
+                .where(Member.email == target)
+                .values(status="unsubscribed", unsubscribed_at=utcnow(), updated_at=utcnow())
+            )
+        leaver["email"] = target
+
+    thread = threading.Thread(target=unsubscribe_when_halfway)
+    thread.start()
+    summary = send_all(settings, sessions)
+    thread.join()
+    received = smtp_server.by_recipient()
+    assert leaver["email"] not in received
+    assert rows_by_email(sessions)[leaver["email"]].status == "skipped"
+    assert summary.counts == {"sent": 399, "skipped": 1}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens here once the socket is closed
+
+
+def test_repeated_connection_failures_pause_the_issue_then_resume(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    add_members(sessions, tmp_path, 40)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    down = dataclasses.replace(
+        fast_retries(settings, pause_after=5, linger_seconds=0.0),
+        smtp=dataclasses.replace(settings.smtp, port=closed_port(), timeout=1.0),
+    )
+    summary = send_all(down, sessions)
+    assert summary.status == "paused"
+    assert "5 consecutive connection failures" in summary.pause_reason
+    assert "Connect" in summary.pause_reason or "refused" in summary.pause_reason.lower()
+    with sessions() as s:
+        issue = s.scalars(select(Issue)).one()
+        assert issue.status == "paused" and issue.pause_reason == summary.pause_reason
+    assert smtp_server.messages == []
+    with pytest.raises(publish.IssuePaused, match="paused"):
+        asyncio.run(publish.deliver(settings, sessions, issue))
+
+    publish.set_paused(sessions, issue.id, False)
+    # The deferred rows are due at once with millisecond backoff; the server is up again.
+    summary = asyncio.run(publish.deliver(fast_retries(settings), sessions, issue))
+    assert summary.status == "sent" and summary.counts == {"sent": 40}
+    assert all(len(m) == 1 for m in smtp_server.by_recipient().values())
+
+
+def test_failover_to_the_next_relay(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    from newsletter.config import RelaySettings
+
+    add_members(sessions, tmp_path, 20)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    conf = dataclasses.replace(
+        settings.smtp, port=closed_port(), fallback=[RelaySettings("127.0.0.1", smtp_server.port)]
+    )
+    summary = send_all(dataclasses.replace(settings, smtp=conf), sessions)
+    assert summary.counts == {"sent": 20}
+    assert len(smtp_server.by_recipient()) == 20
+
+
+def test_bounce_threshold_marks_the_member_and_stops_mail(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    add_members(sessions, tmp_path, 3)
+    smtp_server.refuse["member00001@example.org"] = "550 5.1.1 gone"
+    feed = site / "examples" / "seed-feed.xml"
+    text = feed.read_text()
+    for round_ in range(3):
+        (tmp_path / f"f{round_}.xml").write_text(text.replace("chinaip-report-", f"r{round_}-"))
+        import_source(sessions, str(tmp_path / f"f{round_}.xml"))
+        send_all(settings, sessions)
+    with sessions() as s:
+        member = s.scalar(select(Member).where(Member.email == "member00001@example.org"))
+        assert member is not None and (member.status, member.bounce_count) == ("bounced", 2)
+        rows = s.scalars(select(Delivery).where(Delivery.member_id == member.id)).all()
+    assert [r.status for r in rows] == ["bounced", "bounced"]  # not even snapshotted the 3rd time
+    assert len(smtp_server.messages) == 6
+
+
+def test_retry_requeues_rows_that_failed_at_the_deadline(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    add_members(sessions, tmp_path, 5)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    smtp_server.faults["member00002@example.org"] = ["451"] * 100
+    short = fast_retries(settings, retry_deadline_hours=0.3 / 3600)
+    summary = send_all(short, sessions)
+    assert summary.counts == {"sent": 4, "failed": 1}
+    row = rows_by_email(sessions)["member00002@example.org"]
+    assert row.status == "failed" and row.last_code == 451 and "deadline" in row.last_message
+    smtp_server.faults.clear()
+    summary = asyncio.run(publish.retry(settings, sessions, summary.issue_id))
+    assert summary.counts == {"sent": 5}
+    assert len(smtp_server.by_recipient()["member00002@example.org"]) == 1
+
+
+def test_dkim_signature_verifies_and_covers_list_unsubscribe(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    from newsletter.config import DkimSettings
+    from newsletter.members import import_csv as import_members
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (site / "dkim.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    signed = dataclasses.replace(settings, dkim=DkimSettings("example.org", "news2026", "dkim.pem"))
+    import_members(sessions, site / "subscribers" / "example.csv")
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    send_all(signed, sessions)
+    assert len(smtp_server.messages) == 5
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"news2026._domainkey.example.org."
+        return record
+
+    for m in smtp_server.messages:
+        assert dkim.verify(m.data, dnsfunc=dns)
+        check_message(m.data)
+        header = m.parse()["DKIM-Signature"]
+        tags = dict(t.strip().split("=", 1) for t in str(header).split(";") if "=" in t)
+        signed_headers = {h.strip().lower() for h in tags["h"].split(":")}
+        assert {
+            "list-unsubscribe",
+            "list-unsubscribe-post",
+            "from",
+            "to",
+            "subject",
+        } <= signed_headers
+        altered = m.data.replace(b"List-Unsubscribe: <http", b"List-Unsubscribe: <hxxp", 1)
+        assert not dkim.verify(altered, dnsfunc=dns)
+
+
+def test_rate_limiter_spaces_messages() -> None:
+    clock = {"now": 0.0}
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock["now"] += seconds
+
+    limiter = RateLimiter(5, 0, clock=lambda: clock["now"], sleep=fake_sleep)
+
+    async def take(n: int) -> None:
+        for _ in range(n):
+            await limiter.acquire()
+
+    asyncio.run(take(15))
+    # A burst of 5, then one every 0.2 s: 10 more take 2 s of (simulated) waiting.
+    assert sum(slept) == pytest.approx(2.0, abs=0.01)
+
+    hourly = RateLimiter(0, 3600, clock=lambda: clock["now"], sleep=fake_sleep)
+    slept.clear()
+
+    async def take_hourly(n: int) -> None:
+        for _ in range(n):
+            await hourly.acquire()
+
+    asyncio.run(take_hourly(120))
+    # One minute's share (60) at once, then one a second.
+    assert sum(slept) == pytest.approx(60.0, abs=0.1)
