@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from newsletter import config, issue, site
 from newsletter.personalize import Personalizer, Recipient
-from newsletter.sources import SourceReport, parse_feed
+from newsletter.sources import SourceReport, html_to_text, parse_feed
 from newsletter.tokens import Signer
 
 FEED = "examples/seed-feed.xml"
@@ -27,7 +27,6 @@ def load_inputs():
     settings = config.load("config.toml", env=SECRET)
     env = site.environment(Path(".").resolve())
     entries = list(parse_feed(Path(FEED).read_bytes(), FEED, None, SourceReport(FEED)))
-    maker = issue._text_maker()
     items = [
         issue.ItemView(
             id=i,
@@ -35,7 +34,7 @@ def load_inputs():
             section=e.section,
             url=e.url,
             body_html=Markup(e.body_html),
-            body_text=maker.handle(e.body_html).strip(),
+            body_text=html_to_text(e.body_html),
             published_at=e.published_at,
         )
         for i, e in enumerate(entries, start=1)

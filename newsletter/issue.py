@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import html2text
 import premailer
 from jinja2 import Environment
 from markupsafe import Markup
@@ -27,6 +26,7 @@ from newsletter.config import Settings
 from newsletter.errors import HeaderError, IssueTooLarge, NothingToSend
 from newsletter.models import Issue as IssueRow
 from newsletter.models import IssueItem, Item, utcnow
+from newsletter.sources import html_to_text
 
 # RFC 5322 §2.1.1: a line is at most 998 octets. Lines are broken well below that, counting
 # each slot at its largest filled size, so substitution can never push a line over.
@@ -104,18 +104,7 @@ def new_nonce() -> str:
     return secrets.token_hex(6)
 
 
-def _text_maker() -> html2text.HTML2Text:
-    h = html2text.HTML2Text()
-    h.body_width = 76
-    h.unicode_snob = True
-    h.ignore_emphasis = True
-    h.ignore_images = True
-    h.protect_links = True
-    return h
-
-
 def item_views(items: Sequence[Item]) -> list[ItemView]:
-    maker = _text_maker()
     return [
         ItemView(
             id=item.id,
@@ -123,7 +112,7 @@ def item_views(items: Sequence[Item]) -> list[ItemView]:
             section=item.section,
             url=item.url,
             body_html=Markup(item.body_html),  # sanitised by nh3 when it was imported
-            body_text=maker.handle(item.body_html).strip(),
+            body_text=item.body_text or html_to_text(item.body_html),
             published_at=item.published_at,
         )
         for item in items

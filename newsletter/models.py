@@ -53,8 +53,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-# Member status values. Only "active" members are mailed.
-ACTIVE, UNSUBSCRIBED, BOUNCED = "active", "unsubscribed", "bounced"
+# Member status values. Only "active" members are mailed; "pending" ones signed up on the
+# web and have not confirmed yet (double opt-in).
+ACTIVE, UNSUBSCRIBED, BOUNCED, PENDING = "active", "unsubscribed", "bounced", "pending"
 
 
 class Member(Base):
@@ -85,6 +86,8 @@ class Item(Base):
     title: Mapped[str] = mapped_column(String(1000))
     url: Mapped[str] = mapped_column(String(2048), default="")
     body_html: Mapped[str] = mapped_column(Text, default="")
+    # Plain text of the body, for the text part and for search.
+    body_text: Mapped[str] = mapped_column(Text, default="")
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -181,3 +184,53 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class LinkHit(Base):
+    """Every request to a member's link: the evidence the vote rule weighs (docs/votes.md)."""
+
+    __tablename__ = "link_hits"
+    __table_args__ = (Index("ix_link_hits_member_at", "member_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # vote, unsubscribe, view, trap, human
+    method: Mapped[str] = mapped_column(String(8))  # GET, HEAD, POST
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    survey_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    option: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(300), default="")
+
+
+class Vote(Base):
+    """One member's vote in one survey: the counted option, and a click waiting for evidence."""
+
+    __tablename__ = "votes"
+    __table_args__ = (UniqueConstraint("survey_id", "member_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    survey_id: Mapped[int] = mapped_column(ForeignKey("surveys.id", ondelete="CASCADE"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    option: Mapped[int | None] = mapped_column(Integer, nullable=True)  # counted
+    counted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pending_option: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pending_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    evidence: Mapped[str] = mapped_column(String(300), default="")
+
+
+class SignupRequest(Base):
+    """A subscribe-form submission, kept for the per-address and per-IP rate limits."""
+
+    __tablename__ = "signup_requests"
+    __table_args__ = (
+        Index("ix_signup_requests_email_at", "email", "at"),
+        Index("ix_signup_requests_ip_at", "ip", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    ip: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    mailed: Mapped[int] = mapped_column(Integer, default=0)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import feedparser
+import html2text
 import markdown
 import nh3
 import yaml
@@ -56,6 +57,17 @@ def sanitize(body: str) -> str:
         url_schemes=URL_SCHEMES,
         link_rel="noopener noreferrer",
     ).strip()
+
+
+def html_to_text(body_html: str) -> str:
+    """Readable plain text of sanitised HTML: for the text part and for search."""
+    h = html2text.HTML2Text()
+    h.body_width = 76
+    h.unicode_snob = True
+    h.ignore_emphasis = True
+    h.ignore_images = True
+    h.protect_links = True
+    return str(h.handle(body_html)).strip()
 
 
 def clean_title(raw: str) -> str:
@@ -127,6 +139,7 @@ def store_items(
                     title=entry.title,
                     url=entry.url,
                     body_html=entry.body_html,
+                    body_text=html_to_text(entry.body_html),
                     published_at=entry.published_at,
                 )
             )
