@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import os
 import re
@@ -117,11 +118,17 @@ def write_dkim_key(path: Path) -> None:
     path.write_bytes(pem)
 
 
+@functools.cache
+def sample_config() -> str:
+    """The repository's config.toml, read once: every site of a run starts from the same text."""
+    return (REPO / "config.toml").read_text(encoding="utf-8")
+
+
 def make_site(folder: Path, db_path: Path, port: int, connections: int, dkim: bool = False) -> Path:
     """A site folder (config.toml, examples/; templates from the package) and its config path."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "examples", folder / "examples", dirs_exist_ok=True)
-    toml = (REPO / "config.toml").read_text(encoding="utf-8")
+    toml = sample_config()
     toml = set_key(toml, "database", "url", f'"sqlite:///{db_path}"')
     toml = set_key(toml, "smtp", "port", str(port))
     toml = set_key(toml, "smtp", "connections", str(connections))

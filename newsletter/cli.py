@@ -40,7 +40,7 @@ from newsletter.config import Settings
 from newsletter.deliver import Engine, Summary
 from newsletter.errors import ConfigError, NewsletterError, NothingToSend
 from newsletter.ledger import Outcome
-from newsletter.models import FAILED, PAUSED, SENT, SKIPPED, Issue
+from newsletter.models import FAILED, PAUSED, SENT, SKIPPED, Issue, Survey
 from newsletter.preview import write_preview
 from newsletter.sink import DiscardHandler, OutboxHandler, ServerThread, serve_forever
 from newsletter.site import environment, scaffold
@@ -59,15 +59,18 @@ subscribers_app = typer.Typer(no_args_is_help=True, help="Import and inspect the
 items_app = typer.Typer(no_args_is_help=True, help="Import and inspect news items.")
 issue_app = typer.Typer(no_args_is_help=True, help="Look at the next issue before it goes out.")
 db_app = typer.Typer(no_args_is_help=True, help="Create or migrate the database.")
+survey_app = typer.Typer(no_args_is_help=True, help="Survey results, and closing a survey.")
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(items_app, name="items")
 app.add_typer(issue_app, name="issue")
 app.add_typer(db_app, name="db")
+app.add_typer(survey_app, name="survey")
 
 
 class State:
     config_path: Path = Path("config.toml")
     _settings: Settings | None = None
+    _sessions: sessionmaker[Session] | None = None
 
     def settings(self) -> Settings:
         if self._settings is None:
@@ -75,7 +78,14 @@ class State:
         return self._settings
 
     def sessions(self) -> sessionmaker[Session]:
-        return db.open_database(self.settings().database_url)
+        if self._sessions is None:
+            self._sessions = db.open_database(self.settings().database_url)
+        return self._sessions
+
+    def close(self) -> None:
+        if self._sessions is not None:
+            self._sessions.kw["bind"].dispose()
+        self._settings = self._sessions = None
 
 
 state = State()
@@ -83,6 +93,7 @@ state = State()
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     config: Annotated[
         Path,
         typer.Option(
@@ -90,8 +101,9 @@ def _main(
         ),
     ] = Path("config.toml"),
 ) -> None:
+    state.close()
     state.config_path = config
-    state._settings = None
+    ctx.call_on_close(state.close)
 
 
 # --- site and database -------------------------------------------------------------------
@@ -435,6 +447,111 @@ def smtp_sink(
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(handler, h, p))
     console.print(f"stopped after {handler.count} messages")
+
+
+def _find_survey(session: Session, key: str | None) -> Survey:
+    from sqlalchemy import select
+
+    query = select(Survey).order_by(Survey.id.desc())
+    if key:
+        query = query.where(
+            (Survey.key == key) | (Survey.id == (int(key) if key.isdigit() else -1))
+        )
+    survey = session.scalars(query.limit(1)).first()
+    if survey is None:
+        raise NewsletterError(f"no survey {key!r}" if key else "there is no survey yet")
+    return survey
+
+
+@survey_app.command("results")
+def survey_results(
+    survey: Annotated[
+        str | None, typer.Argument(help="Survey key or id (default: the newest).")
+    ] = None,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write every counted vote to this CSV file.")
+    ] = None,
+) -> None:
+    """Print the results as counts, percentages and a bar chart; optionally export the votes."""
+    import csv as csv_mod
+
+    from sqlalchemy import select
+
+    from newsletter import votes
+    from newsletter.models import Member, Vote, utcnow
+
+    sessions = state.sessions()
+    with sessions.begin() as session:
+        row = _find_survey(session, survey)
+        votes.settle(session, utcnow(), votes.VoteRule())
+        results = votes.results(session, row.id)
+        table = Table(title=f"{results.question} ({results.status})", title_justify="left")
+        table.add_column("option")
+        table.add_column("votes", justify="right")
+        table.add_column("%", justify="right")
+        table.add_column("", min_width=30)
+        for o in results.options:
+            bar = "█" * round(o.percent * 0.3) or ("▏" if o.votes else "")
+            table.add_row(o.label, str(o.votes), f"{o.percent:.1f}", bar)
+        console.print(table)
+        console.print(f"{results.total} members voted")
+        if csv_path is not None:
+            rows = session.execute(
+                select(Member.email, Vote.option, Vote.counted_at)
+                .join(Member, Member.id == Vote.member_id)
+                .where(Vote.survey_id == row.id, Vote.option.is_not(None))
+                .order_by(Vote.counted_at)
+            ).all()
+            labels = {o.position: o.label for o in results.options}
+            with csv_path.open("w", newline="", encoding="utf-8") as f:
+                writer = csv_mod.writer(f)
+                writer.writerow(["email", "option", "label", "counted_at"])
+                for email, option, counted_at in rows:
+                    writer.writerow(
+                        [
+                            email,
+                            option,
+                            labels.get(option or 0, ""),
+                            counted_at.isoformat() if counted_at else "",
+                        ]
+                    )
+            console.print(f"wrote {len(rows)} votes to {csv_path}")
+
+
+@survey_app.command("close")
+def survey_close(
+    survey: Annotated[
+        str | None, typer.Argument(help="Survey key or id (default: the newest).")
+    ] = None,
+) -> None:
+    """Close a survey: its links then show the final results and record nothing."""
+    from newsletter.models import utcnow
+
+    with state.sessions().begin() as session:
+        row = _find_survey(session, survey)
+        row.status, row.closed_at = "closed", utcnow()
+        console.print(f"survey {row.key!r} closed")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default: web.host).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: web.port).")] = None,
+) -> None:
+    """Run the web app: vote, unsubscribe, subscribe, archive and search pages."""
+    import uvicorn
+
+    from newsletter.web import create_app
+
+    settings = state.settings()
+    app_ = create_app(settings, state.sessions())
+    h, p = host or settings.web.host, port if port is not None else settings.web.port
+    console.print(
+        f"serving {settings.list.name} on http://{h}:{p} (links in mail use {settings.list.base_url})"
+    )
+    uvicorn.run(app_, host=h, port=p, log_level="info")
 
 
 @app.command()

@@ -90,6 +90,14 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    vote_window_seconds: float = 30.0
+    delivery_grace_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class DkimSettings:
     domain: str
     selector: str
@@ -131,6 +139,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     dkim: DkimSettings | None = None
+    web: WebSettings = field(default_factory=WebSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     issue: IssueSettings = field(default_factory=IssueSettings)
     survey: SurveySettings | None = None

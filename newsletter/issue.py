@@ -19,14 +19,16 @@ from typing import Any
 import premailer
 from jinja2 import Environment
 from markupsafe import Markup
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import store
+from newsletter import store, votes
 from newsletter.config import Settings
 from newsletter.errors import HeaderError, IssueTooLarge, NothingToSend
 from newsletter.models import Issue as IssueRow
 from newsletter.models import IssueItem, Item, utcnow
 from newsletter.sources import html_to_text
+from newsletter.votes import Results
 
 # RFC 5322 §2.1.1: a line is at most 998 octets. Lines are broken well below that, counting
 # each slot at its largest filled size, so substitution can never push a line over.
@@ -204,13 +206,14 @@ def compile_issue(
     items: Sequence[ItemView],
     survey: tuple[int, str, Sequence[tuple[int, str]]] | None,
     *,
+    previous: Results | None = None,
     now: dt.datetime | None = None,
     nonce: str | None = None,
 ) -> Compiled:
     """Render, inline and make the text part of one issue. Runs once per issue, never per member."""
     now = now or utcnow()
     nonce = nonce or new_nonce()
-    slots = {name: slot(nonce, name) for name in ("name", "view", "unsubscribe")}
+    slots = {name: slot(nonce, name) for name in ("name", "view", "unsubscribe", "trap")}
     survey_view = None
     if survey is not None:
         survey_id, question, options = survey
@@ -234,6 +237,7 @@ def compile_issue(
         "sections": group_sections(items, settings.issue.sections),
         "item_count": len(items),
         "survey": survey_view,
+        "previous": previous if previous is not None and previous.total else None,
         "slots": slots,
     }
     timings: dict[str, Any] = {}
@@ -271,6 +275,20 @@ def _clock() -> float:
     return time.perf_counter()
 
 
+def previous_results(session: Session) -> Results | None:
+    """The results of the survey the last issue carried, for the next issue's chart."""
+    survey_id = session.scalar(
+        select(IssueRow.survey_id)
+        .where(IssueRow.survey_id.is_not(None))
+        .order_by(IssueRow.id.desc())
+        .limit(1)
+    )
+    if survey_id is None:
+        return None
+    votes.settle(session, utcnow(), votes.VoteRule())
+    return votes.results(session, survey_id)
+
+
 def gather(session: Session, settings: Settings) -> tuple[list[ItemView], Any]:
     """The next issue's content from the database: new items and the open survey."""
     # The oldest waiting items go first into an issue; the issue shows the newest on top.
@@ -294,7 +312,7 @@ def compile_next(session: Session, settings: Settings, env: Environment) -> Comp
     items, survey = gather(session, settings)
     if not items:
         raise NothingToSend("no new items since the last issue: nothing to send")
-    return compile_issue(settings, env, items, survey)
+    return compile_issue(settings, env, items, survey, previous=previous_results(session))
 
 
 def release(session: Session, compiled: Compiled) -> IssueRow:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.errors import ImportRowError, NewsletterError
-from newsletter.models import ACTIVE, BOUNCED, UNSUBSCRIBED, Member, utcnow
+from newsletter.models import ACTIVE, BOUNCED, PENDING, UNSUBSCRIBED, Member, utcnow
 
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -199,7 +200,7 @@ def import_csv(
 
 
 def _apply(
-    session: Session, member: Member | None, row: Row, report: ImportReport, now: object
+    session: Session, member: Member | None, row: Row, report: ImportReport, now: dt.datetime
 ) -> None:
     if member is None:
         session.add(
@@ -228,10 +229,41 @@ def _apply(
             report.kept_unsubscribed += 1
     elif row.status == UNSUBSCRIBED:
         member.status = UNSUBSCRIBED
-        member.unsubscribed_at = now  # type: ignore[assignment]
+        member.unsubscribed_at = now
         report.unsubscribed += 1
         changed = True
     if changed:
         report.updated += 1
     else:
         report.unchanged += 1
+
+
+def unsubscribe(session: Session, member: Member, now: dt.datetime) -> bool:
+    """Stop all mail to the member at once, including rows of sends already released."""
+    from newsletter.models import DEFERRED, QUEUED, SKIPPED, Delivery
+
+    if member.status == UNSUBSCRIBED:
+        return False
+    member.status, member.unsubscribed_at, member.updated_at = UNSUBSCRIBED, now, now
+    session.execute(
+        update(Delivery)
+        .where(Delivery.member_id == member.id, Delivery.status.in_((QUEUED, DEFERRED)))
+        .values(status=SKIPPED, last_message="member unsubscribed", updated_at=now)
+    )
+    return True
+
+
+def resubscribe(session: Session, member: Member, now: dt.datetime) -> bool:
+    """Undo the member's own unsubscribe (a bounced address stays bounced)."""
+    if member.status != UNSUBSCRIBED:
+        return False
+    member.status, member.unsubscribed_at, member.updated_at = ACTIVE, None, now
+    return True
+
+
+def confirm(session: Session, member: Member, now: dt.datetime) -> bool:
+    """Double opt-in: the person confirmed the address, so it may be mailed."""
+    if member.status not in (PENDING, UNSUBSCRIBED):
+        return False
+    member.status, member.unsubscribed_at, member.updated_at = ACTIVE, None, now
+    return True

@@ -180,6 +180,7 @@ class Personalizer:
             base = f"{self.base}/preview"
             values["unsubscribe"] = f"{base}/unsubscribe"
             values["view"] = f"{self.base}/archive"
+            values["trap"] = f"{base}/trap"
             for pos in self.compiled.vote_positions:
                 values[f"vote{pos}"] = f"{base}/vote/{pos}"
             return values
@@ -190,6 +191,7 @@ class Personalizer:
         values["view"] = (
             f"{self.base}/archive/{self.issue_id}?t={sign(Kind.VIEW, self.issue_id, r.member_id)}"
         )
+        values["trap"] = f"{self.base}/t/{sign(Kind.TRAP, r.member_id, self.issue_id)}"
         survey_id = self.compiled.survey_id or 0
         for pos in self.compiled.vote_positions:
             values[f"vote{pos}"] = f"{self.base}/v/{sign(Kind.VOTE, survey_id, r.member_id, pos)}"

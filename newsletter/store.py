@@ -21,6 +21,7 @@ from newsletter.models import (
     Member,
     Survey,
     SurveyOption,
+    utcnow,
 )
 
 
@@ -57,6 +58,9 @@ def sync_survey(session: Session, conf: SurveySettings) -> Survey:
     """The survey described in config.toml, created on first use. Its options are fixed once made."""
     survey = session.scalar(select(Survey).where(Survey.key == conf.key))
     if survey is None:
+        # A new key starts a new survey; the one before it closes with its final results.
+        for old in session.scalars(select(Survey).where(Survey.status == "open")):
+            old.status, old.closed_at = "closed", utcnow()
         survey = Survey(key=conf.key, question=conf.question)
         session.add(survey)
         session.flush()

@@ -28,6 +28,7 @@ class Kind(IntEnum):
     UNSUBSCRIBE = 2  # (member_id, issue_id)
     VIEW = 3  # (issue_id, member_id)
     CONFIRM = 4  # (member_id,)
+    TRAP = 5  # (member_id, issue_id): a link hidden from people, so only machines fetch it
 
 
 def _varint(n: int, out: bytearray) -> None:

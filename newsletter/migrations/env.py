@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from newsletter.models import Base
+from newsletter.search import include_name
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:
@@ -12,5 +13,6 @@ with engine.begin() as connection:
         connection=connection,
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_name=include_name,  # type: ignore[arg-type]  # the search index lives outside the models
     )
     context.run_migrations()

@@ -1,0 +1,178 @@
+"""Article search over items: SQLite FTS5 or PostgreSQL full-text, ranked, with highlighted snippets."""
+
+from __future__ import annotations
+
+import html
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from newsletter.models import SENT
+
+# The objects migration 0003 makes and the ORM models do not know about.
+FTS_TABLE = "items_fts"  # SQLite: FTS5 table; its shadow tables are items_fts_*
+PG_INDEX = "ix_items_fts"  # PostgreSQL: GIN expression index on items
+
+MAX_QUERY_CHARS = 500  # longer input is cut: a search box needs no more
+MAX_TERMS = 16  # more words than this are dropped: each one costs an index lookup
+MAX_LIMIT = 100
+
+_START, _STOP = "\x02", "\x03"  # marks around a match, swapped for <mark> after escaping
+
+_SQLITE_SQL = text(
+    f"""
+    SELECT i.id, i.title, i.url, s.id AS issue_id, f.snip, -f.rank AS rank
+    FROM (
+        SELECT rowid AS id, bm25({FTS_TABLE}, 5.0, 1.0) AS rank,
+               snippet({FTS_TABLE}, 1, char(2), char(3), '…', 24) AS snip
+        FROM {FTS_TABLE}
+        WHERE {FTS_TABLE} MATCH :q
+        ORDER BY rank, rowid DESC
+        LIMIT :n
+    ) AS f
+    JOIN items AS i ON i.id = f.id
+    LEFT JOIN issue_items AS ii ON ii.item_id = i.id
+    LEFT JOIN issues AS s ON s.id = ii.issue_id AND s.status = :sent
+    ORDER BY f.rank, i.id DESC
+    """
+)
+
+# The WHERE expression is the migration's index expression, word for word. The rank weighs
+# a title match (A) above a body match (D); it is computed for matching rows only.
+_POSTGRES_SQL = text(
+    """
+    WITH hits AS (
+        SELECT i.id, q.query,
+               ts_rank(
+                   setweight(to_tsvector('simple', coalesce(i.title, '')), 'A')
+                   || setweight(to_tsvector('simple', coalesce(i.body_text, '')), 'D'),
+                   q.query
+               ) AS rank
+        FROM items AS i, websearch_to_tsquery('simple', :q) AS q(query)
+        WHERE to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(body_text, ''))
+              @@ q.query
+        ORDER BY rank DESC, i.id DESC
+        LIMIT :n
+    )
+    SELECT i.id, i.title, i.url, s.id AS issue_id,
+           ts_headline('simple', i.body_text, h.query, :options) AS snip,
+           h.rank
+    FROM hits AS h
+    JOIN items AS i ON i.id = h.id
+    LEFT JOIN issue_items AS ii ON ii.item_id = i.id
+    LEFT JOIN issues AS s ON s.id = ii.issue_id AND s.status = :sent
+    ORDER BY h.rank DESC, i.id DESC
+    """
+)
+_HEADLINE_OPTIONS = (
+    f'StartSel="{_START}", StopSel="{_STOP}", MaxFragments=2, MaxWords=30, MinWords=10'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    item_id: int
+    title: str
+    url: str
+    issue_id: int | None  # the sent issue that carried the item; None if not (yet) sent
+    snippet_html: str  # escaped body text, <mark>…</mark> around matches
+    rank: float  # higher is better, on both backends
+
+
+def search(session: Session, query: str, *, limit: int = 20) -> list[Hit]:
+    """Items matching every word of `query`, best first; no words (or limit < 1) → []."""
+    query = _clean(query)
+    terms = words(query)[:MAX_TERMS]
+    limit = min(limit, MAX_LIMIT)
+    if not terms or limit < 1:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            _POSTGRES_SQL,
+            {"q": query, "n": limit, "sent": SENT, "options": _HEADLINE_OPTIONS},
+        )
+    else:
+        rows = session.execute(_SQLITE_SQL, {"q": fts5_query(terms), "n": limit, "sent": SENT})
+    return [
+        Hit(
+            item_id=int(row.id),
+            title=str(row.title),
+            url=str(row.url),
+            issue_id=None if row.issue_id is None else int(row.issue_id),
+            snippet_html=highlight(str(row.snip or "")),
+            rank=float(row.rank) if row.rank is not None else 0.0,
+        )
+        for row in rows
+    ]
+
+
+def _clean(query: str) -> str:
+    """NFKC form, cut to MAX_QUERY_CHARS; control characters (NUL!) and lone surrogates → space."""
+    query = unicodedata.normalize("NFKC", query[: MAX_QUERY_CHARS * 2])[:MAX_QUERY_CHARS]
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in query)
+
+
+def words(query: str) -> list[str]:
+    """The words of `query`: runs of letters, digits and marks (so CJK too); all else splits."""
+    found: list[str] = []
+    current: list[str] = []
+    for char in query:
+        if unicodedata.category(char)[0] in "LNM":
+            current.append(char)
+        elif current:
+            found.append("".join(current))
+            current = []
+    if current:
+        found.append("".join(current))
+    return found
+
+
+def fts5_query(terms: list[str]) -> str:
+    """An FTS5 query that requires every term: each one a quoted string, so never syntax."""
+    return " ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def highlight(snippet: str) -> str:
+    """Escape `snippet`, then turn its match markers into balanced <mark> elements."""
+    out: list[str] = []
+    open_ = False
+    for part in _split_markers(html.escape(snippet, quote=True)):
+        if part == _START:
+            if not open_:
+                out.append("<mark>")
+                open_ = True
+        elif part == _STOP:
+            if open_:
+                out.append("</mark>")
+                open_ = False
+        else:
+            out.append(part)
+    if open_:
+        out.append("</mark>")
+    return "".join(out)
+
+
+def _split_markers(value: str) -> list[str]:
+    parts: list[str] = []
+    start = 0
+    for index, char in enumerate(value):
+        if char in (_START, _STOP):
+            if index > start:
+                parts.append(value[start:index])
+            parts.append(char)
+            start = index + 1
+    if start < len(value):
+        parts.append(value[start:])
+    return parts
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Alembic include_name filter: leave the search objects out of autogenerate comparisons."""
+    if type_ == "table" and name is not None:
+        return name != FTS_TABLE and not name.startswith(FTS_TABLE + "_")
+    if type_ == "index":
+        return name != PG_INDEX
+    return True
