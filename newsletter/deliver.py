@@ -35,6 +35,7 @@ from newsletter.pool import (
     RateLimiter,
     Relays,
     aiosmtplib_client,
+    transmit,
 )
 
 
@@ -255,20 +256,18 @@ class Engine:
 
     async def _attempt(self, conn: Connection, job: Job) -> Outcome:
         r = job.recipient
-        message_id, data = self.personalizer.message(r)
+        data: bytes
         if self.dkim is not None and self._sign_pool is not None:
+            message_id, data = self.personalizer.message(r)
             data = await asyncio.get_running_loop().run_in_executor(
                 self._sign_pool, self.dkim.sign, data
             )
+        else:
+            message_id, data = self.personalizer.wire(r)
         await self.limiter.acquire()
         try:
             client = await conn.get()
-            await client.sendmail(
-                self.personalizer.envelope_from(r.member_id),
-                [r.email],
-                data,
-                mail_options=["BODY=8BITMIME"],
-            )
+            await transmit(client, self.personalizer.envelope_from(r.member_id), r.email, data)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
             permanent, code, text = classify(exc)
             if code == 421:  # the server is closing the connection (RFC 5321 §3.8)

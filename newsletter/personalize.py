@@ -19,6 +19,7 @@ from email.header import Header
 from newsletter.config import Settings
 from newsletter.errors import HeaderError
 from newsletter.issue import Compiled, slot
+from newsletter.pool import Wire
 from newsletter.tokens import Kind, Signer
 
 CRLF = "\r\n"
@@ -62,6 +63,15 @@ class Recipient:
     name: str
 
 
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
+
+
+def _dot_stuff(literal: bytes) -> bytes:
+    # RFC 5321 §4.5.2: a line that starts with "." gets another one in front.
+    return literal.replace(b"\r\n.", b"\r\n..")
+
+
 class Personalizer:
     """Per-issue: the skeleton. Per member: `message(recipient)` → (Message-ID, bytes)."""
 
@@ -86,6 +96,10 @@ class Personalizer:
         self.boundary = "=_nl_" + secrets.token_hex(12)
         self._date_cache: tuple[int, str] = (-1, "")
         self._literals, self._keys = self._skeleton(compiled, settings)
+        # The same skeleton in DATA form (pool.Wire): dot-stuffed once, terminated once.
+        self._wire = [_dot_stuff(lit) for lit in self._literals]
+        self._wire[-1] += b".\r\n"
+        self._line_start = {i for i, lit in enumerate(self._literals[:-1]) if lit.endswith(b"\r\n")}
 
     def _skeleton(self, compiled: Compiled, settings: Settings) -> tuple[list[bytes], list[str]]:
         def s(name: str) -> str:
@@ -119,8 +133,8 @@ class Personalizer:
                 f"Content-Transfer-Encoding: 8bit{CRLF}{CRLF}"
             )
 
-        text_body = compiled.text.replace("\r\n", "\n").replace("\n", CRLF)
-        html_body = compiled.html.replace("\r\n", "\n").replace("\n", CRLF)
+        text_body = _crlf(compiled.text)
+        html_body = _crlf(compiled.html)
         pieces = [
             (
                 CRLF.join(headers)
@@ -205,6 +219,19 @@ class Personalizer:
             out.append(v[key].encode())
             out.append(lits[i + 1])
         return v["msgid"], b"".join(out)
+
+    def wire(self, r: Recipient) -> tuple[str, Wire]:
+        """The message in DATA form, for pool.transmit: no per-message normalising passes."""
+        v = self.values(r)
+        lits, keys = self._wire, self._keys
+        out = [lits[0]]
+        for i, key in enumerate(keys):
+            value = v[key].encode()
+            if i in self._line_start and value.startswith(b"."):
+                value = b"." + value
+            out.append(value)
+            out.append(lits[i + 1])
+        return v["msgid"], Wire(b"".join(out))
 
     def fill_text(self, text: str, r: Recipient, *, html_part: bool) -> str:
         """Fill the slots of one part as a string (previews and the archive use this)."""

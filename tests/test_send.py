@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from newsletter import publish
 from newsletter.config import Settings
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
 from newsletter.members import import_csv
-from newsletter.models import Delivery, Issue, IssueItem, Member
+from newsletter.models import Delivery, Issue, IssueItem, Member, utcnow
 from newsletter.sources import import_source
 from tests.checks import check_message, seed_titles
 from tests.smtpd import RecordingHandler
@@ -214,3 +215,40 @@ def test_oversized_issue_is_refused_and_items_stay_new(
     assert smtp_server.messages == []
     send(settings, sessions)  # with the normal limit, the same items go out
     assert len(smtp_server.messages) == 5
+
+
+def test_lines_starting_with_a_dot_survive_the_prepared_data_path(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    from newsletter.issue import Compiled, slot
+    from newsletter.personalize import Personalizer, Recipient
+    from newsletter.pool import Wire, unwire
+    from newsletter.tokens import Signer
+
+    (tmp_path / "one.csv").write_text("email,name\ndot@example.org,.Dot\n")
+    import_csv(sessions, tmp_path / "one.csv")
+    folder = tmp_path / "md"
+    folder.mkdir()
+    (folder / "a.md").write_text(
+        "---\ntitle: Dots\n---\n\n    .indented code\n\n.leading dot\n\n..two dots\n"
+    )
+    import_source(sessions, str(folder))
+    send(settings, sessions)
+    (received,) = smtp_server.messages
+    _, text, _, _ = check_message(received.data)
+    assert "\n.leading dot" in text.replace("\r\n", "\n")
+    assert "\n..two dots" in text.replace("\r\n", "\n")
+
+    # A slot at the start of a line whose value starts with a dot is stuffed too.
+    nonce = "abcdef012345"
+    compiled = Compiled("s", "x", f"{slot(nonce, 'name')}\n", nonce, (), None, (), utcnow())
+    personalizer = Personalizer(compiled, settings, Signer((b"k" * 16,)), 1)
+    _, wire = personalizer.wire(Recipient(1, "a@example.org", ".Dot"))
+    assert isinstance(wire, Wire) and wire.endswith(b"\r\n.\r\n")
+    assert b"\r\n..Dot\r\n" in wire
+    plain = personalizer.message(Recipient(1, "a@example.org", ".Dot"))[1]
+    date = re.compile(rb"Date: [^\r]*")
+    assert date.sub(b"", unwire(wire)) == date.sub(b"", plain)
