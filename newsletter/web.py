@@ -43,7 +43,7 @@ from newsletter.tokens import Kind, Signer
 # Pages load nothing from elsewhere and run only our own script; forms post only here.
 CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 # An archived issue is the email's HTML, whose styles are inline (email clients need that).
 CSP_ISSUE = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
@@ -128,11 +128,11 @@ def create_app(
             **fields,
         )
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     def home() -> HTMLResponse:
         return links.page("home.html")
 
-    @app.get("/static/{name}")
+    @app.api_route("/static/{name}", methods=["GET", "HEAD"])
     def static(name: str) -> Response:
         for folder in (
             settings.site_dir / "templates" / "static",
@@ -240,7 +240,7 @@ def create_app(
             votes.confirm_person(session, survey_id, member_id, links.clock())
         return Response(status_code=204)
 
-    @app.get("/survey/{survey_id}")
+    @app.api_route("/survey/{survey_id}", methods=["GET", "HEAD"])
     def survey_results(survey_id: int) -> HTMLResponse:
         with links.sessions.begin() as session:
             if session.get(Survey, survey_id) is None:
@@ -260,7 +260,7 @@ def create_app(
         with links.sessions.begin() as session:
             if session.get(Member, member_id) is not None:
                 hit(session, request, "trap", member_id, issue_id=issue_id)
-        return Response(status_code=204, headers=security_headers())
+        return HTMLResponse("<!DOCTYPE html><title></title>", headers=security_headers())
 
     # --- unsubscribe ---------------------------------------------------------------------
 
@@ -335,7 +335,7 @@ def create_app(
 
     # --- subscribe (double opt-in) -------------------------------------------------------
 
-    @app.get("/subscribe")
+    @app.api_route("/subscribe", methods=["GET", "HEAD"])
     def subscribe_form() -> HTMLResponse:
         return links.page("subscribe.html", error="", email="", name="")
 
@@ -416,7 +416,7 @@ def create_app(
 
     # --- archive and search --------------------------------------------------------------
 
-    @app.get("/archive")
+    @app.api_route("/archive", methods=["GET", "HEAD"])
     def archive() -> HTMLResponse:
         with links.sessions() as session:
             issues = session.scalars(
@@ -464,7 +464,7 @@ def create_app(
         values["trap"] = "#"
         return compiled.slot_pattern.sub(lambda m: values.get(m.group(1), ""), compiled.html)
 
-    @app.get("/search")
+    @app.api_route("/search", methods=["GET", "HEAD"])
     def search_page(q: str = "") -> HTMLResponse:
         hits: list[search.Hit] = []
         if q.strip():

@@ -18,6 +18,9 @@ from newsletter.config import Settings
 from newsletter.sink import ServerThread
 from tests.smtpd import RecordingHandler
 
+# Headless Chromium fixtures (`browser`, `page`) for the web pages' tests.
+pytest_plugins = ["tests.browser"]
+
 REPO = Path(__file__).resolve().parent.parent
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
