@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import itertools
@@ -21,16 +22,18 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any, cast
 
 import aiosmtplib
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jinja2 import Environment
+from jinja2 import Environment, Template
 from sqlalchemy import insert
 
 from newsletter import config, db, issue, publish, site, sources, store
@@ -412,27 +415,44 @@ async def push(port: int, sender: str, message: bytes, connections: int, total: 
     return total / (time.perf_counter() - started)
 
 
+class RecordingEnvironment:
+    """A Jinja2 environment that remembers the context each template was rendered with."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.contexts: dict[str, dict[str, Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def get_template(self, name: str) -> Any:
+        template = self.env.get_template(name)
+        return types.SimpleNamespace(render=functools.partial(self._render, name, template))
+
+    def _render(self, name: str, template: Template, context: dict[str, Any]) -> str:
+        self.contexts[name] = context
+        return template.render(context)
+
+
 @dataclass
 class Inputs:
-    """The next issue's real inputs (from the engine's own `gather`), compiled once."""
+    """The next issue as the engine compiles it (`issue.compile_next`), and its render context."""
 
     settings: config.Settings
-    items: list[issue.ItemView]
-    survey: tuple[int, str, list[tuple[int, str]]] | None
     personalizer: Personalizer
+    contexts: dict[str, dict[str, Any]]
 
     @classmethod
     def load(cls, site_config: Path) -> Inputs:
         settings = load_settings(site_config)
         sessions = db.open_database(settings.database_url)
+        env = RecordingEnvironment(site.environment(settings.site_dir))
         with sessions() as session:
-            items, survey = issue.gather(session, settings)
+            compiled = issue.compile_next(session, settings, cast(Environment, env))
             session.rollback()
-        env = site.environment(settings.site_dir)
-        compiled = issue.compile_issue(settings, env, items, survey)
-        personalizer = Personalizer(compiled, settings, Signer(settings.require_secret()), 1)
         sessions.kw["bind"].dispose()
-        return cls(settings, items, survey, personalizer)
+        personalizer = Personalizer(compiled, settings, Signer(settings.require_secret()), 1)
+        return cls(settings, personalizer, env.contexts)
 
     def message(self) -> tuple[str, bytes]:
         """One member's real personalised message: (envelope sender, bytes)."""
@@ -440,38 +460,24 @@ class Inputs:
         return self.personalizer.envelope_from(1), data
 
 
-def naive_context(inputs: Inputs, v: dict[str, str]) -> dict[str, object]:
-    s, p = inputs.settings, inputs.personalizer
-    survey = None
-    if inputs.survey is not None:
-        survey_id, question, options = inputs.survey
-        links = tuple(issue.OptionView(pos, label, v[f"vote{pos}"]) for pos, label in options)
-        survey = issue.SurveyView(survey_id, question, links)
-    base = s.list.base_url.rstrip("/")
-    return {
-        "list": {
-            "name": s.list.name,
-            "id": s.list.id,
-            "language": s.list.language,
-            "base_url": base,
-            "archive_url": f"{base}/archive",
-        },
-        "subject": p.compiled.subject,
-        "date": p.compiled.created,
-        "sections": issue.group_sections(inputs.items, s.issue.sections),
-        "item_count": len(inputs.items),
-        "survey": survey,
-        "slots": {"name": v["name"], "view": v["view"], "unsubscribe": v["unsubscribe"]},
-    }
+def member_context(context: dict[str, Any], v: dict[str, str]) -> dict[str, Any]:
+    """The engine's render context with one member's values where its slot markers were."""
+    survey = context.get("survey")
+    if survey is not None:
+        options = tuple(dataclasses.replace(o, link=v[f"vote{o.position}"]) for o in survey.options)
+        survey = dataclasses.replace(survey, options=options)
+    return {**context, "slots": {name: v[name] for name in context["slots"]}, "survey": survey}
 
 
 def naive_message(inputs: Inputs, env: Environment, r: Recipient) -> EmailMessage:
     """What a user would otherwise write: render, inline and build a MIME message per member."""
     s = inputs.settings
     v = inputs.personalizer.values(r)  # the same signed links as the engine's messages
-    context = naive_context(inputs, v)
-    html = issue.inline_css(env.get_template("email/issue.html").render(context))
-    text = env.get_template("email/issue.txt").render(context)
+    html_template, text_template = "email/issue.html", "email/issue.txt"
+    html_context = member_context(inputs.contexts[html_template], v)
+    html = issue.inline_css(env.get_template(html_template).render(html_context))
+    text_context = member_context(inputs.contexts[text_template], v)
+    text = env.get_template(text_template).render(text_context)
     msg = EmailMessage()
     msg["From"] = Address(s.list.name, addr_spec=s.list.from_address)
     msg["To"] = Address(r.name, addr_spec=r.email)

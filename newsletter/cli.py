@@ -483,7 +483,7 @@ def survey_results(
     sessions = state.sessions()
     with sessions.begin() as session:
         row = _find_survey(session, survey)
-        votes.settle(session, utcnow(), votes.VoteRule())
+        votes.settle(session, utcnow(), votes.VoteRule.from_settings(state.settings()))
         results = votes.results(session, row.id)
         table = Table(title=f"{results.question} ({results.status})", title_justify="left")
         table.add_column("option")
@@ -525,10 +525,14 @@ def survey_close(
     ] = None,
 ) -> None:
     """Close a survey: its links then show the final results and record nothing."""
+    from newsletter import votes
     from newsletter.models import utcnow
 
     with state.sessions().begin() as session:
         row = _find_survey(session, survey)
+        votes.settle(
+            session, utcnow(), votes.VoteRule.from_settings(state.settings())
+        )  # clicks still pending get decided first
         row.status, row.closed_at = "closed", utcnow()
         console.print(f"survey {row.key!r} closed")
 

@@ -275,7 +275,7 @@ def _clock() -> float:
     return time.perf_counter()
 
 
-def previous_results(session: Session) -> Results | None:
+def previous_results(session: Session, settings: Settings) -> Results | None:
     """The results of the survey the last issue carried, for the next issue's chart."""
     survey_id = session.scalar(
         select(IssueRow.survey_id)
@@ -285,7 +285,7 @@ def previous_results(session: Session) -> Results | None:
     )
     if survey_id is None:
         return None
-    votes.settle(session, utcnow(), votes.VoteRule())
+    votes.settle(session, utcnow(), votes.VoteRule.from_settings(settings))
     return votes.results(session, survey_id)
 
 
@@ -312,7 +312,7 @@ def compile_next(session: Session, settings: Settings, env: Environment) -> Comp
     items, survey = gather(session, settings)
     if not items:
         raise NothingToSend("no new items since the last issue: nothing to send")
-    return compile_issue(settings, env, items, survey, previous=previous_results(session))
+    return compile_issue(settings, env, items, survey, previous=previous_results(session, settings))
 
 
 def release(session: Session, compiled: Compiled) -> IssueRow:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.config import Settings
 from newsletter.models import Delivery, Issue, LinkHit, Survey, SurveyOption, Vote
 
 
@@ -26,6 +27,13 @@ from newsletter.models import Delivery, Issue, LinkHit, Survey, SurveyOption, Vo
 class VoteRule:
     window: dt.timedelta = dt.timedelta(seconds=30)
     delivery_grace: dt.timedelta = dt.timedelta(seconds=60)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VoteRule:
+        return cls(
+            window=dt.timedelta(seconds=settings.web.vote_window_seconds),
+            delivery_grace=dt.timedelta(seconds=settings.web.delivery_grace_seconds),
+        )
 
 
 def record_hit(

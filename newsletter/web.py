@@ -111,7 +111,7 @@ def create_app(
         settings,
         sessions or db.open_database(settings.database_url),
         clock,
-        rule or votes.VoteRule(),
+        rule or votes.VoteRule.from_settings(settings),
     )
     app = FastAPI(title=f"{settings.list.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.links = links
@@ -164,12 +164,12 @@ def create_app(
                 return links.bad_link(
                     TokenError("the link names a survey or member that does not exist")
                 )
+            if survey.status != "open":  # a closed survey's links record nothing at all
+                return closed_page(session, survey_id)
             hit(session, request, "vote", member_id, survey_id=survey_id, option=option)
             if request.method == "HEAD":
                 return Response(headers=security_headers())
             votes.settle(session, links.clock(), links.rule)
-            if survey.status != "open":
-                return closed_page(session, survey_id)
             before = votes.member_vote(session, survey_id, member_id)
             counted = before.option if before else None
             votes.click(session, survey_id, member_id, option, links.clock())
