@@ -19,6 +19,7 @@ SECRET_ENV = "NEWSLETTER_SECRET_KEY"
 SECRET_FILE_ENV = "NEWSLETTER_SECRET_KEY_FILE"
 OLD_SECRETS_ENV = "NEWSLETTER_OLD_SECRET_KEYS"
 SMTP_PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
+API_TOKEN_ENV = "NEWSLETTER_API_TOKEN"
 DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
 
 
@@ -130,6 +131,21 @@ class ScheduleSettings:
     timezone: str = "UTC"
     min_items: int = 1
     survey: Literal["open", "none"] = "open"
+    misfire_grace_seconds: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class EditorSettings:
+    name: str
+    password_hash: str
+
+
+# Named here because inside Settings the name `list` is the [list] table's field.
+Editors = list[EditorSettings]
+
+
+def _no_editors() -> Editors:
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +156,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     dkim: DkimSettings | None = None
     web: WebSettings = field(default_factory=WebSettings)
+    editor: Editors = field(default_factory=_no_editors)
     sink: SinkSettings = field(default_factory=SinkSettings)
     issue: IssueSettings = field(default_factory=IssueSettings)
     survey: SurveySettings | None = None
@@ -147,6 +164,7 @@ class Settings:
     site_dir: Path = Path(".")
     config_path: Path = Path("config.toml")
     secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    api_token: str = field(default="", repr=False)
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the config against the site folder."""
@@ -210,12 +228,15 @@ def load(
             if env.get(f"{SMTP_PASSWORD_ENV}_{index}"):
                 relay["password"] = env[f"{SMTP_PASSWORD_ENV}_{index}"]
 
-    settings: Settings = _build(Settings, raw, "", skip={"site_dir", "config_path", "secret_keys"})
+    settings: Settings = _build(
+        Settings, raw, "", skip={"site_dir", "config_path", "secret_keys", "api_token"}
+    )
     settings = dataclasses.replace(
         settings,
         site_dir=path.resolve().parent,
         config_path=path.resolve(),
         secret_keys=_secret_keys(env, path.resolve().parent),
+        api_token=env.get(API_TOKEN_ENV, ""),
     )
     _validate(settings)
     return settings
@@ -304,6 +325,13 @@ def _validate(s: Settings) -> None:
             raise ConfigError("survey.options", "needs between 1 and 20 options")
         if len(set(s.survey.options)) != len(s.survey.options):
             raise ConfigError("survey.options", "options must be distinct")
+    if s.api_token and len(s.api_token) < 24:
+        raise ConfigError("api_token", f"{API_TOKEN_ENV} must be at least 24 characters long")
+    for i, editor in enumerate(s.editor):
+        if not editor.password_hash.startswith("scrypt$"):
+            raise ConfigError(
+                f"editor[{i}].password_hash", "make one with `newsletter editor hash-password`"
+            )
     for name, sched in s.schedule.items():
         if len(sched.cron.split()) not in (5, 6):
             raise ConfigError(

@@ -26,7 +26,17 @@ from newsletter import store
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.ledger import Job, Ledger, Outcome, new_owner
-from newsletter.models import BOUNCED, DEFERRED, FAILED, PAUSED, SENT, SKIPPED, Issue, utcnow
+from newsletter.models import (
+    BOUNCED,
+    CANCELLED,
+    DEFERRED,
+    FAILED,
+    PAUSED,
+    SENT,
+    SKIPPED,
+    Issue,
+    utcnow,
+)
 from newsletter.personalize import Personalizer
 from newsletter.pool import (
     CONNECTION_ERRORS,
@@ -138,6 +148,8 @@ class Engine:
         status, reason = await asyncio.to_thread(self.ledger.issue_status)
         if status == PAUSED:
             raise IssuePaused(self.issue.id, reason)
+        if status == CANCELLED:
+            raise NewsletterError(f"issue #{self.issue.id} was cancelled")
         started = time.monotonic()
         await asyncio.to_thread(self.ledger.recover)
         queue: asyncio.Queue[Job | None] = asyncio.Queue()
@@ -164,6 +176,8 @@ class Engine:
             self._sign_pool.shutdown(wait=False)
         if self.stop_reason.startswith("paused"):
             await asyncio.to_thread(self.ledger.pause, self.stop_reason)
+        elif self.stop_reason == "cancelled":
+            await asyncio.to_thread(self.ledger.cancel)
         status = await asyncio.to_thread(self.ledger.finish)
         with self.sessions() as session:
             counts = store.delivery_counts(session, self.issue.id)
@@ -225,6 +239,8 @@ class Engine:
                 status, reason = await asyncio.to_thread(self.ledger.issue_status)
                 if status == PAUSED:
                     self.stop(f"paused: {reason or 'by an editor'}")
+                elif status == CANCELLED:
+                    self.stop("cancelled")
                 since, last_check = checked - dt.timedelta(seconds=1), time.monotonic()
 
     async def _worker(self, queue: asyncio.Queue[Job | None], unsent: list[int]) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.models import (
     ACTIVE,
     BOUNCED,
+    CANCELLED,
     DEFERRED,
     FAILED,
     PAUSED,
@@ -270,6 +271,27 @@ class Ledger:
                 .where(I.c.id == self.issue_id)
                 .values(status=PAUSED, pause_reason=reason[:1000])
             )
+
+    def cancel(self) -> int:
+        """Stop the issue for good: every row not sent yet becomes "cancelled".
+
+        Rows in flight with another sender stay theirs; it sees the cancellation within
+        moments and hands them back, and this runs again then.
+        """
+        with self.sessions.begin() as session:
+            session.execute(update(I).where(I.c.id == self.issue_id).values(status=CANCELLED))
+            result = session.execute(
+                update(D)
+                .where(
+                    D.c.issue_id == self.issue_id,
+                    or_(
+                        D.c.status.in_((QUEUED, DEFERRED)),
+                        and_(D.c.status == SENDING_ROW, D.c.lease_owner == self.owner),
+                    ),
+                )
+                .values(status=CANCELLED, lease_owner=None, lease_until=None, updated_at=utcnow())
+            )
+            return int(cast(Any, result).rowcount or 0)
 
     def finish(self) -> str:
         """Mark the issue sent once every row has a final outcome; return its status."""

@@ -115,7 +115,8 @@ class SurveyOption(Base):
 
 # Issue status values. "sending" lasts while any row may still be tried (queued, in flight
 # or deferred); "paused" stops every worker; "sent" means every row has a final outcome.
-SENDING, PAUSED, SENT = "sending", "paused", "sent"
+# "cancelled" stops it for good: rows not yet sent become "cancelled".
+SENDING, PAUSED, SENT, CANCELLED = "sending", "paused", "sent", "cancelled"
 
 
 class Issue(Base):
