@@ -260,6 +260,14 @@ def send(
             help="Sender processes sharing the issue through the ledger (one per core is a good start).",
         ),
     ] = 1,
+    scheduled: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduled",
+            metavar="NAME",
+            help="Do what the scheduler does for [schedule.NAME]: make (or join) the issue of its latest slot.",
+        ),
+    ] = None,
 ) -> None:
     """Send: finish interrupted or deferred deliveries, then the next issue to every active member.
 
@@ -268,6 +276,9 @@ def send(
     delivery.in_flight, after a hard crash).
     """
     settings, sessions = state.settings(), state.sessions()
+    if scheduled is not None:
+        _send_scheduled(settings, sessions, scheduled)
+        return
     helpers: list[subprocess.Popen[bytes]] = []
     if processes > 1:
         with contextlib.suppress(NothingToSend):
@@ -282,6 +293,25 @@ def send(
         err.print(f"a helper sender process failed (exit codes {codes})")
     if any(s.counts.get(FAILED) or s.status == PAUSED for s in summaries) or any(codes):
         raise typer.Exit(1)
+
+
+def _send_scheduled(settings: Settings, sessions: sessionmaker[Session], name: str) -> None:
+    from newsletter import schedule
+    from newsletter.models import utcnow
+
+    if name not in settings.schedule:
+        known = ", ".join(sorted(settings.schedule)) or "none"
+        raise ConfigError(f"schedule.{name}", f"no such schedule in config.toml (known: {known})")
+    slot = schedule.last_slot(name, settings.schedule[name], utcnow())
+    if slot is None:
+        console.print(
+            f"schedule {name}: no slot within the last {settings.schedule[name].misfire_grace_seconds} s"
+        )
+        return
+    result = asyncio.run(schedule.fire(settings, sessions, name, slot))
+    console.print(f"schedule {name}, slot {slot.isoformat()}: {result.reason}")
+    if result.summary is not None:
+        _print_summary(result.summary)
 
 
 def _spawn_worker() -> subprocess.Popen[bytes]:
@@ -543,19 +573,39 @@ def serve(
         str | None, typer.Option(help="Address to listen on (default: web.host).")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: web.port).")] = None,
+    scheduler: Annotated[
+        bool, typer.Option("--scheduler/--no-scheduler", help="Also fire the [schedule.*] slots.")
+    ] = True,
 ) -> None:
-    """Run the web app: vote, unsubscribe, subscribe, archive and search pages."""
+    """Run the web app (member and editor pages) and the scheduler, in one process and loop."""
+    import logging
+
     import uvicorn
 
+    from newsletter import schedule
     from newsletter.web import create_app
 
     settings = state.settings()
     app_ = create_app(settings, state.sessions())
     h, p = host or settings.web.host, port if port is not None else settings.web.port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     console.print(
         f"serving {settings.list.name} on http://{h}:{p} (links in mail use {settings.list.base_url})"
     )
-    uvicorn.run(app_, host=h, port=p, log_level="info")
+
+    async def main() -> None:
+        jobs = schedule.start(settings) if scheduler and settings.schedule else None
+        if jobs is not None:
+            for job in jobs.get_jobs():
+                console.print(f"{job.id}: next run {job.next_run_time}")
+        server = uvicorn.Server(uvicorn.Config(app_, host=h, port=p, log_level="info"))
+        try:
+            await server.serve()
+        finally:
+            if jobs is not None:
+                jobs.shutdown(wait=False)
+
+    asyncio.run(main())
 
 
 @app.command()

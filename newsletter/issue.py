@@ -307,15 +307,25 @@ def gather(session: Session, settings: Settings) -> tuple[list[ItemView], Any]:
     return items, survey
 
 
-def compile_next(session: Session, settings: Settings, env: Environment) -> Compiled:
+def compile_next(
+    session: Session, settings: Settings, env: Environment, *, with_survey: bool = True
+) -> Compiled:
     """Compile the next issue from the new items; NothingToSend when there are none."""
     items, survey = gather(session, settings)
+    if not with_survey:
+        survey = None
     if not items:
         raise NothingToSend("no new items since the last issue: nothing to send")
     return compile_issue(settings, env, items, survey, previous=previous_results(session, settings))
 
 
-def release(session: Session, compiled: Compiled) -> IssueRow:
+def release(
+    session: Session,
+    compiled: Compiled,
+    *,
+    schedule: str | None = None,
+    slot_at: dt.datetime | None = None,
+) -> IssueRow:
     """Store the compiled issue, claim its items and snapshot its audience, in one transaction."""
     issue = IssueRow(
         subject=compiled.subject,
@@ -324,9 +334,11 @@ def release(session: Session, compiled: Compiled) -> IssueRow:
         nonce=compiled.nonce,
         survey_id=compiled.survey_id,
         created_at=compiled.created,
+        schedule=schedule,
+        slot_at=slot_at,
     )
     session.add(issue)
-    session.flush()
+    session.flush()  # a second release of the same (schedule, slot) fails here
     session.add_all(
         IssueItem(issue_id=issue.id, item_id=item_id, position=pos)
         for pos, item_id in enumerate(compiled.item_ids)

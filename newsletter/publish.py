@@ -38,15 +38,29 @@ def dkim_signer(settings: Settings) -> MessageSigner | None:
     return DkimSigner(settings.dkim.domain, settings.dkim.selector, key)
 
 
-def release_next(settings: Settings, sessions: sessionmaker[Session]) -> Prepared:
-    """Compile the next issue from the new items and release it; NothingToSend if there are none."""
+def release_next(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    *,
+    schedule: str | None = None,
+    slot_at: dt.datetime | None = None,
+    with_survey: bool = True,
+) -> Prepared:
+    """Compile the next issue from the new items and release it; NothingToSend if there are none.
+
+    A scheduled issue records its schedule and slot; the database keeps that pair unique,
+    so a second process releasing the same slot fails (IntegrityError) and stores nothing.
+    """
     settings.require_secret()  # fail before anything is stored, not halfway through
     with sessions.begin() as session:
-        compiled = issues.compile_next(session, settings, environment(settings.site_dir))
-        row = issues.release(session, compiled)
+        compiled = issues.compile_next(
+            session, settings, environment(settings.site_dir), with_survey=with_survey
+        )
+        row = issues.release(session, compiled, schedule=schedule, slot_at=slot_at)
         row.retry_until = compiled.created + dt.timedelta(
             hours=settings.delivery.retry_deadline_hours
         )
+        session.flush()
         queued = store.delivery_counts(session, row.id).get("queued", 0)
         return Prepared(row, compiled, queued)
 

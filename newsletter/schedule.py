@@ -1,0 +1,192 @@
+"""Scheduled issues: cron slots from config.toml, one issue per (schedule, slot) whoever fires it.
+
+`newsletter serve` runs an APScheduler 3 AsyncIOScheduler in its event loop, with its jobs
+in a SQLAlchemyJobStore in the project's database, so a slot missed while the service was
+down fires once at start-up if it is still within the schedule's misfire grace.
+`newsletter send --scheduled NAME` does the same work from cron or a systemd timer. Either
+way the database decides: an issue records its schedule and slot, and the pair is unique.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import config, db, publish, store
+from newsletter.config import ScheduleSettings, Settings
+from newsletter.deliver import Summary
+from newsletter.errors import ConfigError, NewsletterError
+from newsletter.models import SENDING, Issue, utcnow
+
+log = logging.getLogger("newsletter.schedule")
+JOB_PREFIX = "schedule:"
+_CRON_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+
+
+def trigger(name: str, sched: ScheduleSettings) -> CronTrigger:
+    """The schedule's CronTrigger. Weekday numbers follow crontab (0 or 7 = Sunday); APScheduler
+    3 counts from Monday, so numbers are turned into names first."""
+    fields = sched.cron.split()
+    second = fields.pop(0) if len(fields) == 6 else "0"
+    minute, hour, day, month, weekday = fields
+    weekday = re.sub(r"\d+", lambda m: _CRON_DAYS[int(m.group()) % 7], weekday)
+    try:
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=weekday,
+            timezone=sched.timezone,
+        )
+    except (ValueError, LookupError) as exc:
+        raise ConfigError(f"schedule.{name}", f"bad cron or timezone: {exc}") from None
+
+
+def last_slot(name: str, sched: ScheduleSettings, now: dt.datetime) -> dt.datetime | None:
+    """The latest fire time at or before `now` and within the misfire grace, in UTC."""
+    cron = trigger(name, sched)
+    start = now - dt.timedelta(seconds=sched.misfire_grace_seconds)
+    fire = cron.get_next_fire_time(None, start)
+    last = None
+    while fire is not None and fire <= now:
+        last = fire
+        fire = cron.get_next_fire_time(fire, fire + dt.timedelta(microseconds=1))
+    return None if last is None else last.astimezone(dt.UTC)
+
+
+@dataclass
+class SlotResult:
+    schedule: str
+    slot: dt.datetime
+    issue_id: int | None
+    made: bool
+    reason: str
+    summary: Summary | None = None
+
+
+async def fire(
+    settings: Settings, sessions: sessionmaker[Session], name: str, slot: dt.datetime
+) -> SlotResult:
+    """Make (or join) the issue of one slot and deliver it. Safe to call from any number of
+    processes for the same slot: one issue is made, and the ledger mails each member once."""
+    sched = settings.schedule[name]
+    with sessions() as session:
+        existing = _slot_issue(session, name, slot)
+        new_items = store.count_new_items(session)
+    if existing is None:
+        if new_items < sched.min_items:
+            reason = (
+                f"{new_items} new items, fewer than min_items = {sched.min_items}: no issue made"
+            )
+            log.info("schedule %s, slot %s: %s", name, slot.isoformat(), reason)
+            return SlotResult(name, slot, None, False, reason)
+        try:
+            prepared = publish.release_next(
+                settings, sessions, schedule=name, slot_at=slot, with_survey=sched.survey == "open"
+            )
+            issue, made = prepared.issue, True
+        except IntegrityError:
+            # Another process made this slot's issue first: deliver it together.
+            with sessions() as session:
+                existing = _slot_issue(session, name, slot)
+            if existing is None:
+                raise
+            issue, made = existing, False
+    else:
+        issue, made = existing, False
+    if issue.status != SENDING:
+        reason = f"issue #{issue.id} of this slot is already {issue.status}"
+        return SlotResult(name, slot, issue.id, False, reason)
+    summary = await publish.deliver(settings, sessions, issue)
+    log.info("schedule %s, slot %s: issue #%s %s", name, slot.isoformat(), issue.id, summary.counts)
+    return SlotResult(name, slot, issue.id, made, "made" if made else "joined", summary)
+
+
+def _slot_issue(session: Session, name: str, slot: dt.datetime) -> Issue | None:
+    return session.scalar(select(Issue).where(Issue.schedule == name, Issue.slot_at == slot))
+
+
+async def run_slot(config_path: str, name: str) -> None:
+    """The scheduler's job (importable by reference, as the job store needs): fire the slot
+    that is due now."""
+    settings = config.load(Path(config_path))
+    if name not in settings.schedule:
+        log.warning("schedule %s is no longer in %s; nothing to do", name, config_path)
+        return
+    sessions = _sessions_for(settings.database_url)
+    slot = last_slot(name, settings.schedule[name], utcnow())
+    if slot is None:
+        log.info("schedule %s: no slot within the misfire grace", name)
+        return
+    try:
+        await fire(settings, sessions, name, slot)
+    except NewsletterError as exc:
+        log.error("schedule %s, slot %s: %s", name, slot.isoformat(), exc)
+
+
+_SESSIONS: dict[str, sessionmaker[Session]] = {}
+
+
+def _sessions_for(url: str) -> sessionmaker[Session]:
+    # One engine per database for the scheduler's jobs in this process.
+    if url not in _SESSIONS:
+        _SESSIONS[url] = db.open_database(url)
+    return _SESSIONS[url]
+
+
+def start(settings: Settings) -> AsyncIOScheduler:
+    """Start the scheduler in the running event loop, its jobs matching config.toml.
+
+    A job whose schedule is unchanged keeps its stored next run time, so a slot missed
+    while no scheduler ran is detected (and fired once if within grace); a changed schedule
+    replaces its job; a schedule removed from config.toml removes its job.
+    """
+    scheduler = AsyncIOScheduler(
+        jobstores={
+            "default": SQLAlchemyJobStore(url=settings.database_url, tablename="apscheduler_jobs")
+        },
+        job_defaults={"coalesce": True, "max_instances": 1},
+        timezone=dt.UTC,
+    )
+    scheduler.start(paused=True)
+    wanted: dict[str, dict[str, Any]] = {}
+    for name, sched in settings.schedule.items():
+        wanted[JOB_PREFIX + name] = {
+            "func": "newsletter.schedule:run_slot",
+            "trigger": trigger(name, sched),
+            "kwargs": {"config_path": str(settings.config_path), "name": name},
+            "misfire_grace_time": sched.misfire_grace_seconds,
+            "coalesce": True,
+            "max_instances": 1,
+            "name": f"newsletter schedule {name}",
+        }
+    for job in scheduler.get_jobs():
+        if job.id.startswith(JOB_PREFIX) and job.id not in wanted:
+            log.info("removing %s: no longer in config.toml", job.id)
+            job.remove()
+    for job_id, spec in wanted.items():
+        job = scheduler.get_job(job_id)
+        same = (
+            job is not None
+            and str(job.trigger) == str(spec["trigger"])
+            and job.kwargs == spec["kwargs"]
+            and job.misfire_grace_time == spec["misfire_grace_time"]
+        )
+        if not same:
+            scheduler.add_job(id=job_id, replace_existing=True, **spec)
+            log.info("scheduled %s: %s", job_id, spec["trigger"])
+    scheduler.resume()
+    return scheduler

@@ -1,0 +1,225 @@
+"""Scheduled issues: slots, min_items, and one issue per slot whoever fires it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import schedule
+from newsletter.config import ScheduleSettings, Settings
+from newsletter.members import import_csv
+from newsletter.models import Issue
+from newsletter.sources import import_source
+from tests.conftest import SECRET
+from tests.smtpd import RecordingHandler
+from tests.test_cli import free_port
+
+
+def test_slots_follow_crontab_weekdays_and_time_zones() -> None:
+    weekly = ScheduleSettings(
+        cron="0 8 * * mon", timezone="Asia/Shanghai", misfire_grace_seconds=7 * 86400
+    )
+    now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)  # a Wednesday
+    assert schedule.last_slot("weekly", weekly, now) == dt.datetime(
+        2026, 11, 23, 0, 0, tzinfo=dt.UTC
+    )
+    sunday = dataclasses.replace(weekly, cron="0 8 * * 0")  # crontab: 0 is Sunday
+    assert schedule.last_slot("s", sunday, now) == dt.datetime(2026, 11, 22, 0, 0, tzinfo=dt.UTC)
+    seconds = ScheduleSettings(cron="*/5 * * * * *", misfire_grace_seconds=60)
+    assert schedule.last_slot("s", seconds, now + dt.timedelta(seconds=7)) == now + dt.timedelta(
+        seconds=5
+    )
+    tight = dataclasses.replace(weekly, misfire_grace_seconds=3600)
+    assert schedule.last_slot("weekly", tight, now) is None  # Monday's slot is past its grace
+
+
+def load(sessions: sessionmaker[Session], site: Path) -> None:
+    import_csv(sessions, site / "subscribers" / "example.csv")
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+
+
+def test_a_slot_makes_one_issue_even_when_fired_twice_at_once(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load(sessions, site)
+    slot = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
+
+    async def both() -> list[schedule.SlotResult]:
+        return list(
+            await asyncio.gather(
+                schedule.fire(settings, sessions, "weekly", slot),
+                schedule.fire(settings, sessions, "weekly", slot),
+            )
+        )
+
+    results = asyncio.run(both())
+    assert sorted(r.made for r in results) == [False, True]
+    with sessions() as s:
+        (issue,) = s.scalars(select(Issue)).all()
+        assert (issue.schedule, issue.slot_at, issue.status) == ("weekly", slot, "sent")
+    received = smtp_server.by_recipient()
+    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
+    again = asyncio.run(schedule.fire(settings, sessions, "weekly", slot))
+    assert not again.made and "already sent" in again.reason
+    assert smtp_server.count() == 5
+
+
+def test_fewer_new_items_than_min_items_makes_nothing(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
+) -> None:
+    load(sessions, site)
+    strict = dataclasses.replace(
+        settings, schedule={"weekly": dataclasses.replace(settings.schedule["weekly"], min_items=9)}
+    )
+    result = asyncio.run(
+        schedule.fire(strict, sessions, "weekly", dt.datetime(2026, 11, 23, tzinfo=dt.UTC))
+    )
+    assert result.issue_id is None and "8 new items, fewer than min_items = 9" in result.reason
+    with sessions() as s:
+        assert s.scalars(select(Issue)).all() == []
+    assert smtp_server.messages == []
+
+
+# --- the real processes -----------------------------------------------------------------
+
+
+def scheduled_site(site: Path, database_url: str, smtp_port: int, cron: str) -> Path:
+    config = site / "config.toml"
+    text = config.read_text()
+    text = text.replace("port = 8025", f"port = {smtp_port}")
+    text = text.replace('url = "sqlite:///var/newsletter.db"', f'url = "{database_url}"')
+    text = text.replace('cron = "0 8 * * mon"', f'cron = "{cron}"').replace(
+        'timezone = "Asia/Shanghai"', 'timezone = "UTC"'
+    )
+    text = text.replace("port = 8000", f"port = {free_port()}")
+    config.write_text(text)
+    return config
+
+
+def newsletter(site: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_SECRET_KEY"] = SECRET
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", *args],
+        cwd=site,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_until(condition: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def test_serve_fires_a_seconds_schedule_and_then_waits_for_items(
+    site: Path,
+    database_url: str,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: RecordingHandler,
+) -> None:
+    load(sessions, site)
+    scheduled_site(site, database_url, smtp_server.port, "*/2 * * * * *")
+    serve = newsletter(site, "serve")
+    try:
+        wait_until(lambda: smtp_server.count() == 5, 60)
+        time.sleep(4.5)  # two more slots pass with no new items
+    finally:
+        out = stop(serve)
+    assert "fewer than min_items" in out
+    with sessions() as s:
+        (issue,) = s.scalars(select(Issue)).all()
+        assert issue.schedule == "weekly" and issue.slot_at is not None and issue.status == "sent"
+    assert smtp_server.count() == 5
+
+
+def test_a_slot_missed_while_down_fires_once_at_restart(
+    site: Path,
+    database_url: str,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: RecordingHandler,
+) -> None:
+    load(sessions, site)
+    slot = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=12)).replace(microsecond=0)
+    scheduled_site(
+        site, database_url, smtp_server.port, f"{slot.second} {slot.minute} {slot.hour} * * *"
+    )
+    serve = newsletter(site, "serve")
+    wait_until(
+        lambda: serve.stdout is not None and "next run" in (serve.stdout.readline() or ""), 30
+    )
+    stop(serve, signal.SIGKILL)  # killed before its slot
+    wait_until(lambda: dt.datetime.now(dt.UTC) > slot + dt.timedelta(seconds=2), 30)
+    assert smtp_server.count() == 0
+    serve = newsletter(site, "serve")
+    try:
+        wait_until(lambda: smtp_server.count() == 5, 60)
+        time.sleep(2)
+    finally:
+        stop(serve)
+    with sessions() as s:
+        (issue,) = s.scalars(select(Issue)).all()
+        assert issue.slot_at == slot
+    received = smtp_server.by_recipient()
+    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
+
+
+@pytest.mark.parametrize("launcher", ["serve", "cron"])
+def test_two_processes_on_one_slot_make_one_issue(
+    launcher: str,
+    site: Path,
+    database_url: str,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: RecordingHandler,
+) -> None:
+    load(sessions, site)
+    smtp_server.delay_seconds = 0.05  # so the two really overlap
+    if launcher == "serve":
+        slot = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)).replace(microsecond=0)
+        scheduled_site(
+            site, database_url, smtp_server.port, f"{slot.second} {slot.minute} {slot.hour} * * *"
+        )
+        procs = [
+            newsletter(site, "serve", "--port", str(free_port())),
+            newsletter(site, "serve", "--port", str(free_port())),
+        ]
+        try:
+            wait_until(lambda: smtp_server.count() >= 5, 60)
+            time.sleep(3)
+        finally:
+            for p in procs:
+                stop(p)
+    else:
+        scheduled_site(site, database_url, smtp_server.port, "* * * * *")
+        procs = [newsletter(site, "send", "--scheduled", "weekly") for _ in range(2)]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+    with sessions() as s:
+        issues = s.scalars(select(Issue)).all()
+    assert len(issues) == 1
+    received = smtp_server.by_recipient()
+    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
