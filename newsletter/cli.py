@@ -372,27 +372,43 @@ def _with_progress(job: Callable[[publish.Run], Coroutine[Any, Any, T]]) -> T:
         failures: dict[int, int] = {}
         engines: list[Engine] = []
 
+        pending = [0]
+
+        def flush() -> None:
+            if engines and pending[0]:
+                progress.update(tasks[engines[-1].issue.id], advance=pending[0])
+            pending[0] = 0
+
         def on_start(engine: Engine, total: int) -> None:
+            flush()  # the last ticks of the issue before
             engines.append(engine)
             issue_id = engine.issue.id
             failures[issue_id] = 0
             tasks[issue_id] = progress.add_task(f"issue #{issue_id}", total=total)
 
         def tick(outcome: Outcome) -> None:
+            # Called for every message: touch the bar only every 25 outcomes or on a failure,
+            # so drawing it costs the sender next to nothing.
             issue_id = engines[-1].issue.id
-            if outcome.status not in (SENT, SKIPPED):
+            pending[0] += 1
+            failed = outcome.status not in (SENT, SKIPPED)
+            if failed:
                 failures[issue_id] += 1
-            progress.update(
-                tasks[issue_id],
-                advance=1,
-                description=f"issue #{issue_id} · {failures[issue_id]} not sent",
-            )
+            if failed or pending[0] >= 25:
+                progress.update(
+                    tasks[issue_id],
+                    advance=pending[0],
+                    description=f"issue #{issue_id} · {failures[issue_id]} not sent",
+                )
+                pending[0] = 0
 
         async def main() -> T:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, _stop_all, engines)
-            return await job(publish.Run(progress=tick, on_start=on_start))
+            result = await job(publish.Run(progress=tick, on_start=on_start))
+            flush()
+            return result
 
         return asyncio.run(main())
 
@@ -688,6 +704,7 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        refresh_per_second=4,
     )
 
 
