@@ -44,6 +44,7 @@ from newsletter.pool import (
     Connection,
     RateLimiter,
     Relays,
+    Wire,
     aiosmtplib_client,
     transmit,
 )
@@ -64,6 +65,7 @@ class IssuePaused(NewsletterError):
 class MessageSigner(Protocol):
     """Anything that signs a finished message (DKIM); see newsletter.signing."""
 
+    def signature_header(self, message: bytes) -> bytes: ...
     def sign(self, message: bytes) -> bytes: ...
 
 
@@ -272,14 +274,15 @@ class Engine:
 
     async def _attempt(self, conn: Connection, job: Job) -> Outcome:
         r = job.recipient
-        data: bytes
+        message_id, data = self.personalizer.wire(r)
         if self.dkim is not None and self._sign_pool is not None:
-            message_id, data = self.personalizer.message(r)
-            data = await asyncio.get_running_loop().run_in_executor(
-                self._sign_pool, self.dkim.sign, data
+            # The signature covers the plain message; its header then goes in front of the
+            # DATA form, so signing adds no normalising pass either.
+            _, plain = self.personalizer.message(r)
+            header = await asyncio.get_running_loop().run_in_executor(
+                self._sign_pool, self.dkim.signature_header, plain
             )
-        else:
-            message_id, data = self.personalizer.wire(r)
+            data = Wire(header + data)
         await self.limiter.acquire()
         try:
             client = await conn.get()
