@@ -448,20 +448,153 @@ def _print_summary(summary: Summary) -> None:
         )
 
 
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid, as in some containers
+        return f"cli:uid-{os.getuid()}"
+
+
+@issue_app.command("list")
+def issue_list(limit: Annotated[int, typer.Option(help="Show at most this many.")] = 20) -> None:
+    """Issues, newest first, with their progress."""
+    from newsletter import desk
+
+    table = Table("#", "status", "subject", "sent", "of", "done", "created")
+    for info in desk.list_issues(state.sessions(), limit):
+        table.add_row(
+            str(info.id),
+            info.status,
+            info.subject,
+            str(info.sent),
+            str(info.total),
+            f"{info.percent:.0f}%",
+            info.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@issue_app.command("show")
+def issue_show(issue_id: Annotated[int, typer.Argument(help="The issue.")]) -> None:
+    """One issue: subject, status, its items and its delivery counts."""
+    from newsletter import desk
+
+    sessions = state.sessions()
+    info = desk.issue_info(sessions, issue_id)
+    console.print(f"issue #{info.id}: {info.subject}")
+    console.print(info.summary + (f" (paused: {info.pause_reason})" if info.pause_reason else ""))
+    with sessions() as session:
+        for item in store.issue_items(session, issue_id):
+            console.print(f"  · [{item.section}] {item.title}")
+    console.print(
+        ", ".join(f"{n} {st}" for st, n in sorted(info.counts.items())) or "no deliveries"
+    )
+
+
+@issue_app.command("status")
+def issue_status(
+    issue_id: Annotated[int, typer.Argument(help="The issue.")],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow a running send with a live progress bar.")
+    ] = False,
+) -> None:
+    """Progress of an issue's send (queued, sent, failed, bounced); --watch follows it live."""
+    from newsletter import desk
+
+    sessions = state.sessions()
+    info = desk.issue_info(sessions, issue_id)
+    if watch and info.status == "sending":
+        with _progress() as progress:
+            task = progress.add_task(f"issue #{issue_id}", total=info.total, completed=info.done)
+            while info.status == "sending":
+                time.sleep(0.5)
+                info = desk.issue_info(sessions, issue_id)
+                progress.update(task, completed=info.done)
+    table = Table(title=info.summary)
+    table.add_column("deliveries")
+    table.add_column("members", justify="right")
+    for status in (
+        "queued",
+        "sending",
+        "sent",
+        "deferred",
+        "failed",
+        "bounced",
+        "skipped",
+        "cancelled",
+    ):
+        if info.counts.get(status) or status in ("queued", "sent", "failed", "bounced"):
+            table.add_row(status, str(info.counts.get(status, 0)))
+    console.print(table)
+
+
+@issue_app.command("test")
+def issue_test(
+    to: Annotated[str, typer.Option("--to", help="The one address to send the test to.")],
+    issue_id: Annotated[
+        int | None, typer.Option("--issue", help="A stored issue (default: the next one).")
+    ] = None,
+) -> None:
+    """Send one copy of the next issue (or issue N), marked [TEST], to one address.
+
+    Nothing is stored and nothing counts as the issue's send.
+    """
+    from newsletter import desk
+
+    settings, sessions = state.settings(), state.sessions()
+    message_id = asyncio.run(desk.test_send(settings, sessions, to, issue_id, actor=_actor()))
+    console.print(f"test sent to {to}: {message_id}")
+
+
+@issue_app.command("send")
+def issue_send() -> None:
+    """The same as `newsletter send`: finish what is pending, then send the next issue."""
+    send(processes=1, scheduled=None)
+
+
 @issue_app.command("pause")
 def issue_pause(issue_id: Annotated[int, typer.Argument(help="The issue to pause.")]) -> None:
     """Pause a sending issue: every running send stops within a moment, keeping its place."""
-    publish.set_paused(state.sessions(), issue_id, True)
-    console.print(f"issue #{issue_id} paused")
+    from newsletter import desk
+
+    console.print(desk.pause(state.sessions(), issue_id, actor=_actor()).summary + " (paused)")
 
 
 @issue_app.command("resume")
 def issue_resume(issue_id: Annotated[int, typer.Argument(help="The issue to resume.")]) -> None:
     """Resume a paused issue and continue sending it from where it stopped."""
+    from newsletter import desk
+
     settings, sessions = state.settings(), state.sessions()
-    issue = publish.set_paused(sessions, issue_id, False)
+    desk.resume(sessions, issue_id, actor=_actor())
     console.print(f"issue #{issue_id} resumed")
-    _print_summary(_with_progress(lambda run: publish.deliver(settings, sessions, issue, run)))
+    issue = publish.get_issue(sessions, issue_id)
+    _print_summary(_with_progress(functools.partial(publish.deliver, settings, sessions, issue)))
+
+
+@issue_app.command("cancel")
+def issue_cancel(issue_id: Annotated[int, typer.Argument(help="The issue to cancel.")]) -> None:
+    """Cancel an issue: no more of its messages go out; the status says how many did."""
+    from newsletter import desk
+
+    console.print(desk.cancel(state.sessions(), issue_id, actor=_actor()).summary)
+
+
+editor_app = typer.Typer(no_args_is_help=True, help="Editors' accounts for the editor's pages.")
+app.add_typer(editor_app, name="editor")
+
+
+@editor_app.command("hash-password")
+def editor_hash_password() -> None:
+    """Ask for a password and print the password_hash line for an [[editor]] in config.toml."""
+    from newsletter import desk
+
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 12:
+        raise NewsletterError("use a password of at least 12 characters")
+    console.print(f'password_hash = "{desk.hash_password(password)}"')
 
 
 @app.command("smtp-sink")

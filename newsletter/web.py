@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import db, members, search, votes
+from newsletter import admin, db, members, search, votes
 from newsletter.config import Settings
 from newsletter.errors import TokenError
 from newsletter.issue import from_row
@@ -115,6 +115,7 @@ def create_app(
     )
     app = FastAPI(title=f"{settings.list.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.links = links
+    admin.install(app, links)  # the editor's desk (/desk) and the JSON API (/api)
 
     def hit(session: Session, request: Request, kind: str, member_id: int, **fields: Any) -> None:
         votes.record_hit(

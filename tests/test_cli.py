@@ -158,3 +158,31 @@ def test_smtp_sink_writes_each_message_to_the_outbox(site: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_issue_commands(site: Path, smtp_server: object) -> None:
+    from tests.smtpd import RecordingHandler
+
+    assert isinstance(smtp_server, RecordingHandler)
+    use_port(site, smtp_server.port)
+    env = {"NEWSLETTER_SECRET_KEY": "k" * 32}
+    run(site, "items", "import", "examples/seed-feed.xml", env=env)
+    run(site, "subscribers", "import", "subscribers/example.csv", env=env)
+    test = run(site, "issue", "test", "--to", "editor@example.org", env=env)
+    assert test.returncode == 0, test.stderr
+    (message,) = smtp_server.messages
+    assert message.rcpt_to == "editor@example.org" and message.parse()["Subject"].startswith(
+        "[TEST] "
+    )
+    assert "%" not in run(site, "issue", "list", env=env).stdout  # the test stored no issue
+    sent = run(site, "send", env=env)
+    assert sent.returncode == 0, sent.stderr
+    assert len(smtp_server.messages) == 6
+    listing = run(site, "issue", "list", env=env).stdout
+    assert "sent" in listing and "100%" in listing
+    shown = run(site, "issue", "show", "1", env=env).stdout
+    assert "issue #1 is sent: 5 of 5 sent" in shown and "Xiaomi and Nokia" in shown
+    status = run(site, "issue", "status", "1", env=env).stdout
+    assert "5 of 5" in status and "│ sent       │       5 │" in status
+    cancel = run(site, "issue", "cancel", "1", env=env)
+    assert cancel.returncode == 1 and cancel.stderr.startswith("error: ")

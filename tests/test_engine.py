@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import publish
 from newsletter.config import Settings
+from newsletter.errors import NewsletterError
 from newsletter.members import import_csv
 from newsletter.models import Delivery, Issue, Member, utcnow
 from newsletter.pool import RateLimiter
@@ -308,3 +309,80 @@ def test_rate_limiter_spaces_messages() -> None:
     asyncio.run(take_hourly(120))
     # One minute's share (60) at once, then one a second.
     assert sum(slept) == pytest.approx(60.0, abs=0.1)
+
+
+def test_pause_mid_send_then_resume_mails_everyone_once(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    from newsletter import desk
+
+    add_members(sessions, tmp_path, 300)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    smtp_server.delay_seconds = 0.01
+    prepared = publish.release_next(settings, sessions)
+    issue_id = prepared.issue.id
+
+    def pause_when_started() -> None:
+        while smtp_server.count() < 50:
+            time.sleep(0.005)
+        desk.pause(sessions, issue_id, actor="test")
+
+    thread = threading.Thread(target=pause_when_started)
+    thread.start()
+    summary = asyncio.run(publish.deliver(settings, sessions, prepared.issue))
+    thread.join()
+    assert summary.status == "paused"
+    stopped_at = smtp_server.count()
+    assert 50 <= stopped_at < 300
+    time.sleep(0.3)
+    assert smtp_server.count() == stopped_at  # nothing goes out while paused
+    desk.resume(sessions, issue_id, actor="test")
+    summary = asyncio.run(
+        publish.deliver(settings, sessions, publish.get_issue(sessions, issue_id))
+    )
+    assert summary.status == "sent" and summary.counts == {"sent": 300}
+    received = smtp_server.by_recipient()
+    assert len(received) == 300 and all(len(m) == 1 for m in received.values())
+
+
+def test_cancel_mid_send_stops_and_says_how_many_went(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    from newsletter import desk
+
+    add_members(sessions, tmp_path, 300)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    smtp_server.delay_seconds = 0.01
+    prepared = publish.release_next(settings, sessions)
+
+    def cancel_when_started() -> None:
+        while smtp_server.count() < 50:
+            time.sleep(0.005)
+        desk.cancel(sessions, prepared.issue.id, actor="test")
+
+    thread = threading.Thread(target=cancel_when_started)
+    thread.start()
+    asyncio.run(publish.deliver(settings, sessions, prepared.issue))
+    thread.join()
+    sent = smtp_server.count()
+    time.sleep(0.3)
+    assert smtp_server.count() == sent < 300
+    info = desk.issue_info(sessions, prepared.issue.id)
+    assert info.status == "cancelled"
+    assert info.counts == {"sent": sent, "cancelled": 300 - sent}
+    assert (
+        info.summary
+        == f"issue #{prepared.issue.id} is cancelled: {sent} of 300 sent, {300 - sent} not sent (cancelled)"
+    )
+    with pytest.raises(NewsletterError, match="cancelled"):
+        asyncio.run(
+            publish.deliver(settings, sessions, publish.get_issue(sessions, prepared.issue.id))
+        )

@@ -1,0 +1,246 @@
+"""The editor's desk pages (FastAPI's test client) on SQLite and PostgreSQL: login, CSRF,
+test sends, send now, pause/resume/cancel, members and the audit log."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import config, desk, publish, store
+from newsletter.config import Settings
+from newsletter.members import import_csv
+from newsletter.models import ACTIVE, AuditEntry, Delivery, Issue, Member
+from newsletter.sources import import_source
+from newsletter.web import create_app
+from tests.conftest import SECRET
+from tests.smtpd import RecordingHandler
+
+EDITOR, PASSWORD = "ed", "correct horse battery staple"
+HASH = desk.hash_password(PASSWORD)
+TOKEN = "api-token-0123456789abcdef-xyz"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def desk_settings(site: Path, database_url: str, smtp_port: int, token: str = TOKEN) -> Settings:
+    """The test site's settings with one editor and an API token."""
+    env = {config.SECRET_ENV: SECRET}
+    if token:
+        env[config.API_TOKEN_ENV] = token
+    return config.load(
+        site / "config.toml",
+        env=env,
+        overrides={
+            "database": {"url": database_url},
+            "smtp": {"port": smtp_port},
+            "delivery": {"linger_seconds": 0.0},
+            "editor": [{"name": EDITOR, "password_hash": HASH}],
+        },
+    )
+
+
+def fill(sessions: sessionmaker[Session], site: Path) -> None:
+    import_csv(sessions, site / "subscribers" / "example.csv")
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+
+
+def log_in(client: TestClient) -> str:
+    """Log the client in as the editor; returns the CSRF token of its session."""
+    r = client.post(
+        "/desk/login", data={"name": EDITOR, "password": PASSWORD}, follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+    page = client.get("/desk")
+    assert page.status_code == 200
+    match = CSRF.search(page.text)
+    assert match
+    return match.group(1)
+
+
+def wait_idle(client: TestClient, timeout: float = 20.0) -> list[dict[str, object]]:
+    """Poll the desk's JSON until no background job runs; the issues then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = client.get("/desk/issues.json").json()
+        if not data["running"]:
+            return list(data["issues"])
+        time.sleep(0.05)
+    raise TimeoutError("the background send did not finish")
+
+
+def audit_rows(sessions: sessionmaker[Session]) -> list[tuple[str, str, int | None]]:
+    with sessions() as s:
+        return [
+            (a.actor, a.action, a.issue_id)
+            for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))
+        ]
+
+
+def issue_status(sessions: sessionmaker[Session], issue_id: int = 1) -> str:
+    with sessions() as s:
+        return str(s.scalar(select(Issue.status).where(Issue.id == issue_id)))
+
+
+@pytest.fixture
+def client(
+    site: Path, database_url: str, smtp_server: RecordingHandler
+) -> Iterator[tuple[TestClient, Settings, sessionmaker[Session]]]:
+    from newsletter import db
+
+    settings = desk_settings(site, database_url, smtp_server.port)
+    sessions = db.open_database(settings.database_url)
+    fill(sessions, site)
+    # As a context manager the client keeps one event loop, where background sends run.
+    with TestClient(create_app(settings, sessions)) as c:
+        yield c, settings, sessions
+    sessions.kw["bind"].dispose()
+
+
+def test_password_hashes() -> None:
+    assert HASH.startswith("scrypt$") and desk.hash_password(PASSWORD) != HASH
+    assert desk.verify_password(PASSWORD, HASH)
+    assert not desk.verify_password(PASSWORD + "x", HASH)
+    assert not desk.verify_password(PASSWORD, "scrypt$garbage")
+    assert not desk.verify_password(PASSWORD, "")
+
+
+def test_login_and_pages_need_it(
+    client: tuple[TestClient, Settings, sessionmaker[Session]],
+) -> None:
+    c, _, sessions = client
+    for path in ("/desk", "/desk/preview", "/desk/preview.html", "/desk/members", "/desk/audit"):
+        r = c.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/desk/login", path
+    assert c.get("/desk/issues.json").status_code == 401
+    wrong = c.post("/desk/login", data={"name": EDITOR, "password": "nope"}, follow_redirects=False)
+    assert wrong.status_code == 403 and "Wrong name or password" in wrong.text
+    assert "set-cookie" not in wrong.headers
+    nobody = c.post("/desk/login", data={"name": "eve", "password": PASSWORD})
+    assert nobody.status_code == 403
+    r = c.post("/desk/login", data={"name": EDITOR, "password": PASSWORD}, follow_redirects=False)
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/desk" in cookie
+    page = c.get("/desk")
+    assert page.status_code == 200 and "Send now" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "style=" not in page.text
+    # A forged cookie is no login.
+    good = c.cookies.get("desk_session")
+    assert good
+    c.cookies.clear()
+    c.cookies.set("desk_session", good[:-2] + "xx", path="/desk")
+    assert c.get("/desk", follow_redirects=False).status_code == 303
+    assert audit_rows(sessions) == [(EDITOR, "login", None)]
+
+
+def test_posts_without_the_csrf_token_change_nothing(
+    client: tuple[TestClient, Settings, sessionmaker[Session]],
+    smtp_server: RecordingHandler,
+) -> None:
+    c, settings, sessions = client
+    token = log_in(c)
+    publish.release_next(settings, sessions)  # issue 1, sending, nothing delivered yet
+    for data in ({}, {"csrf": "wrong"}, {"csrf": token + "x"}):
+        for path in ("/desk/issues/1/pause", "/desk/issues/1/cancel", "/desk/send"):
+            assert c.post(path, data=data).status_code == 403, (path, data)
+        assert c.post("/desk/test", data={**data, "to": "x@example.org"}).status_code == 403
+    assert issue_status(sessions) == "sending"
+    assert smtp_server.count() == 0
+    assert audit_rows(sessions) == [(EDITOR, "login", None)]
+    # The right token works; the action is audited with the editor's name.
+    r = c.post("/desk/issues/1/pause", data={"csrf": token})
+    assert r.status_code == 200 and "is paused" in r.text
+    assert issue_status(sessions) == "paused"
+    r = c.post("/desk/issues/1/cancel", data={"csrf": token})
+    assert "is cancelled: 0 of 5 sent, 5 not sent" in r.text
+    assert audit_rows(sessions)[1:] == [(EDITOR, "pause", 1), (EDITOR, "cancel", 1)]
+
+
+def test_test_send_stores_nothing(
+    client: tuple[TestClient, Settings, sessionmaker[Session]],
+    smtp_server: RecordingHandler,
+) -> None:
+    c, _, sessions = client
+    token = log_in(c)
+    with sessions() as s:
+        new_before = store.count_new_items(s)
+    r = c.post("/desk/test", data={"csrf": token, "to": " Proof@Example.org "})
+    assert r.status_code == 200 and "test message sent to Proof@Example.org" in r.text
+    assert len(smtp_server.messages) == 1
+    (received,) = smtp_server.messages
+    assert received.rcpt_to == "proof@example.org"
+    message = received.parse()
+    assert str(message["Subject"]).startswith("[TEST] ")
+    assert message["To"] == "proof@example.org"
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Issue)) == 0
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 0
+        assert store.count_new_items(s) == new_before > 0
+    assert audit_rows(sessions)[-1] == (EDITOR, "test-send", None)
+    bad = c.post("/desk/test", data={"csrf": token, "to": "not an address"})
+    assert "test not sent" in bad.text and len(smtp_server.messages) == 1
+
+
+def test_send_now_in_the_background(
+    client: tuple[TestClient, Settings, sessionmaker[Session]],
+    smtp_server: RecordingHandler,
+) -> None:
+    c, _, sessions = client
+    token = log_in(c)
+    r = c.post("/desk/send", data={"csrf": token}, follow_redirects=False)
+    assert r.status_code == 303
+    (issue,) = wait_idle(c)
+    assert issue["status"] == "sent" and issue["percent"] == 100.0
+    with sessions() as s:
+        active = set(s.scalars(select(Member.email).where(Member.status == ACTIVE)))
+    received = smtp_server.by_recipient()
+    assert set(received) == active and all(len(m) == 1 for m in received.values())
+    page = c.get("/desk")
+    assert 'value="100.0"' in page.text and "5 / 5" in page.text
+    # Nothing left to send: the desk says so and starts nothing.
+    again = c.post("/desk/send", data={"csrf": token})
+    assert "nothing to send" in again.text
+    assert audit_rows(sessions)[-1] == (EDITOR, "send", None)
+    assert "nothing to send" in c.get("/desk/preview.html").text
+    results = c.get("/desk/surveys")
+    assert results.status_code == 200 and 'class="chart"' in results.text
+
+
+def test_preview_members_and_audit_pages(
+    client: tuple[TestClient, Settings, sessionmaker[Session]], tmp_path: Path
+) -> None:
+    c, _, sessions = client
+    token = log_in(c)
+    frames = c.get("/desk/preview")
+    assert 'class="frame-600"' in frames.text and 'class="frame-375"' in frames.text
+    assert "frame-src 'self'" in frames.headers["content-security-policy"]
+    preview = c.get("/desk/preview.html")
+    csp = preview.headers["content-security-policy"]
+    assert "frame-ancestors 'self'" in csp and "'unsafe-inline'" in csp
+    assert preview.headers["x-frame-options"] == "SAMEORIGIN"
+    assert "/preview/unsubscribe" in preview.text  # inert sample links
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Issue)) == 0
+
+    found = c.get("/desk/members", params={"q": "LI.WEI"})
+    assert "li.wei@example.org" in found.text and "wang.fang@example.org" not in found.text
+    csv = b"email,name\nnew.one@example.org,New One\nnot-an-address,Bad\n"
+    r = c.post(
+        "/desk/members/import",
+        data={"csrf": token},
+        files={"file": ("more.csv", csv, "text/csv")},
+    )
+    assert r.status_code == 200
+    assert "1 added" in r.text and "line 3:" in r.text
+    assert "new.one@example.org" in c.get("/desk/members", params={"q": "new.one"}).text
+    refused = c.post("/desk/members/import", files={"file": ("x.csv", csv, "text/csv")})
+    assert refused.status_code == 403
+    audit_page = c.get("/desk/audit")
+    assert "import-members" in audit_page.text and "more.csv" in audit_page.text
