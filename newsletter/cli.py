@@ -234,6 +234,10 @@ def issue_preview(
     out: Annotated[
         Path | None, typer.Option(help="The folder for the files (default: issue.preview_dir).")
     ] = None,
+    png: Annotated[
+        bool,
+        typer.Option("--png", help="Also render it in headless Chromium at 600 and 375 px wide."),
+    ] = False,
 ) -> None:
     """Write the next issue's HTML, text and .eml to files without sending or storing anything."""
     settings = state.settings()
@@ -247,6 +251,11 @@ def issue_preview(
         f"{len(compiled.item_ids)} items, HTML {compiled.html_bytes_estimate():,} bytes after inlining"
     )
     console.print(f"wrote {files.html}\nwrote {files.text}\nwrote {files.eml}")
+    if png:
+        from newsletter.preview import screenshots
+
+        for path in screenshots(files.html):
+            console.print(f"wrote {path}")
 
 
 @app.command()

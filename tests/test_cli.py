@@ -186,3 +186,22 @@ def test_issue_commands(site: Path, smtp_server: object) -> None:
     assert "5 of 5" in status and "│ sent       │       5 │" in status
     cancel = run(site, "issue", "cancel", "1", env=env)
     assert cancel.returncode == 1 and cancel.stderr.startswith("error: ")
+
+
+def test_preview_png_at_two_widths(site: Path) -> None:
+    import struct
+
+    if not Path("/usr/bin/chromium").is_file() and os.environ.get("CI") != "true":
+        import pytest
+
+        pytest.skip("Chromium is not installed")
+    run(site, "items", "import", "examples/seed-feed.xml")
+    result = run(site, "issue", "preview", "--png")
+    assert result.returncode == 0, result.stderr
+    widths = {}
+    for width in (600, 375):
+        png = (site / "var" / "preview" / f"next-issue-{width}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        widths[width] = struct.unpack(">II", png[16:24])
+    assert widths[600][0] == 600 and widths[375][0] == 375
+    assert widths[375][1] > widths[600][1]  # the narrow layout is taller
