@@ -311,6 +311,42 @@ def test_rate_limiter_spaces_messages() -> None:
     assert sum(slept) == pytest.approx(60.0, abs=0.1)
 
 
+def release_slowly(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> publish.Prepared:
+    """A 300-member issue, released, to a server slow enough to interrupt mid-send."""
+    add_members(sessions, tmp_path, 300)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    smtp_server.delay_seconds = 0.01
+    return publish.release_next(settings, sessions)
+
+
+def deliver_until(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    prepared: publish.Prepared,
+    smtp_server: RecordingHandler,
+    action: Any,
+) -> Any:
+    """Deliver the issue; once 50 messages are in, an editor's `action` (pause, cancel) hits it."""
+
+    def act_when_started() -> None:
+        while smtp_server.count() < 50:
+            time.sleep(0.005)
+        action(sessions, prepared.issue.id, actor="test")
+
+    thread = threading.Thread(target=act_when_started)
+    thread.start()
+    try:
+        return asyncio.run(publish.deliver(settings, sessions, prepared.issue))
+    finally:
+        thread.join()
+
+
 def test_pause_mid_send_then_resume_mails_everyone_once(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -320,21 +356,9 @@ def test_pause_mid_send_then_resume_mails_everyone_once(
 ) -> None:
     from newsletter import desk
 
-    add_members(sessions, tmp_path, 300)
-    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
-    smtp_server.delay_seconds = 0.01
-    prepared = publish.release_next(settings, sessions)
+    prepared = release_slowly(settings, sessions, site, tmp_path, smtp_server)
     issue_id = prepared.issue.id
-
-    def pause_when_started() -> None:
-        while smtp_server.count() < 50:
-            time.sleep(0.005)
-        desk.pause(sessions, issue_id, actor="test")
-
-    thread = threading.Thread(target=pause_when_started)
-    thread.start()
-    summary = asyncio.run(publish.deliver(settings, sessions, prepared.issue))
-    thread.join()
+    summary = deliver_until(settings, sessions, prepared, smtp_server, desk.pause)
     assert summary.status == "paused"
     stopped_at = smtp_server.count()
     assert 50 <= stopped_at < 300
@@ -358,20 +382,8 @@ def test_cancel_mid_send_stops_and_says_how_many_went(
 ) -> None:
     from newsletter import desk
 
-    add_members(sessions, tmp_path, 300)
-    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
-    smtp_server.delay_seconds = 0.01
-    prepared = publish.release_next(settings, sessions)
-
-    def cancel_when_started() -> None:
-        while smtp_server.count() < 50:
-            time.sleep(0.005)
-        desk.cancel(sessions, prepared.issue.id, actor="test")
-
-    thread = threading.Thread(target=cancel_when_started)
-    thread.start()
-    asyncio.run(publish.deliver(settings, sessions, prepared.issue))
-    thread.join()
+    prepared = release_slowly(settings, sessions, site, tmp_path, smtp_server)
+    deliver_until(settings, sessions, prepared, smtp_server, desk.cancel)
     sent = smtp_server.count()
     time.sleep(0.3)
     assert smtp_server.count() == sent < 300
