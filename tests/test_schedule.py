@@ -213,8 +213,10 @@ def test_two_processes_on_one_slot_make_one_issue(
             time.sleep(3)
         finally:
             outs = [stop(p) for p in procs]
-        # Both schedulers fired the slot; the database let one of them make the issue.
-        assert all(f"slot {slot.isoformat()}" in out for out in outs), outs
+        # The two schedulers share one job table, so the second often finds the job already
+        # moved on and fires nothing; when both fire, the database lets one make the issue.
+        # (Two processes certainly firing one slot: the "cron" case and the in-process test.)
+        assert any(f"slot {slot.isoformat()}" in out for out in outs), outs
     else:
         scheduled_site(site, database_url, smtp_server.port, "* * * * *")
         procs = [newsletter(site, "send", "--scheduled", "weekly") for _ in range(2)]
