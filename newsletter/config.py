@@ -103,6 +103,7 @@ class DkimSettings:
     domain: str
     selector: str
     key_file: str
+    processes: int = 0  # signing processes; 0 means one per CPU core
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +317,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("delivery.in_flight", "in_flight and commit_every must be at least 1")
     if d.bounce_threshold < 1:
         raise ConfigError("delivery.bounce_threshold", "must be at least 1")
+    if s.dkim is not None and s.dkim.processes < 0:
+        raise ConfigError("dkim.processes", "must be 0 (one per core) or more")
     if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
         raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
     if s.issue.max_items < 1:

@@ -15,9 +15,9 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +38,9 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.personalize import Personalizer
+
+if TYPE_CHECKING:  # signing imports dkimpy and cryptography: only a DKIM run needs them
+    from newsletter.signing import DkimSigner, SigningPool
 from newsletter.pool import (
     CONNECTION_ERRORS,
     ClientFactory,
@@ -60,13 +63,6 @@ class IssuePaused(NewsletterError):
             f"issue #{issue_id} is paused: {reason or 'by an editor'}; "
             f"`newsletter issue resume {issue_id}` continues it"
         )
-
-
-class MessageSigner(Protocol):
-    """Anything that signs a finished message (DKIM); see newsletter.signing."""
-
-    def signature_header(self, message: bytes) -> bytes: ...
-    def sign(self, message: bytes) -> bytes: ...
 
 
 @dataclass
@@ -106,7 +102,7 @@ class Engine:
         *,
         client_factory: ClientFactory = aiosmtplib_client,
         progress: Callable[[Outcome], None] | None = None,
-        dkim: MessageSigner | None = None,
+        dkim: DkimSigner | None = None,
         owner: str | None = None,
     ) -> None:
         self.settings = settings
@@ -136,10 +132,9 @@ class Engine:
         self.consecutive_failures = 0
         self.attempted = 0
         self._recorded = asyncio.Event()
-        # OpenSSL releases the GIL while it signs, so DKIM signatures run beside the sending.
-        self._sign_pool = (
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim") if dkim else None
-        )
+        self._signing: SigningPool | None = None
+        # delivery id -> Message-ID and the signed DATA form on its way from a signing process
+        self._signed: dict[int, tuple[str, asyncio.Future[bytes]]] = {}
 
     def stop(self, reason: str = "") -> None:
         """Stop claiming; messages already in an SMTP transaction finish, the rest go back."""
@@ -154,6 +149,11 @@ class Engine:
             raise NewsletterError(f"issue #{self.issue.id} was cancelled")
         started = time.monotonic()
         await asyncio.to_thread(self.ledger.recover)
+        if self.dkim is not None:
+            from newsletter.signing import SigningPool
+
+            processes = self.settings.dkim.processes if self.settings.dkim else 0
+            self._signing = SigningPool(self.dkim, processes)
         queue: asyncio.Queue[Job | None] = asyncio.Queue()
         unsent: list[int] = []
         workers = [
@@ -174,8 +174,7 @@ class Engine:
             await asyncio.to_thread(self.ledger.record, self.outcomes)
             self.outcomes = []
             await asyncio.to_thread(self.ledger.release, unsent)
-        if self._sign_pool is not None:
-            self._sign_pool.shutdown(wait=False)
+            await self._close_signing()
         if self.stop_reason.startswith("paused"):
             await asyncio.to_thread(self.ledger.pause, self.stop_reason)
         elif self.stop_reason == "cancelled":
@@ -202,6 +201,8 @@ class Engine:
                 jobs, skipped = await asyncio.to_thread(self.ledger.claim, room)
                 if jobs or skipped:
                     self.in_flight += len(jobs)
+                    if self._signing is not None:
+                        self._sign_ahead(jobs)
                     for job in jobs:
                         queue.put_nowait(job)
                     continue
@@ -212,6 +213,23 @@ class Engine:
             self._recorded.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._recorded.wait(), timeout=0.25)
+
+    def _sign_ahead(self, jobs: list[Job]) -> None:
+        """Start the claimed messages' DKIM signatures now, so they are ready when sent."""
+        assert self._signing is not None
+        built = [self.personalizer.wire(job.recipient) for job in jobs]
+        signed = self._signing.sign_all([wire for _, wire in built])
+        for job, (message_id, _), future in zip(jobs, built, signed, strict=True):
+            self._signed[job.delivery_id] = (message_id, future)
+
+    async def _close_signing(self) -> None:
+        for _, future in self._signed.values():  # messages never sent: their signatures unused
+            if not future.cancel() and not future.cancelled():
+                future.exception()  # retrieved, so an error here is not reported as lost
+        self._signed.clear()
+        if self._signing is not None:
+            await asyncio.to_thread(self._signing.close)
+            self._signing = None
 
     async def _linger(self) -> bool:
         """Nothing to claim now: wait for the next deferred row if it is due soon enough."""
@@ -256,6 +274,8 @@ class Engine:
                     self.in_flight -= 1
                     continue
                 if job.recipient.member_id in self.left:
+                    self._signed.pop(job.delivery_id, None)
+                if job.recipient.member_id in self.left:
                     outcome = Outcome(
                         job.delivery_id,
                         job.recipient.member_id,
@@ -274,15 +294,15 @@ class Engine:
 
     async def _attempt(self, conn: Connection, job: Job) -> Outcome:
         r = job.recipient
-        message_id, data = self.personalizer.wire(r)
-        if self.dkim is not None and self._sign_pool is not None:
-            # The signature covers the plain message; its header then goes in front of the
-            # DATA form, so signing adds no normalising pass either.
-            _, plain = self.personalizer.message(r)
-            header = await asyncio.get_running_loop().run_in_executor(
-                self._sign_pool, self.dkim.signature_header, plain
-            )
-            data = Wire(header + data)
+        data: bytes
+        if job.delivery_id in self._signed:
+            message_id, signing = self._signed.pop(job.delivery_id)
+            try:
+                data = Wire(await signing)
+            except BrokenProcessPool as exc:
+                raise NewsletterError(f"a DKIM signing process died: {exc}") from exc
+        else:
+            message_id, data = self.personalizer.wire(r)
         await self.limiter.acquire()
         try:
             client = await conn.get()

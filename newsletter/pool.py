@@ -91,7 +91,8 @@ class Relays:
             client = self.factory(relay, self.timeout)
             try:
                 await client.connect()
-                await client.ehlo()
+                if getattr(client, "is_ehlo_or_helo_needed", True):  # connect may have done it
+                    await client.ehlo()
             except CONNECT_ERRORS as exc:
                 client.close()
                 self.down_until[i] = time.monotonic() + RELAY_COOLDOWN
@@ -158,8 +159,20 @@ class Wire(bytes):
     """
 
 
-class _WireDataProtocol(SMTPProtocol):
-    """aiosmtplib's protocol, sending a Wire as it is; any other message goes the usual way."""
+class _FastProtocol(SMTPProtocol):
+    """aiosmtplib's protocol with two additions for the engine's one-recipient transactions.
+
+    - A Wire goes out as it is at DATA (no per-message line-ending and dot-stuffing passes);
+      any other message goes aiosmtplib's usual way.
+    - `pipelined` sends MAIL, RCPT and DATA in one write and reads their three replies
+      together (RFC 2920), used when the server offers PIPELINING: two round trips and two
+      writes a message instead of four. aiosmtplib's own reader keeps one reply and drops
+      the rest, so while a batch is outstanding, replies are parsed here.
+    """
+
+    _batch: asyncio.Future[list[SMTPResponse]] | None = None
+    _batch_want = 0
+    _batch_replies: list[SMTPResponse]
 
     async def execute_data_command(
         self, message: bytes, timeout: float | None = None
@@ -174,21 +187,117 @@ class _WireDataProtocol(SMTPProtocol):
             start = await self.read_response(timeout=timeout)
             if start.code != SMTPStatus.start_input:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
-            self._response_pending = True
-            self.write(message)
-            response = await self.read_response(timeout=timeout)
-            if response.code != SMTPStatus.completed:
-                raise aiosmtplib.SMTPDataError(response.code, response.message)
+            return await self._send_wire(message, timeout)
+
+    async def _send_wire(self, message: bytes, timeout: float | None) -> SMTPResponse:
+        self._response_pending = True
+        self.write(message)
+        response = await self.read_response(timeout=timeout)
+        if response.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
 
+    async def pipelined(
+        self, envelope: tuple[str, str], message: Wire, size: bool, timeout: float | None
+    ) -> SMTPResponse:
+        """MAIL, RCPT and DATA in one write, then the message: one transaction, one recipient.
 
-def _wire_capable(protocol: object) -> bool:
-    # The override relies on these protocol internals (aiosmtplib 5); without them, or with a
+        Raises what aiosmtplib's own calls would: SMTPSenderRefused, SMTPRecipientRefused,
+        SMTPDataError, SMTPServerDisconnected or SMTPReadTimeoutError.
+        """
+        if self._command_lock is None:
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        sender, recipient = envelope
+        async with self._command_lock:
+            mail_reply, rcpt_reply, data_reply = await self._exchange(
+                b"MAIL " + _mail_arguments(sender, message, size) + b"\r\n"
+                b"RCPT TO:<" + recipient.encode() + b">\r\nDATA\r\n",
+                3,
+                timeout,
+            )
+            if data_reply.code == SMTPStatus.start_input and (
+                mail_reply.code != SMTPStatus.completed
+                or rcpt_reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward)
+            ):
+                # A server that accepts DATA with no valid recipient gets an empty message,
+                # which it must then refuse (RFC 2920 §3.1); the caller's RSET follows.
+                await self._exchange(b".\r\n", 1, timeout)
+            if mail_reply.code != SMTPStatus.completed:
+                raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, sender)
+            if rcpt_reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+                raise aiosmtplib.SMTPRecipientRefused(
+                    rcpt_reply.code, rcpt_reply.message, recipient
+                )
+            if data_reply.code != SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(data_reply.code, data_reply.message)
+            return await self._send_wire(message, timeout)
+
+    async def _exchange(
+        self, data: bytes, replies: int, timeout: float | None
+    ) -> list[SMTPResponse]:
+        if self._response_waiter is None or self.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        batch = self._batch = self._loop.create_future()
+        self._batch_want, self._batch_replies = replies, []
+        self.write(data)
+        try:
+            return await asyncio.wait_for(batch, timeout)
+        except TimeoutError as exc:
+            raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+        finally:
+            self._batch = None
+
+    def data_received(self, data: bytes) -> None:
+        batch = self._batch
+        if batch is None or batch.done():
+            super().data_received(data)
+            return
+        self._buffer.extend(data)
+        try:
+            while (reply := self._read_response_from_buffer()) is not None:
+                self._batch_replies.append(reply)
+                if len(self._batch_replies) == self._batch_want:
+                    batch.set_result(self._batch_replies)
+                    return
+        except Exception as exc:  # a malformed or oversized reply, as aiosmtplib raises it
+            batch.set_exception(exc)
+
+    def _fail_batch(self, exc: Exception) -> None:
+        if self._batch is not None and not self._batch.done():
+            self._batch.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
+        lost.__cause__ = exc
+        self._fail_batch(lost)
+        super().connection_lost(exc)
+
+    def eof_received(self) -> bool:
+        self._fail_batch(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        return super().eof_received()
+
+
+def _fast_capable(protocol: object) -> bool:
+    # The subclass relies on these protocol internals (aiosmtplib 5); without them, or with a
     # protocol we do not know, every message takes aiosmtplib's own path.
     return type(protocol) is SMTPProtocol and all(
         hasattr(protocol, name)
-        for name in ("_command_lock", "_response_pending", "write", "read_response")
+        for name in (
+            "_command_lock",
+            "_response_pending",
+            "_response_waiter",
+            "_buffer",
+            "_loop",
+            "_read_response_from_buffer",
+            "write",
+            "read_response",
+        )
     )
+
+
+def _mail_arguments(sender: str, data: bytes, size: bool) -> bytes:
+    mail = b"FROM:<" + sender.encode() + b"> BODY=8BITMIME"
+    return mail + b" SIZE=%d" % len(data) if size else mail
 
 
 def unwire(wire: Wire) -> bytes:
@@ -199,26 +308,29 @@ def unwire(wire: Wire) -> bytes:
 async def transmit(client: SmtpClient, sender: str, recipient: str, data: bytes) -> None:
     """One SMTP transaction: MAIL (8BITMIME, SIZE), RCPT, DATA. Raises aiosmtplib's errors.
 
-    `data` is a plain message or a Wire. Addresses are already normalised (members.py and
-    the config's checks), so the address parsing aiosmtplib's sendmail repeats for every
-    message is skipped.
+    `data` is a plain message or a Wire; a Wire to a server that offers PIPELINING goes in
+    two round trips. Addresses are already normalised (members.py and the config's checks),
+    so the address parsing aiosmtplib's sendmail repeats for every message is skipped.
     """
     smtp = cast(aiosmtplib.SMTP, client)
-    options = [b"BODY=8BITMIME"]
-    if smtp.supports_extension("size"):
-        options.append(b"SIZE=%d" % len(data))
+    size = smtp.supports_extension("size")
     try:
-        reply = await smtp.execute_command(b"MAIL", b"FROM:<" + sender.encode() + b">", *options)
+        if type(data) is Wire:
+            if _fast_capable(smtp.protocol):  # the first message on this connection
+                smtp.protocol.__class__ = _FastProtocol
+            protocol = smtp.protocol
+            if type(protocol) is _FastProtocol:
+                if smtp.supports_extension("pipelining"):
+                    await protocol.pipelined((sender, recipient), data, size, smtp.timeout)
+                    return
+            else:
+                data = unwire(data)
+        reply = await smtp.execute_command(b"MAIL", _mail_arguments(sender, data, size))
         if reply.code != SMTPStatus.completed:
             raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
         reply = await smtp.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
         if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
             raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
-        if type(data) is Wire:
-            if _wire_capable(smtp.protocol):  # the first message on this connection
-                smtp.protocol.__class__ = _WireDataProtocol
-            if type(smtp.protocol) is not _WireDataProtocol:
-                data = unwire(data)
         await smtp.data(data)
     except aiosmtplib.SMTPResponseException:
         # Reset the envelope for the next message, as sendmail does; if that fails the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import issue as issues
 from newsletter import store
 from newsletter.config import Settings
-from newsletter.deliver import Engine, IssuePaused, MessageSigner, Summary
+from newsletter.deliver import Engine, IssuePaused, Summary
 from newsletter.errors import NewsletterError, NothingToSend
 from newsletter.ledger import Ledger, Outcome, new_owner
 from newsletter.models import PAUSED, SENDING, Issue, utcnow
@@ -20,6 +21,9 @@ from newsletter.personalize import Personalizer
 from newsletter.pool import ClientFactory, aiosmtplib_client
 from newsletter.site import environment
 from newsletter.tokens import Signer
+
+if TYPE_CHECKING:
+    from newsletter.signing import DkimSigner
 
 
 @dataclass
@@ -29,7 +33,7 @@ class Prepared:
     queued: int
 
 
-def dkim_signer(settings: Settings) -> MessageSigner | None:
+def dkim_signer(settings: Settings) -> DkimSigner | None:
     if settings.dkim is None:
         return None
     from newsletter.signing import DkimSigner

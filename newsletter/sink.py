@@ -16,7 +16,23 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from newsletter.errors import NewsletterError
 
 
-class OutboxHandler:
+class _Pipelined:
+    """Offers PIPELINING (RFC 2920): aiosmtpd reads one command line at a time and answers in
+    order, so a client's batched MAIL, RCPT and DATA are already handled correctly."""
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]  # the last is "250 HELP"
+
+
+class OutboxHandler(_Pipelined):
     """Accepts every message and writes it, once per recipient, as one .eml file.
 
     Like a local delivery agent, it prepends Return-Path and Delivered-To, so the envelope
@@ -44,7 +60,7 @@ class OutboxHandler:
         return "250 2.0.0 Message accepted for delivery"
 
 
-class DiscardHandler:
+class DiscardHandler(_Pipelined):
     """Accepts and forgets every message, counting them: a fast sink for benchmarks."""
 
     def __init__(self) -> None:

@@ -7,6 +7,8 @@
   "drop-data"  close the connection after the end of data, before the reply (not recorded)
   "stall"      at DATA, wait `stall_seconds` before answering (past the client's timeout)
 `refuse` maps an address to a permanent reply given at RCPT every time.
+`pipelining` adds PIPELINING (RFC 2920) to the EHLO reply; aiosmtpd reads commands a line at
+a time, so it already answers pipelined commands in order.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class RecordingHandler:
     faults: dict[str, list[str]] = field(default_factory=dict)
     stall_seconds: float = 3.0
     delay_seconds: float = 0.0  # every message: a slow server
+    pipelining: bool = False
     attempts: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -52,6 +55,13 @@ class RecordingHandler:
         script = self.faults.get(address.lower())
         n = self.attempts[address.lower()]
         return script[n] if script and n < len(script) else None
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd hands over its reply lines, ending with "250 HELP"; ours go before that.
+        session.host_name = hostname
+        return [*responses[:-1], *(["250-PIPELINING"] if self.pipelining else []), responses[-1]]
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
