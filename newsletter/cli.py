@@ -300,6 +300,7 @@ def send(
         codes = [p.wait() for p in helpers]
     if any(codes):
         err.print(f"a helper sender process failed (exit codes {codes})")
+    _exit_if_stopped()
     if any(s.counts.get(FAILED) or s.status == PAUSED for s in summaries) or any(codes):
         raise typer.Exit(1)
 
@@ -321,6 +322,8 @@ def _send_scheduled(settings: Settings, sessions: sessionmaker[Session], name: s
     console.print(f"schedule {name}, slot {slot.isoformat()}: {result.reason}")
     if result.summary is not None:
         _print_summary(result.summary)
+        if result.summary.counts.get(FAILED) or result.summary.status == PAUSED:
+            raise typer.Exit(1)  # as a plain `send` does
 
 
 def _spawn_worker() -> subprocess.Popen[bytes]:
@@ -351,14 +354,26 @@ def worker(
     workers, here or on other machines, then claim their rows under a lease.
     """
     settings, sessions = state.settings(), state.sessions()
+
+    async def quietly(issue: Issue) -> Summary:
+        # The same clean stop on SIGINT/SIGTERM as with the progress bar.
+        engines: list[Engine] = []
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _stop_all, engines, sig)
+        run = publish.Run(on_start=lambda engine, _total: engines.append(engine))
+        return await publish.deliver(settings, sessions, issue, run)
+
     while True:
-        pending = publish.unfinished(sessions)
-        for issue in pending:
+        for issue in publish.unfinished(sessions):
             if quiet:
-                asyncio.run(publish.deliver(settings, sessions, issue))
+                summary = asyncio.run(quietly(issue))
             else:
                 job = functools.partial(publish.deliver, settings, sessions, issue)
-                _print_summary(_with_progress(job))
+                summary = _with_progress(job)
+                _print_summary(summary)
+            if summary.pause_reason == STOPPED:
+                return  # its unsent rows went back to the queue; a stop signal ends the worker
         if once:
             return
         time.sleep(poll)
@@ -372,6 +387,7 @@ def retry(
     settings, sessions = state.settings(), state.sessions()
     summary = _with_progress(lambda run: publish.retry(settings, sessions, issue_id, run))
     _print_summary(summary)
+    _exit_if_stopped()
 
 
 def _with_progress(job: Callable[[publish.Run], Coroutine[Any, Any, T]]) -> T:
@@ -414,7 +430,7 @@ def _with_progress(job: Callable[[publish.Run], Coroutine[Any, Any, T]]) -> T:
         async def main() -> T:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _stop_all, engines)
+                loop.add_signal_handler(sig, _stop_all, engines, sig)
             result = await job(publish.Run(progress=tick, on_start=on_start))
             flush()
             return result
@@ -422,9 +438,22 @@ def _with_progress(job: Callable[[publish.Run], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(main())
 
 
-def _stop_all(engines: list[Engine]) -> None:
+STOPPED = "stopped by a signal"
+_signals: list[int] = []  # the stop signals this process received
+
+
+def _stop_all(engines: list[Engine], signum: int = signal.SIGTERM) -> None:
+    _signals.append(signum)
     for engine in engines:
-        engine.stop("stopped by a signal")
+        engine.stop(STOPPED)
+
+
+def _exit_if_stopped() -> None:
+    """After a send that a signal cut short: say so, and exit 128 + the signal, as shells do,
+    so that cron or a wrapper can tell a stopped run from a finished one."""
+    if _signals:
+        err.print(f"{STOPPED}: the rest stays queued; `newsletter send` resumes it")
+        raise typer.Exit(128 + _signals[0])
 
 
 def _send(settings: Settings, sessions: sessionmaker[Session]) -> list[Summary]:
@@ -453,7 +482,8 @@ def _print_summary(summary: Summary) -> None:
         err.print(f"issue #{summary.issue_id} is paused: {summary.pause_reason}")
     if summary.counts.get("deferred"):
         console.print(
-            "deferred deliveries are retried by the next `newsletter send` once they are due"
+            "deferred deliveries are retried once due by `newsletter worker --once` "
+            "(or the next `newsletter send`, which also sends any new items)"
         )
 
 
@@ -581,6 +611,7 @@ def issue_resume(issue_id: Annotated[int, typer.Argument(help="The issue to resu
     console.print(f"issue #{issue_id} resumed")
     issue = publish.get_issue(sessions, issue_id)
     _print_summary(_with_progress(functools.partial(publish.deliver, settings, sessions, issue)))
+    _exit_if_stopped()
 
 
 @issue_app.command("cancel")
@@ -732,10 +763,20 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: web.port).")] = None,
     scheduler: Annotated[
-        bool, typer.Option("--scheduler/--no-scheduler", help="Also fire the [schedule.*] slots.")
+        bool,
+        typer.Option(
+            "--scheduler/--no-scheduler",
+            help="Also fire the [schedule.*] slots when elected (of the serve processes on "
+            "one database, one fires them).",
+        ),
     ] = True,
 ) -> None:
-    """Run the web app (member and editor pages) and the scheduler, in one process and loop."""
+    """Run the web app (member and editor pages) and the scheduler, in one process and loop.
+
+    Several serve processes (on several machines) may share one database: they elect one
+    leader to fire the schedules, using a PostgreSQL advisory lock (a lease row on SQLite),
+    and the others only serve the web app until the leader is gone.
+    """
     import logging
 
     import uvicorn
@@ -744,6 +785,9 @@ def serve(
     from newsletter.web import create_app
 
     settings = state.settings()
+    if scheduler:  # a bad cron or time zone stops serve here, not in the leader later
+        for name, sched in settings.schedule.items():
+            schedule.trigger(name, sched)
     app_ = create_app(settings, state.sessions())
     h, p = host or settings.web.host, port if port is not None else settings.web.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -752,16 +796,29 @@ def serve(
     )
 
     async def main() -> None:
-        jobs = schedule.start(settings) if scheduler and settings.schedule else None
-        if jobs is not None:
-            for job in jobs.get_jobs():
-                console.print(f"{job.id}: next run {job.next_run_time}")
-        server = uvicorn.Server(uvicorn.Config(app_, host=h, port=p, log_level="info"))
+        elected = None
+        if scheduler and settings.schedule:
+            elected = asyncio.create_task(schedule.run_elected(settings))
+
+        async def stop_electing() -> None:
+            # Stops the scheduler and hands the lead back, so a standby takes over at once.
+            if elected is not None and not elected.done():
+                elected.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await elected
+
+        class Server(uvicorn.Server):
+            # After a SIGTERM or SIGINT uvicorn re-raises the signal once it has stopped, which
+            # ends the process before serve() returns: so stop electing while it shuts down.
+            async def shutdown(self, sockets: Any = None) -> None:
+                await stop_electing()
+                await super().shutdown(sockets)
+
+        server = Server(uvicorn.Config(app_, host=h, port=p, log_level="info"))
         try:
             await server.serve()
         finally:
-            if jobs is not None:
-                jobs.shutdown(wait=False)
+            await stop_electing()
 
     asyncio.run(main())
 

@@ -136,6 +136,13 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    # How often (seconds) a standby `serve` tries to become the leader, and the leader checks
+    # that it still is; a SQLite lease lasts three times this.
+    check_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class EditorSettings:
     name: str
     password_hash: str
@@ -162,6 +169,7 @@ class Settings:
     issue: IssueSettings = field(default_factory=IssueSettings)
     survey: SurveySettings | None = None
     schedule: dict[str, ScheduleSettings] = field(default_factory=dict)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     site_dir: Path = Path(".")
     config_path: Path = Path("config.toml")
     secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
@@ -343,6 +351,8 @@ def _validate(s: Settings) -> None:
             )
         if sched.min_items < 0:
             raise ConfigError(f"schedule.{name}.min_items", "must not be negative")
+    if not 0 < s.scheduler.check_seconds <= 3600:
+        raise ConfigError("scheduler.check_seconds", "must be more than 0 and at most 3600")
 
 
 # --- a small typed builder: dict from TOML → frozen dataclasses, naming the key on any error ---

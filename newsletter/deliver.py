@@ -38,6 +38,7 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.personalize import Personalizer
+from newsletter.ratelimit import SharedRateLimits
 
 if TYPE_CHECKING:  # signing imports dkimpy and cryptography: only a DKIM run needs them
     from newsletter.signing import DkimSigner, SigningPool
@@ -45,7 +46,6 @@ from newsletter.pool import (
     CONNECTION_ERRORS,
     ClientFactory,
     Connection,
-    RateLimiter,
     Relays,
     Wire,
     aiosmtplib_client,
@@ -120,7 +120,10 @@ class Engine:
         )
         self.sessions = sessions
         self.relays = Relays(settings.smtp, client_factory)
-        self.limiter = RateLimiter(settings.smtp.rate_per_second, settings.smtp.rate_per_hour)
+        # Kept in the database, per relay, so every sender on the issue shares one quota.
+        self.limits = SharedRateLimits(
+            sessions, settings.smtp.rate_per_second, settings.smtp.rate_per_hour
+        )
         self.retry_until = issue.retry_until or (
             issue.created_at + dt.timedelta(hours=self.conf.retry_deadline_hours)
         )
@@ -245,7 +248,7 @@ class Engine:
     async def _recorder(self) -> None:
         """Commit outcomes every commit_every results or 100 ms; re-read who left meanwhile."""
         since = utcnow()
-        last_check = time.monotonic()
+        last_check = last_renewal = time.monotonic()
         while True:
             await asyncio.sleep(0.005 if len(self.outcomes) >= self.conf.commit_every else 0.1)
             if self.outcomes:
@@ -253,6 +256,9 @@ class Engine:
                 await asyncio.to_thread(self.ledger.record, batch)
                 self.in_flight -= len(batch)
                 self._recorded.set()
+            if time.monotonic() - last_renewal >= self.conf.lease_seconds / 3:
+                await asyncio.to_thread(self.ledger.renew)
+                last_renewal = time.monotonic()
             if time.monotonic() - last_check >= self.conf.recheck_ms / 1000:
                 checked = utcnow()
                 self.left |= await asyncio.to_thread(self.ledger.left_since, since)
@@ -303,9 +309,12 @@ class Engine:
                 raise NewsletterError(f"a DKIM signing process died: {exc}") from exc
         else:
             message_id, data = self.personalizer.wire(r)
-        await self.limiter.acquire()
         try:
             client = await conn.get()
+            if self.limits.active:
+                assert conn.relay is not None
+                await self.limits.for_relay(conn.relay.name).acquire()
+                client = await conn.get()  # reopened if the wait outlasted the idle timeout
             await transmit(client, self.personalizer.envelope_from(r.member_id), r.email, data)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
             permanent, code, text = classify(exc)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.models import (
@@ -30,6 +30,7 @@ from newsletter.models import (
     SENDING_ROW,
     SENT,
     SKIPPED,
+    UNFINISHED_SQL,
     Delivery,
     Issue,
     Member,
@@ -151,6 +152,7 @@ class Ledger:
         now = utcnow()
         claimable = and_(
             D.c.issue_id == self.issue_id,
+            text(UNFINISHED_SQL),  # what lets the partial index ix_deliveries_unfinished serve
             or_(
                 D.c.status == QUEUED,
                 and_(D.c.status == DEFERRED, D.c.next_attempt_at <= now),
@@ -240,6 +242,25 @@ class Ledger:
                 .where(D.c.id.in_(list(delivery_ids)), D.c.lease_owner == self.owner)
                 .values(status=QUEUED, lease_owner=None, lease_until=None)
             )
+
+    def renew(self) -> int:
+        """Extend the lease on every row this sender holds; the number of rows still held.
+
+        A sender held up (a slow relay, a low rate limit) keeps its rows for as long as it
+        lives, so no other sender takes them over and mails them a second time. The rows
+        are this issue's, claimed by this owner and not yet recorded.
+        """
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(D)
+                .where(
+                    D.c.issue_id == self.issue_id,
+                    D.c.lease_owner == self.owner,
+                    D.c.status == SENDING_ROW,
+                )
+                .values(lease_until=utcnow() + self.lease)
+            )
+            return int(cast(Any, result).rowcount or 0)
 
     def left_since(self, since: dt.datetime) -> set[int]:
         """Members of this issue who stopped being active since `since` (for the mid-send re-check)."""

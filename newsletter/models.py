@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -163,11 +164,25 @@ QUEUED, SENDING_ROW, DEFERRED, FAILED, SKIPPED = (
 )
 
 
+# Literal SQL, not bound parameters: a partial index serves a query only when the planner
+# can see that the query's condition implies the index's.
+UNFINISHED_SQL = "status IN ('queued', 'sending', 'deferred')"
+
+
 class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("issue_id", "member_id"),
         Index("ix_deliveries_issue_status", "issue_id", "status"),
+        # The rows still to try, in claim order: a claim reads its batch from here instead of
+        # walking the primary key past every row already sent (ledger.UNFINISHED).
+        Index(
+            "ix_deliveries_unfinished",
+            "issue_id",
+            "id",
+            postgresql_where=text(UNFINISHED_SQL),
+            sqlite_where=text(UNFINISHED_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -248,3 +263,30 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[str] = mapped_column(String(2000), default="")
+
+
+class RateBucket(Base):
+    """A token bucket shared by every sender: one relay's messages per second or per hour.
+
+    newsletter/ratelimit.py takes tokens under a row lock; docs/delivery.md explains it.
+    """
+
+    __tablename__ = "rate_buckets"
+
+    relay: Mapped[str] = mapped_column(String(300), primary_key=True)  # RelaySettings.name
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)  # "second" or "hour"
+    tokens: Mapped[float] = mapped_column()
+    # When tokens were last refilled, in seconds since the epoch: the database server's
+    # clock on PostgreSQL, the senders' host clock on SQLite.
+    refilled_at: Mapped[float] = mapped_column()
+
+
+class SchedulerLease(Base):
+    """Which `newsletter serve` fires the schedules, where no advisory lock exists (SQLite):
+    the owner renews `expires_at`; once it lapses, another process may take the row over."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -1,11 +1,11 @@
-"""SMTP connections for the delivery engine: relays with failover, reuse, reconnects, rate limits."""
+"""SMTP connections for the delivery engine: relays with failover, reuse, reconnects, pipelining."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -124,7 +124,7 @@ class Connection:
             await self.release(polite=True)
         if self.client is None:
             self.client, self.relay, eight_bit = await self.relays.connect()
-            self.used = 0
+            self.used, self.last_used = 0, time.monotonic()
             if not eight_bit:
                 relay = self.relay
                 await self.release(polite=True)
@@ -338,45 +338,3 @@ async def transmit(client: SmtpClient, sender: str, recipient: str, data: bytes)
         with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
             await smtp.rset()
         raise
-
-
-class RateLimiter:
-    """Token buckets for messages per second and per hour (0 means no limit)."""
-
-    def __init__(
-        self,
-        per_second: float,
-        per_hour: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.clock, self.sleep = clock, sleep
-        self.buckets: list[list[float]] = []  # [capacity, tokens, refill per second, last]
-        now = clock()
-        if per_second > 0:
-            self.buckets.append([max(per_second, 1.0), max(per_second, 1.0), per_second, now])
-        if per_hour > 0:
-            # The hourly bucket starts empty but for a burst of one minute's share, so a
-            # restart cannot spend a whole hour's quota at once.
-            share = max(per_hour / 60.0, 1.0)
-            self.buckets.append([float(per_hour), share, per_hour / 3600.0, now])
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        if not self.buckets:
-            return
-        async with self._lock:
-            while True:
-                now = self.clock()
-                wait = 0.0
-                for b in self.buckets:
-                    b[1] = min(b[0], b[1] + (now - b[3]) * b[2])
-                    b[3] = now
-                    if b[1] < 1.0 - 1e-9:  # tolerance: float refills land a hair short of 1
-                        wait = max(wait, (1.0 - b[1]) / b[2])
-                if wait <= 0:
-                    for b in self.buckets:
-                        b[1] = max(b[1] - 1.0, 0.0)
-                    return
-                await self.sleep(wait)

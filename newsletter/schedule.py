@@ -5,16 +5,24 @@ in a SQLAlchemyJobStore in the project's database, so a slot missed while the se
 down fires once at start-up if it is still within the schedule's misfire grace.
 `newsletter send --scheduled NAME` does the same work from cron or a systemd timer. Either
 way the database decides: an issue records its schedule and slot, and the pair is unique.
+
+With several `serve` processes on one database (several machines), `run_elected` lets only
+the elected leader run the scheduler (see election.py); the others stand by, and one of
+them takes over when the leader dies, firing a slot missed meanwhile if within grace.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import logging
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -23,13 +31,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import config, db, publish, store
+from newsletter import config, db, election, publish, store
 from newsletter.config import ScheduleSettings, Settings
 from newsletter.deliver import Summary
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.models import SENDING, Issue, utcnow
 
 log = logging.getLogger("newsletter.schedule")
+T = TypeVar("T")
 JOB_PREFIX = "schedule:"
 _CRON_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 
@@ -190,3 +199,75 @@ def start(settings: Settings) -> AsyncIOScheduler:
             log.info("scheduled %s: %s", job_id, spec["trigger"])
     scheduler.resume()
     return scheduler
+
+
+async def run_elected(settings: Settings, elector: election.Elector | None = None) -> None:
+    """Run the scheduler while this process is the elected leader and stand by while another
+    process is, until cancelled; then hand the lead back at once, if held.
+
+    Every `scheduler.check_seconds` a standby tries to take the lead and the leader checks
+    that it still holds it. A leader that loses its hold (the lock's connection broke, the
+    lease went to another process) shuts its scheduler down and stands by again.
+    """
+    interval = settings.scheduler.check_seconds
+    elector = elector or election.for_database(settings.database_url, interval)
+    # One thread for the elector's blocking calls, so they never overlap; a call that hangs
+    # (a dead network) is given up on after `timeout` and counts as a failure.
+    thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="newsletter-election")
+    timeout = max(2 * interval, 1.0)
+    loop = asyncio.get_running_loop()
+
+    async def call(fn: Callable[[], T]) -> T:
+        return await asyncio.wait_for(loop.run_in_executor(thread, fn), timeout)
+
+    jobs: AsyncIOScheduler | None = None
+    said_standby = False
+    try:
+        while True:
+            if jobs is None:
+                try:
+                    won = await call(elector.try_acquire)
+                except Exception as exc:  # the database is out of reach: try again later
+                    log.warning("scheduler: cannot take part in the election: %r", exc)
+                    thread.submit(elector.drop)
+                    won = said_standby = False
+                if won:
+                    log.info("scheduler: leader (pid %d, %s)", os.getpid(), elector.description)
+                    said_standby = False
+                    try:
+                        jobs = start(settings)
+                    except Exception:
+                        log.exception("scheduler: cannot start; handing the lead back")
+                        try:
+                            await call(elector.close)
+                        except Exception as exc:
+                            log.warning("scheduler: could not hand the lead back: %r", exc)
+                    else:
+                        for job in jobs.get_jobs():
+                            log.info("%s: next run %s", job.id, job.next_run_time)
+                elif not said_standby:
+                    log.info(
+                        "scheduler: standby, another process holds the lock (pid %d, %s)",
+                        os.getpid(),
+                        elector.description,
+                    )
+                    said_standby = True
+            else:
+                try:
+                    held, why = await call(elector.confirm), "another process took over"
+                except Exception as exc:
+                    held, why = False, f"the check failed: {exc!r}"
+                if not held:
+                    log.warning("scheduler: no longer the leader (%s); standing by", why)
+                    jobs.shutdown(wait=False)
+                    jobs = None
+                    thread.submit(elector.drop)
+            await asyncio.sleep(interval)
+    finally:
+        if jobs is not None:
+            jobs.shutdown(wait=False)
+        try:
+            await call(elector.close)
+        except Exception as exc:
+            log.warning("scheduler: could not hand the lead back: %r", exc)
+        thread.shutdown(wait=False)

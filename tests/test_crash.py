@@ -94,3 +94,50 @@ def test_sigkill_at_random_points_then_resume(
         )
     assert statuses == {"sent": MEMBERS}
     sessions.kw["bind"].dispose()
+
+
+def test_sigterm_stops_cleanly_says_so_and_resumes(
+    site: Path, tmp_path: Path, smtp_server: RecordingHandler
+) -> None:
+    # SQLite only: the signal handling is the CLI's, the same on either database.
+    database_url = f"sqlite:///{tmp_path / 'newsletter.db'}"
+    config = site / "config.toml"
+    text = config.read_text().replace("port = 8025", f"port = {smtp_server.port}")
+    config.write_text(
+        text.replace('url = "sqlite:///var/newsletter.db"', f'url = "{database_url}"')
+    )
+    settings = make_settings(site, database_url, smtp_server.port)
+    sessions = db.open_database(settings.database_url)
+    members = 400
+    csv = tmp_path / "members.csv"
+    csv.write_text(
+        "email,name\n" + "".join(f"t{i:04d}@example.org,T {i}\n" for i in range(members))
+    )
+    import_csv(sessions, csv)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    smtp_server.delay_seconds = 0.02  # slow enough to be stopped half-way
+
+    proc = start_send(site)
+    while smtp_server.count() < 50 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert "stopped by a signal" in stderr.decode()
+    stopped_at = smtp_server.count()
+    assert stopped_at < members
+    with sessions() as s:
+        statuses = dict(
+            s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+        )
+    assert "sending" not in statuses  # nothing left claimed: the rest went back to the queue
+    assert statuses.get("sent") == stopped_at
+
+    smtp_server.delay_seconds = 0.0
+    final = start_send(site)
+    _, stderr = final.communicate(timeout=120)
+    assert final.returncode == 0, stderr.decode()
+    received = smtp_server.by_recipient()
+    assert len(received) == members
+    assert all(len(m) == 1 for m in received.values())  # a clean stop duplicates nobody
+    sessions.kw["bind"].dispose()

@@ -24,7 +24,6 @@ from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.members import import_csv
 from newsletter.models import Delivery, Issue, Member, utcnow
-from newsletter.pool import RateLimiter
 from newsletter.sources import import_source
 from tests.checks import check_message
 from tests.smtpd import RecordingHandler
@@ -284,36 +283,6 @@ def test_dkim_signature_verifies_and_covers_list_unsubscribe(
         assert not dkim.verify(altered, dnsfunc=dns)
 
 
-def test_rate_limiter_spaces_messages() -> None:
-    clock = {"now": 0.0}
-    slept: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock["now"] += seconds
-
-    limiter = RateLimiter(5, 0, clock=lambda: clock["now"], sleep=fake_sleep)
-
-    async def take(n: int) -> None:
-        for _ in range(n):
-            await limiter.acquire()
-
-    asyncio.run(take(15))
-    # A burst of 5, then one every 0.2 s: 10 more take 2 s of (simulated) waiting.
-    assert sum(slept) == pytest.approx(2.0, abs=0.01)
-
-    hourly = RateLimiter(0, 3600, clock=lambda: clock["now"], sleep=fake_sleep)
-    slept.clear()
-
-    async def take_hourly(n: int) -> None:
-        for _ in range(n):
-            await hourly.acquire()
-
-    asyncio.run(take_hourly(120))
-    # One minute's share (60) at once, then one a second.
-    assert sum(slept) == pytest.approx(60.0, abs=0.1)
-
-
 def release_slowly(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -401,3 +370,63 @@ def test_cancel_mid_send_stops_and_says_how_many_went(
         asyncio.run(
             publish.deliver(settings, sessions, publish.get_issue(sessions, prepared.issue.id))
         )
+
+
+def test_two_senders_on_one_issue_share_the_relays_quota(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    tmp_path: Path,
+    smtp_server: RecordingHandler,
+) -> None:
+    # Two engines (as two `newsletter worker` processes would) on one issue, 8 messages a
+    # second per relay: the server must never see more than the quota allows in any second.
+    # With a bucket per sender the two would send 8 + 8 at once and 16 a second after.
+    rate = 8
+    add_members(sessions, tmp_path, 40)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    limited = dataclasses.replace(
+        settings,
+        smtp=dataclasses.replace(settings.smtp, rate_per_second=rate),
+        delivery=dataclasses.replace(settings.delivery, in_flight=4),  # both get rows to send
+    )
+    prepared = publish.release_next(limited, sessions)
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            *(publish.deliver(limited, sessions, prepared.issue) for _ in range(2))
+        )
+
+    summaries = asyncio.run(both())
+    assert sum(s.attempted for s in summaries) == 40
+    assert all(s.attempted > 0 for s in summaries)  # both really sent
+    arrivals = sorted(m.at for m in smtp_server.messages)
+    assert len(arrivals) == 40
+    # A full bucket (8) plus what refills over the window (8 in one second), plus one
+    # for rounding at the window's edges: 17 at most in any one-second window.
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals)
+    assert busiest <= 2 * rate + 1
+
+
+def test_a_live_sender_renews_its_leases_so_no_one_takes_its_rows(
+    settings: Settings, sessions: sessionmaker[Session], site: Path, tmp_path: Path
+) -> None:
+    from newsletter.ledger import Ledger
+
+    add_members(sessions, tmp_path, 6)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    issue_id = publish.release_next(settings, sessions).issue.id
+    slow = Ledger(sessions, issue_id, "host:1:slow", lease_seconds=0.5, bounce_threshold=2)
+    other = Ledger(sessions, issue_id, "host:2:other", lease_seconds=0.5, bounce_threshold=2)
+    jobs, _ = slow.claim(4)
+    assert len(jobs) == 4
+    time.sleep(0.3)
+    assert slow.renew() == 4  # before the lease ran out: it is extended from now
+    time.sleep(0.3)  # past the first lease, within the renewed one
+    taken, _ = other.claim(10)
+    assert {j.delivery_id for j in taken}.isdisjoint(j.delivery_id for j in jobs)
+    assert len(taken) == 2  # only the rows nobody held
+    time.sleep(0.6)  # no renewal: the slow sender is taken for dead
+    again, _ = other.claim(10)  # (its own two, unrenewed too, come back with them)
+    assert {j.delivery_id for j in jobs} <= {j.delivery_id for j in again}
+    assert slow.renew() == 0  # they are no longer its rows

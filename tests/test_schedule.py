@@ -6,9 +6,11 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +105,8 @@ def scheduled_site(site: Path, database_url: str, smtp_port: int, cron: str) -> 
         'timezone = "Asia/Shanghai"', 'timezone = "UTC"'
     )
     text = text.replace("port = 8000", f"port = {free_port()}")
+    # Standbys try for the lead every 2 s (a SQLite lease lasts 6 s).
+    text = text.replace("check_seconds = 5.0", "check_seconds = 2.0")
     config.write_text(text)
     return config
 
@@ -213,10 +217,9 @@ def test_two_processes_on_one_slot_make_one_issue(
             time.sleep(3)
         finally:
             outs = [stop(p) for p in procs]
-        # The two schedulers share one job table, so the second often finds the job already
-        # moved on and fires nothing; when both fire, the database lets one make the issue.
-        # (Two processes certainly firing one slot: the "cron" case and the in-process test.)
-        assert any(f"slot {slot.isoformat()}" in out for out in outs), outs
+        # Only the elected leader runs the scheduler (test_election.py and the SIGKILL test
+        # below); two processes firing one slot at once: the "cron" case and the in-process test.
+        assert sum(f"slot {slot.isoformat()}" in out for out in outs) == 1, outs
     else:
         scheduled_site(site, database_url, smtp_server.port, "* * * * *")
         procs = [newsletter(site, "send", "--scheduled", "weekly") for _ in range(2)]
@@ -227,3 +230,88 @@ def test_two_processes_on_one_slot_make_one_issue(
     assert len(issues) == 1
     received = smtp_server.by_recipient()
     assert len(received) == 5 and all(len(m) == 1 for m in received.values())
+
+
+class Watched:
+    """A running `newsletter` process whose output is read as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+FIRING = "schedule weekly, slot "  # what the scheduler's job logs for every slot it fires
+
+
+def statuses(sessions: sessionmaker[Session]) -> list[str]:
+    with sessions() as s:
+        return list(s.scalars(select(Issue.status).order_by(Issue.id)))
+
+
+def test_one_of_two_serve_processes_fires_and_the_other_takes_over_when_it_is_killed(
+    site: Path,
+    database_url: str,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: RecordingHandler,
+) -> None:
+    load(sessions, site)
+    scheduled_site(site, database_url, smtp_server.port, "*/2 * * * * *")
+    procs = [Watched(newsletter(site, "serve", "--port", str(free_port()))) for _ in range(2)]
+    try:
+        wait_until(lambda: statuses(sessions) == ["sent"], 60)
+        with sessions() as s:
+            first = s.scalars(select(Issue)).one()
+        assert first.slot_at is not None
+        (leader,) = [w for w in procs if "scheduler: leader (pid" in w.out]
+        (standby,) = [w for w in procs if w is not leader]
+        fired_first = f"{FIRING}{first.slot_at.isoformat()}: issue #{first.id}"
+        wait_until(lambda: fired_first in leader.out, 30)  # logged just after the last commit
+        wait_until(lambda: "scheduler: standby, another process holds the lock" in standby.out, 30)
+        assert FIRING not in standby.out, standby.out
+        leader.stop(signal.SIGKILL)
+        # New items for the next slot, only now: no slot of the dead leader's can use them.
+        more = site / "more"
+        more.mkdir()
+        (more / "later.md").write_text(
+            "---\ntitle: A later report\nsection: Comprehensive Reports\n---\nNews for the next slot.\n"
+        )
+        import_source(sessions, str(more))
+        wait_until(lambda: statuses(sessions) == ["sent", "sent"], 60)
+        with sessions() as s:
+            second = s.scalars(select(Issue).order_by(Issue.id.desc())).first()
+        assert second is not None and second.slot_at is not None
+        assert second.slot_at > first.slot_at
+        fired_second = f"{FIRING}{second.slot_at.isoformat()}: issue #{second.id}"
+        wait_until(lambda: fired_second in standby.out, 30)
+    finally:
+        for w in procs:
+            w.stop()
+    before, took_over, after = standby.out.partition("scheduler: leader (pid")
+    assert took_over and FIRING not in before  # the standby fired nothing until it led ...
+    assert fired_second in after  # ... and then fired the next slot
+    received = smtp_server.by_recipient()
+    assert len(received) == 5
+    for address, messages in received.items():
+        # One message per slot: Message-ID is <issue.member.nonce@domain>.
+        issues = sorted(int(re.findall(r"<(\d+)\.", m.parse()["Message-ID"])[0]) for m in messages)
+        assert issues == [first.id, second.id], address
