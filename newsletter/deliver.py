@@ -15,7 +15,6 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -136,8 +135,8 @@ class Engine:
         self.attempted = 0
         self._recorded = asyncio.Event()
         self._signing: SigningPool | None = None
-        # delivery id -> Message-ID and the signed DATA form on its way from a signing process
-        self._signed: dict[int, tuple[str, asyncio.Future[bytes]]] = {}
+        # delivery id -> Message-ID, DATA form, and its DKIM header on its way from a signer
+        self._signed: dict[int, tuple[str, bytes, asyncio.Future[bytes]]] = {}
 
     def stop(self, reason: str = "") -> None:
         """Stop claiming; messages already in an SMTP transaction finish, the rest go back."""
@@ -156,7 +155,7 @@ class Engine:
             from newsletter.signing import SigningPool
 
             processes = self.settings.dkim.processes if self.settings.dkim else 0
-            self._signing = SigningPool(self.dkim, processes)
+            self._signing = await SigningPool.start(self.dkim, processes)
         queue: asyncio.Queue[Job | None] = asyncio.Queue()
         unsent: list[int] = []
         workers = [
@@ -222,16 +221,16 @@ class Engine:
         assert self._signing is not None
         built = [self.personalizer.wire(job.recipient) for job in jobs]
         signed = self._signing.sign_all([wire for _, wire in built])
-        for job, (message_id, _), future in zip(jobs, built, signed, strict=True):
-            self._signed[job.delivery_id] = (message_id, future)
+        for job, (message_id, wire), future in zip(jobs, built, signed, strict=True):
+            self._signed[job.delivery_id] = (message_id, wire, future)
 
     async def _close_signing(self) -> None:
-        for _, future in self._signed.values():  # messages never sent: their signatures unused
+        for _, _, future in self._signed.values():  # never sent: their signatures unused
             if not future.cancel() and not future.cancelled():
                 future.exception()  # retrieved, so an error here is not reported as lost
         self._signed.clear()
         if self._signing is not None:
-            await asyncio.to_thread(self._signing.close)
+            await self._signing.close()
             self._signing = None
 
     async def _linger(self) -> bool:
@@ -302,11 +301,9 @@ class Engine:
         r = job.recipient
         data: bytes
         if job.delivery_id in self._signed:
-            message_id, signing = self._signed.pop(job.delivery_id)
-            try:
-                data = Wire(await signing)
-            except BrokenProcessPool as exc:
-                raise NewsletterError(f"a DKIM signing process died: {exc}") from exc
+            message_id, wire, signing = self._signed.pop(job.delivery_id)
+            # The header goes in front of the DATA form as it is: it never starts with a dot.
+            data = Wire(await signing + wire)
         else:
             message_id, data = self.personalizer.wire(r)
         try:

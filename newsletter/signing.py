@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import multiprocessing
+import collections
+import contextlib
 import os
+import pickle
 import re
+import signal
+import struct
+import sys
 import types
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import dkim  # type: ignore[import-untyped]
@@ -18,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, NewsletterError
 
 # RFC 8058 §4 requires List-Unsubscribe and List-Unsubscribe-Post under the signature.
 DEFAULT_HEADERS: tuple[bytes, ...] = (
@@ -151,26 +154,99 @@ class DkimSigner:
 
 
 # --- signing beside the sender ------------------------------------------------------------------
+#
+# Each signing process is `python -m newsletter.signing`, talking over its stdin and stdout in
+# frames: a 4-byte big-endian length, then a pickle. The first frame carries DkimSigner's
+# arguments; each later one a batch of DATA-form messages, answered in order by a frame with
+# their DKIM-Signature headers. The parent reads and writes the pipes from its event loop:
+# no threads in the sender (an executor's feeder and result threads would contend for the
+# GIL with the sending loop).
 
-_SIGNER: DkimSigner | None = None  # one per signing process, made by _start_signer
+_LENGTH = struct.Struct(">I")
 
 
-def _start_signer(domain: str, selector: str, pem: bytes, headers: tuple[bytes, ...]) -> None:
-    global _SIGNER
-    _SIGNER = DkimSigner(domain, selector, pem, headers)
+class SigningFailed(NewsletterError):
+    pass
 
 
-def _sign_wires(wires: list[bytes]) -> list[bytes]:
-    """Runs in a signing process: each DATA-form message with its DKIM-Signature in front."""
-    assert _SIGNER is not None, "the pool's initializer makes the signer"
-    signed = []
-    for wire in wires:
-        # The signature covers the plain message: the DATA form without its final "." line
-        # and with the dot-stuffing undone. The header never starts with a dot, so it goes
-        # in front of the DATA form as it is.
-        plain = wire[:-3].replace(b"\r\n..", b"\r\n.")
-        signed.append(_SIGNER.signature_header(plain, crlf_only=True) + wire)
-    return signed
+def _plain(wire: bytes) -> bytes:
+    """The message a DATA form carries: without the final "." line, dot-stuffing undone."""
+    return wire[:-3].replace(b"\r\n..", b"\r\n.")
+
+
+def _serve() -> None:
+    """The signing process's loop: frames in on stdin, headers out on stdout, until EOF."""
+    # The parent decides when this process ends (by closing its stdin), so a Ctrl-C or a
+    # SIGTERM meant for the sender does not cut off signatures it is still waiting for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+
+    def read() -> bytes | None:
+        head = inp.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return None
+        return inp.read(_LENGTH.unpack(head)[0])
+
+    first = read()
+    if first is None:
+        return
+    signer = DkimSigner(*pickle.loads(first))
+    while (frame := read()) is not None:
+        wires: list[bytes] = pickle.loads(frame)
+        headers = [signer.signature_header(_plain(w), crlf_only=True) for w in wires]
+        body = pickle.dumps(headers, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(_LENGTH.pack(len(body)) + body)
+        out.flush()
+
+
+def _frame(value: object) -> bytes:
+    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body)) + body
+
+
+class _Child:
+    """One signing process: batches written in order, answers read back in order."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        self.stdin, self.stdout = proc.stdin, proc.stdout
+        self.waiting: collections.deque[list[asyncio.Future[bytes]]] = collections.deque()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        error = "exited"
+        try:
+            while True:
+                head = await self.stdout.readexactly(_LENGTH.size)
+                headers: list[bytes] = pickle.loads(
+                    await self.stdout.readexactly(_LENGTH.unpack(head)[0])
+                )
+                for future, header in zip(self.waiting.popleft(), headers, strict=True):
+                    if not future.done():
+                        future.set_result(header)
+        except asyncio.IncompleteReadError:
+            pass
+        except Exception as exc:  # a garbled answer: the process is no use any more
+            error = f"failed: {exc}"
+        code = await self.proc.wait()
+        failure = SigningFailed(f"a DKIM signing process {error} (exit code {code})")
+        while self.waiting:
+            for future in self.waiting.popleft():
+                if not future.done():
+                    future.set_exception(failure)
+
+    def send(self, wires: list[bytes]) -> list[asyncio.Future[bytes]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in wires]
+        if self.reader.done():
+            for future in futures:
+                future.set_exception(SigningFailed("a DKIM signing process has exited"))
+            return futures
+        self.waiting.append(futures)
+        self.stdin.write(_frame(wires))
+        return futures
 
 
 class SigningPool:
@@ -179,55 +255,50 @@ class SigningPool:
     RSA-2048 costs about 0.8 ms a signature here and dkimpy's header work a few hundred
     microseconds of Python; in threads that Python would hold the sending loop's GIL. In
     processes it runs on the other cores, and the sender only moves bytes: a batch of
-    messages goes out in one pickle and comes back with the headers in front.
+    messages goes out in one frame, and their headers come back in one.
     """
 
-    def __init__(self, signer: DkimSigner, processes: int = 0, batch: int = 16) -> None:
-        self.processes = processes or os.cpu_count() or 1
+    def __init__(self, children: list[_Child], batch: int) -> None:
+        self.children = children
         self.batch = batch
-        # spawn, not fork: the sender has threads (the database's), which fork would copy
-        # mid-state; a signing process needs only the key and dkimpy.
-        self._executor = ProcessPoolExecutor(
-            self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_signer,
-            initargs=signer.args,
-        )
+
+    @classmethod
+    async def start(cls, signer: DkimSigner, processes: int = 0, batch: int = 16) -> SigningPool:
+        children = []
+        for _ in range(processes or os.cpu_count() or 1):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "newsletter.signing",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            child = _Child(proc)
+            child.stdin.write(_frame(signer.args))
+            children.append(child)
+        return cls(children, batch)
 
     def sign_all(self, wires: Sequence[bytes]) -> list[asyncio.Future[bytes]]:
-        """One future per message, resolving to the signed DATA form, in batches of `batch`."""
-        loop = asyncio.get_running_loop()
+        """One future per message, resolving to its DKIM-Signature header."""
         futures: list[asyncio.Future[bytes]] = []
         for start in range(0, len(wires), self.batch):
-            chunk = list(wires[start : start + self.batch])
-            waiting = [loop.create_future() for _ in chunk]
-            done = self._executor.submit(_sign_wires, chunk)
-            done.add_done_callback(functools.partial(_hand_back, loop, waiting))
-            futures += waiting
+            # The child with the fewest batches outstanding takes the next one.
+            child = min(self.children, key=lambda c: len(c.waiting))
+            futures += child.send(list(wires[start : start + self.batch]))
         return futures
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(ConnectionError):
+                child.stdin.close()
+        for child in self.children:
+            try:
+                await asyncio.wait_for(child.proc.wait(), timeout=10)
+            except TimeoutError:
+                child.proc.kill()
+                await child.proc.wait()
+            await child.reader
 
 
-def _hand_back(
-    loop: asyncio.AbstractEventLoop, waiting: list[asyncio.Future[bytes]], done: Future[list[bytes]]
-) -> None:
-    """Called in the executor's thread: the results go to the loop's thread."""
-    if not loop.is_closed():
-        loop.call_soon_threadsafe(_settle, done, waiting)
-
-
-def _settle(done: Future[list[bytes]], waiting: list[asyncio.Future[bytes]]) -> None:
-    if done.cancelled():
-        for w in waiting:
-            w.cancel()
-        return
-    exc = done.exception()
-    for n, w in enumerate(waiting):
-        if w.done():
-            continue
-        if exc is not None:
-            w.set_exception(exc)
-        else:
-            w.set_result(done.result()[n])
+if __name__ == "__main__":
+    _serve()

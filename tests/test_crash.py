@@ -97,10 +97,8 @@ def test_sigkill_at_random_points_then_resume(
 
 
 def test_sigterm_stops_cleanly_says_so_and_resumes(
-    site: Path, tmp_path: Path, smtp_server: RecordingHandler
+    site: Path, tmp_path: Path, smtp_server: RecordingHandler, database_url: str
 ) -> None:
-    # SQLite only: the signal handling is the CLI's, the same on either database.
-    database_url = f"sqlite:///{tmp_path / 'newsletter.db'}"
     config = site / "config.toml"
     text = config.read_text().replace("port = 8025", f"port = {smtp_server.port}")
     config.write_text(

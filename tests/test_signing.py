@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import time
@@ -258,3 +259,37 @@ def test_parse_shortcut_matches_dkimpy(raw: bytes) -> None:
 def test_lf_message_still_verifies(signer: DkimSigner, key: Key) -> None:
     lf = message().replace(CRLF, b"\n")
     assert verify(signer.sign(lf), key)
+
+
+def data_form(msg: bytes) -> bytes:
+    """The DATA form personalize.wire lays out: dot-stuffed, ending with CRLF "." CRLF."""
+    return msg.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def test_signing_processes_sign_batches_in_order(signer: DkimSigner, key: Key) -> None:
+    from newsletter.signing import SigningPool
+
+    messages = [message(UNSUBSCRIBE + str(n).encode()) + b".dotted line\r\n" for n in range(40)]
+    pool = await SigningPool.start(signer, processes=2, batch=16)
+    try:
+        headers = await asyncio.gather(*pool.sign_all([data_form(m) for m in messages]))
+    finally:
+        await pool.close()
+    assert all(c.proc.returncode == 0 for c in pool.children)  # they ended when told to
+    for msg, header in zip(messages, headers, strict=True):
+        assert verify(header + msg, key)  # each header belongs to its own message
+
+
+async def test_a_signing_process_that_dies_fails_its_messages(signer: DkimSigner) -> None:
+    from newsletter.signing import SigningFailed, SigningPool
+
+    pool = await SigningPool.start(signer, processes=1)
+    try:
+        (child,) = pool.children
+        child.proc.kill()
+        await child.reader  # it notices the end of the pipe
+        (future,) = pool.sign_all([data_form(message())])
+        with pytest.raises(SigningFailed, match="signing process"):
+            await future
+    finally:
+        await pool.close()

@@ -306,10 +306,11 @@ def test_sigterm_stops_a_worker_cleanly(
     counting_sink: tuple[CountingHandler, int],
     stack: contextlib.ExitStack,
     quiet: bool,
+    database_url: str,
 ) -> None:
     """systemd's stop: the worker hands its unsent rows back and exits; nobody gets two copies."""
     sink, port = counting_sink
-    url = f"sqlite:///{tmp_path / 'newsletter.db'}"
+    url = database_url
     configure(site, url, port)
     settings = make_settings(site, url, port)
     sessions = stack.enter_context(opened(settings.database_url))
