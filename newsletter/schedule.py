@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import config, db, election, publish, store
 from newsletter.config import ScheduleSettings, Settings
 from newsletter.deliver import Summary
-from newsletter.errors import ConfigError, NewsletterError
+from newsletter.errors import ConfigError, NewsletterError, NothingToSend
 from newsletter.models import SENDING, Issue, utcnow
 
 log = logging.getLogger("newsletter.schedule")
@@ -107,8 +107,9 @@ async def fire(
                 settings, sessions, schedule=name, slot_at=slot, with_survey=sched.survey == "open"
             )
             issue, made = prepared.issue, True
-        except IntegrityError:
-            # Another process made this slot's issue first: deliver it together.
+        except (IntegrityError, NothingToSend):
+            # Another process made this slot's issue first (its insert won, or it had
+            # already taken the new items when this one looked): deliver it together.
             with sessions() as session:
                 existing = _slot_issue(session, name, slot)
             if existing is None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import schedule
@@ -75,6 +75,37 @@ def test_a_slot_makes_one_issue_even_when_fired_twice_at_once(
     again = asyncio.run(schedule.fire(settings, sessions, "weekly", slot))
     assert not again.made and "already sent" in again.reason
     assert smtp_server.count() == 5
+
+
+def test_a_slot_made_between_the_look_and_the_release_is_joined(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    smtp_server: RecordingHandler,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race two cron runs hit: this run looks for the slot's issue (none yet), the other
+    # makes it and takes the new items, and this run's release then finds nothing new.
+    load(sessions, site)
+    slot = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
+    first = asyncio.run(schedule.fire(settings, sessions, "weekly", slot))
+    assert first.made
+    real, calls = schedule._slot_issue, []
+
+    def late(session: Session, name: str, at: dt.datetime) -> Issue | None:
+        calls.append(at)
+        return None if len(calls) == 1 else real(session, name, at)  # the first look misses
+
+    monkeypatch.setattr(schedule, "_slot_issue", late)
+    # ... and counted the new items the other run was about to take.
+    monkeypatch.setattr(schedule.store, "count_new_items", lambda session: 8)
+    with sessions() as s:  # the issue is sent; pretend it is still going, to join it
+        s.execute(update(Issue).values(status="sending"))
+        s.commit()
+    joined = asyncio.run(schedule.fire(settings, sessions, "weekly", slot))
+    assert (joined.made, joined.reason, joined.issue_id) == (False, "joined", first.issue_id)
+    assert len(calls) == 2
+    assert all(len(m) == 1 for m in smtp_server.by_recipient().values())
 
 
 def test_fewer_new_items_than_min_items_makes_nothing(
