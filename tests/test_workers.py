@@ -16,13 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +29,7 @@ from newsletter import db, publish
 from newsletter.models import Delivery, Member, utcnow
 from newsletter.sink import ServerThread
 from newsletter.sources import import_source
-from tests.conftest import PG_DSN, PG_URL, SECRET, make_settings
+from tests.conftest import SECRET, make_settings, postgres_schema
 
 MEMBERS = 50_000
 WORKERS = 3
@@ -65,14 +63,8 @@ def postgres_url(postgres_available: bool) -> Iterator[str]:
     """A new schema in the machine's PostgreSQL: skipped without one, failed without one in CI."""
     if not postgres_available:
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture
