@@ -300,8 +300,9 @@ def _mail_arguments(sender: str, data: bytes, size: bool) -> bytes:
     return mail + b" SIZE=%d" % len(data) if size else mail
 
 
-def unwire(wire: Wire) -> bytes:
-    """The plain message a Wire carries (for aiosmtplib's own DATA path)."""
+def unwire(wire: bytes) -> bytes:
+    """The plain message a DATA form carries: without the final "." line, dot-stuffing undone
+    (for aiosmtplib's own DATA path, and for the DKIM signer, which signs the plain message)."""
     return bytes(wire[:-3]).replace(b"\r\n..", b"\r\n.")
 
 

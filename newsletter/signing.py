@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from newsletter.errors import ConfigError, NewsletterError
+from newsletter.pool import unwire
 
 # RFC 8058 §4 requires List-Unsubscribe and List-Unsubscribe-Post under the signature.
 DEFAULT_HEADERS: tuple[bytes, ...] = (
@@ -169,11 +170,6 @@ class SigningFailed(NewsletterError):
     pass
 
 
-def _plain(wire: bytes) -> bytes:
-    """The message a DATA form carries: without the final "." line, dot-stuffing undone."""
-    return wire[:-3].replace(b"\r\n..", b"\r\n.")
-
-
 def _serve() -> None:
     """The signing process's loop: frames in on stdin, headers out on stdout, until EOF."""
     # The parent decides when this process ends (by closing its stdin), so a Ctrl-C or a
@@ -194,7 +190,7 @@ def _serve() -> None:
     signer = DkimSigner(*pickle.loads(first))
     while (frame := read()) is not None:
         wires: list[bytes] = pickle.loads(frame)
-        headers = [signer.signature_header(_plain(w), crlf_only=True) for w in wires]
+        headers = [signer.signature_header(unwire(w), crlf_only=True) for w in wires]
         body = pickle.dumps(headers, protocol=pickle.HIGHEST_PROTOCOL)
         out.write(_LENGTH.pack(len(body)) + body)
         out.flush()
