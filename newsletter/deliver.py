@@ -134,6 +134,7 @@ class Engine:
         self.consecutive_failures = 0
         self.attempted = 0
         self._recorded = asyncio.Event()
+        self._batch_ready = asyncio.Event()  # commit_every outcomes are waiting to be recorded
         self._signing: SigningPool | None = None
         # delivery id -> Message-ID, DATA form, and its DKIM header on its way from a signer
         self._signed: dict[int, tuple[str, bytes, asyncio.Future[bytes]]] = {}
@@ -249,7 +250,10 @@ class Engine:
         since = utcnow()
         last_check = last_renewal = time.monotonic()
         while True:
-            await asyncio.sleep(0.005 if len(self.outcomes) >= self.conf.commit_every else 0.1)
+            if len(self.outcomes) < self.conf.commit_every:
+                self._batch_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_ready.wait(), timeout=0.1)
             if self.outcomes:
                 batch, self.outcomes = self.outcomes, []
                 await asyncio.to_thread(self.ledger.record, batch)
@@ -292,6 +296,8 @@ class Engine:
                     outcome = await self._attempt(conn, job)
                     self.attempted += 1
                 self.outcomes.append(outcome)
+                if len(self.outcomes) >= self.conf.commit_every:
+                    self._batch_ready.set()
                 if self.progress:
                     self.progress(outcome)
         finally:
