@@ -156,7 +156,9 @@ class Engine:
             from newsletter.signing import SigningPool
 
             processes = self.settings.dkim.processes if self.settings.dkim else 0
-            self._signing = await SigningPool.start(self.dkim, processes)
+            self._signing = await SigningPool.start(
+                self.dkim, self.personalizer.skeleton, processes
+            )
         queue: asyncio.Queue[Job | None] = asyncio.Queue()
         unsent: list[int] = []
         workers = [
@@ -220,10 +222,11 @@ class Engine:
     def _sign_ahead(self, jobs: list[Job]) -> None:
         """Start the claimed messages' DKIM signatures now, so they are ready when sent."""
         assert self._signing is not None
-        built = [self.personalizer.wire(job.recipient) for job in jobs]
-        signed = self._signing.sign_all([wire for _, wire in built])
-        for job, (message_id, wire), future in zip(jobs, built, signed, strict=True):
-            self._signed[job.delivery_id] = (message_id, wire, future)
+        slots = [self.personalizer.slots(job.recipient) for job in jobs]
+        signed = self._signing.sign_all([values for _, values in slots])
+        wire_from = self.personalizer.wire_from
+        for job, (message_id, values), future in zip(jobs, slots, signed, strict=True):
+            self._signed[job.delivery_id] = (message_id, wire_from(values), future)
 
     async def _close_signing(self) -> None:
         for _, _, future in self._signed.values():  # never sent: their signatures unused

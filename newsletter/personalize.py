@@ -19,7 +19,7 @@ from email.header import Header
 from newsletter.config import Settings
 from newsletter.errors import HeaderError
 from newsletter.issue import Compiled, slot
-from newsletter.pool import Wire
+from newsletter.pool import Wire, assemble
 from newsletter.tokens import Kind, Signer
 
 CRLF = "\r\n"
@@ -211,27 +211,32 @@ class Personalizer:
             values[f"vote{pos}"] = f"{self.base}/v/{sign(Kind.VOTE, survey_id, r.member_id, pos)}"
         return values
 
-    def message(self, r: Recipient) -> tuple[str, bytes]:
+    @property
+    def skeleton(self) -> tuple[bytes, ...]:
+        """The plain message's fixed bytes; assemble(skeleton, slots(r)[1]) is message(r)."""
+        return tuple(self._literals)
+
+    def slots(self, r: Recipient) -> tuple[str, list[bytes]]:
+        """The Message-ID and one member's slot values, in skeleton order."""
         v = self.values(r)
-        lits, keys = self._literals, self._keys
-        out = [lits[0]]
-        for i, key in enumerate(keys):
-            out.append(v[key].encode())
-            out.append(lits[i + 1])
-        return v["msgid"], b"".join(out)
+        return v["msgid"], [v[key].encode() for key in self._keys]
+
+    def message(self, r: Recipient) -> tuple[str, bytes]:
+        message_id, values = self.slots(r)
+        return message_id, assemble(self._literals, values)
 
     def wire(self, r: Recipient) -> tuple[str, Wire]:
         """The message in DATA form, for pool.transmit: no per-message normalising passes."""
-        v = self.values(r)
-        lits, keys = self._wire, self._keys
-        out = [lits[0]]
-        for i, key in enumerate(keys):
-            value = v[key].encode()
-            if i in self._line_start and value.startswith(b"."):
-                value = b"." + value
-            out.append(value)
-            out.append(lits[i + 1])
-        return v["msgid"], Wire(b"".join(out))
+        message_id, values = self.slots(r)
+        return message_id, self.wire_from(values)
+
+    def wire_from(self, values: list[bytes]) -> Wire:
+        """The DATA form of the message with these slot values: unwire() of it is the plain
+        message assemble(skeleton, values), which is what a DKIM signer is given."""
+        for i in self._line_start:
+            if values[i].startswith(b"."):
+                values = [*values[:i], b"." + values[i], *values[i + 1 :]]
+        return Wire(assemble(self._wire, values))
 
     def fill_text(self, text: str, r: Recipient, *, html_part: bool) -> str:
         """Fill the slots of one part as a string (previews and the archive use this)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -298,6 +298,15 @@ def _fast_capable(protocol: object) -> bool:
 def _mail_arguments(sender: str, data: bytes, size: bool) -> bytes:
     mail = b"FROM:<" + sender.encode() + b"> BODY=8BITMIME"
     return mail + b" SIZE=%d" % len(data) if size else mail
+
+
+def assemble(literals: Sequence[bytes], values: Sequence[bytes]) -> bytes:
+    """literals[0] + values[0] + literals[1] + ... + literals[-1]."""
+    out = [literals[0]]
+    for value, literal in zip(values, literals[1:], strict=True):
+        out.append(value)
+        out.append(literal)
+    return b"".join(out)
 
 
 def unwire(wire: bytes) -> bytes:

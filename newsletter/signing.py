@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from newsletter.errors import ConfigError, NewsletterError
-from newsletter.pool import unwire
+from newsletter.pool import assemble
 
 # RFC 8058 §4 requires List-Unsubscribe and List-Unsubscribe-Post under the signature.
 DEFAULT_HEADERS: tuple[bytes, ...] = (
@@ -76,6 +76,11 @@ class _OpenSSLDKIM(dkim.DKIM):  # type: ignore[misc]
     gen_header = _rebound(dkim.DomainSigner.gen_header, RSASSA_PKCS1_v1_5_sign=_openssl_rsassa_sign)
 
     crlf_only = False  # set on the subclass for messages known to have no bare LF
+    headers: list[list[bytes]]  # dkimpy's parse: [name, value] pairs
+
+    def __init__(self, message: bytes | None, wanted: frozenset[bytes] | None = None) -> None:
+        self.wanted = wanted  # header names to keep (lowercase); None keeps every field
+        super().__init__(message)
 
     def set_message(self, message: bytes | None) -> None:
         # dkimpy's parser splits the whole message into lines and joins the body back with
@@ -88,10 +93,34 @@ class _OpenSSLDKIM(dkim.DKIM):  # type: ignore[misc]
         ):
             head, blank, body = message.partition(_CRLF + _CRLF)
             if blank:
+                if self.wanted is not None:
+                    head = _keep_fields(head, self.wanted)
                 super().set_message(head + blank)
                 self.body = body
                 return
         super().set_message(message)
+        if self.wanted is not None:
+            self.headers = [f for f in self.headers if f[0].lower() in self.wanted]
+
+
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+):")
+
+
+def _keep_fields(head: bytes, wanted: frozenset[bytes]) -> bytes:
+    """The CRLF header block with only the fields named in `wanted` (each with its folded
+    lines), in their order. Unsigned fields never enter a DKIM hash, and dkimpy parses and
+    canonicalises every field it is given: a digest carries about as many unsigned fields
+    as signed ones. A line that is not a plain "name:" start is kept, for dkimpy to judge."""
+    lines = head.split(_CRLF)
+    kept: list[bytes] = []
+    keep = True
+    for line in lines:
+        if line[:1] not in (b" ", b"\t"):  # a field starts here; else it folds the last one
+            m = _FIELD_NAME.match(line)
+            keep = m is None or m.group(1).lower() in wanted
+        if keep:
+            kept.append(line)
+    return _CRLF.join(kept)
 
 
 class _CrlfDKIM(_OpenSSLDKIM):
@@ -128,6 +157,7 @@ class DkimSigner:
         self._domain = domain.encode("ascii")
         self._selector = selector.encode("ascii")
         self._headers = tuple(h.lower() for h in headers)
+        self._wanted = frozenset(self._headers)
 
     def signature_header(self, message: bytes, *, crlf_only: bool = False) -> bytes:
         r"""The 'DKIM-Signature: ...\r\n' header (folded with CRLF) to put in front of `message`.
@@ -137,7 +167,7 @@ class DkimSigner:
         signature, not the message.
         """
         # One DKIM object per call: it holds per-message state.
-        d = (_CrlfDKIM if crlf_only else _OpenSSLDKIM)(message)
+        d = (_CrlfDKIM if crlf_only else _OpenSSLDKIM)(message, self._wanted)
         present = {name.lower() for name, _ in d.headers}
         include = [h for h in self._headers if h in present]  # dkimpy requires From
         header: bytes = d.sign(
@@ -158,10 +188,13 @@ class DkimSigner:
 #
 # Each signing process is `python -m newsletter.signing`, talking over its stdin and stdout in
 # frames: a 4-byte big-endian length, then a pickle. The first frame carries DkimSigner's
-# arguments; each later one a batch of DATA-form messages, answered in order by a frame with
-# their DKIM-Signature headers. The parent reads and writes the pipes from its event loop:
-# no threads in the sender (an executor's feeder and result threads would contend for the
-# GIL with the sending loop).
+# arguments and the issue's skeleton (personalize.Personalizer.skeleton: the message's fixed
+# bytes between its slots); each later one a batch of members' slot values, answered in order
+# by a frame with their DKIM-Signature headers. So a message crosses the pipe as its few
+# hundred bytes of slot values, not its 25 KB, and the signer lays it out itself, exactly as
+# the sender does. The parent reads and writes the pipes from its event loop: no threads in
+# the sender (an executor's feeder and result threads would contend for the GIL with the
+# sending loop).
 
 _LENGTH = struct.Struct(">I")
 
@@ -187,10 +220,13 @@ def _serve() -> None:
     first = read()
     if first is None:
         return
-    signer = DkimSigner(*pickle.loads(first))
+    args, skeleton = pickle.loads(first)
+    signer = DkimSigner(*args)
+    sign = signer.signature_header
     while (frame := read()) is not None:
-        wires: list[bytes] = pickle.loads(frame)
-        headers = [signer.signature_header(unwire(w), crlf_only=True) for w in wires]
+        batch: list[list[bytes]] = pickle.loads(frame)
+        # Skeletons from personalize.py end every line in CRLF.
+        headers = [sign(assemble(skeleton, values), crlf_only=True) for values in batch]
         body = pickle.dumps(headers, protocol=pickle.HIGHEST_PROTOCOL)
         out.write(_LENGTH.pack(len(body)) + body)
         out.flush()
@@ -233,25 +269,25 @@ class _Child:
                 if not future.done():
                     future.set_exception(failure)
 
-    def send(self, wires: list[bytes]) -> list[asyncio.Future[bytes]]:
+    def send(self, batch: list[list[bytes]]) -> list[asyncio.Future[bytes]]:
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in wires]
+        futures = [loop.create_future() for _ in batch]
         if self.reader.done():
             for future in futures:
                 future.set_exception(SigningFailed("a DKIM signing process has exited"))
             return futures
         self.waiting.append(futures)
-        self.stdin.write(_frame(wires))
+        self.stdin.write(_frame(batch))
         return futures
 
 
 class SigningPool:
-    """DKIM-signs messages in separate processes, in batches, ahead of the sending.
+    """DKIM-signs one issue's messages in separate processes, in batches, ahead of the sending.
 
-    RSA-2048 costs about 0.8 ms a signature here and dkimpy's header work a few hundred
+    RSA-2048 costs 0.4-0.8 ms a signature and dkimpy's header work over a hundred
     microseconds of Python; in threads that Python would hold the sending loop's GIL. In
-    processes it runs on the other cores, and the sender only moves bytes: a batch of
-    messages goes out in one frame, and their headers come back in one.
+    processes it runs on the other cores, and the sender only moves slot values: a batch goes
+    out in one frame, and its headers come back in one.
     """
 
     def __init__(self, children: list[_Child], batch: int) -> None:
@@ -259,7 +295,14 @@ class SigningPool:
         self.batch = batch
 
     @classmethod
-    async def start(cls, signer: DkimSigner, processes: int = 0, batch: int = 16) -> SigningPool:
+    async def start(
+        cls,
+        signer: DkimSigner,
+        skeleton: Sequence[bytes],
+        processes: int = 0,
+        batch: int = 16,
+    ) -> SigningPool:
+        """Signers for messages laid out as pool.assemble(skeleton, values)."""
         children = []
         for _ in range(processes or os.cpu_count() or 1):
             proc = await asyncio.create_subprocess_exec(
@@ -270,17 +313,18 @@ class SigningPool:
                 stdout=asyncio.subprocess.PIPE,
             )
             child = _Child(proc)
-            child.stdin.write(_frame(signer.args))
+            child.stdin.write(_frame((signer.args, tuple(skeleton))))
             children.append(child)
         return cls(children, batch)
 
-    def sign_all(self, wires: Sequence[bytes]) -> list[asyncio.Future[bytes]]:
-        """One future per message, resolving to its DKIM-Signature header."""
+    def sign_all(self, slot_values: Sequence[list[bytes]]) -> list[asyncio.Future[bytes]]:
+        """One future per message (given by its slot values), resolving to its DKIM-Signature
+        header for the plain message assemble(skeleton, values)."""
         futures: list[asyncio.Future[bytes]] = []
-        for start in range(0, len(wires), self.batch):
+        for start in range(0, len(slot_values), self.batch):
             # The child with the fewest batches outstanding takes the next one.
             child = min(self.children, key=lambda c: len(c.waiting))
-            futures += child.send(list(wires[start : start + self.batch]))
+            futures += child.send(list(slot_values[start : start + self.batch]))
         return futures
 
     async def close(self) -> None:

@@ -225,7 +225,7 @@ def test_lines_starting_with_a_dot_survive_the_prepared_data_path(
 ) -> None:
     from newsletter.issue import Compiled, slot
     from newsletter.personalize import Personalizer, Recipient
-    from newsletter.pool import Wire, unwire
+    from newsletter.pool import Wire, assemble, unwire
     from newsletter.tokens import Signer
 
     (tmp_path / "one.csv").write_text("email,name\ndot@example.org,.Dot\n")
@@ -252,3 +252,8 @@ def test_lines_starting_with_a_dot_survive_the_prepared_data_path(
     plain = personalizer.message(Recipient(1, "a@example.org", ".Dot"))[1]
     date = re.compile(rb"Date: [^\r]*")
     assert date.sub(b"", unwire(wire)) == date.sub(b"", plain)
+    # A DKIM signer is given the skeleton and the slot values, and lays out the message
+    # itself: it must be byte for byte the plain form of what goes over the wire.
+    _, values = personalizer.slots(Recipient(1, "a@example.org", ".Dot"))
+    assert b".Dot" in values
+    assert unwire(personalizer.wire_from(values)) == assemble(personalizer.skeleton, values)

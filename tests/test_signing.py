@@ -256,39 +256,70 @@ def test_parse_shortcut_matches_dkimpy(raw: bytes) -> None:
     assert (parsed.headers, parsed.body) == (headers, body)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(message(), id="digest"),
+        pytest.param(message().replace(CRLF, b"\n"), id="lf-only"),
+        pytest.param(
+            b"From someone Mon Mar  3 09:00:00 2025\r\nFrom: a@b.example\r\nX-Junk: 1\r\n"
+            b"\tfolded junk\r\nTo: c@d.example\r\nSubject: one\r\n to:  fold\r\n"
+            b"TO: again@d.example\r\n\r\nbody\r\n",
+            id="mbox-line-folds-and-repeats",
+        ),
+    ],
+)
+def test_only_signed_fields_reach_dkimpy(raw: bytes) -> None:
+    """The preselection drops unsigned fields (with their folded lines) and nothing else."""
+    from newsletter.signing import _OpenSSLDKIM
+
+    wanted = frozenset(DEFAULT_HEADERS)
+    parsed = _OpenSSLDKIM(raw, wanted)
+    headers, body = dkim.rfc822_parse(raw)
+    assert parsed.headers == [h for h in headers if h[0].lower() in wanted]
+    assert parsed.body == body
+    assert len(parsed.headers) < len(headers)
+
+
 def test_lf_message_still_verifies(signer: DkimSigner, key: Key) -> None:
     lf = message().replace(CRLF, b"\n")
     assert verify(signer.sign(lf), key)
 
 
-def data_form(msg: bytes) -> bytes:
-    """The DATA form personalize.wire lays out: dot-stuffed, ending with CRLF "." CRLF."""
-    return msg.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+def skeleton(tail: bytes = b".dotted line\r\n") -> tuple[bytes, ...]:
+    """A digest's fixed bytes around one slot, the List-Unsubscribe address, as
+    personalize.Personalizer.skeleton gives them."""
+    marker = b"@@slot@@"
+    return tuple((message(marker) + tail).split(marker))
 
 
 async def test_signing_processes_sign_batches_in_order(signer: DkimSigner, key: Key) -> None:
+    from newsletter.pool import assemble
     from newsletter.signing import SigningPool
 
-    messages = [message(UNSUBSCRIBE + str(n).encode()) + b".dotted line\r\n" for n in range(40)]
-    pool = await SigningPool.start(signer, processes=2, batch=16)
+    parts = skeleton()
+    slot_values = [[UNSUBSCRIBE + str(n).encode()] for n in range(40)]
+    pool = await SigningPool.start(signer, parts, processes=2, batch=16)
     try:
-        headers = await asyncio.gather(*pool.sign_all([data_form(m) for m in messages]))
+        headers = await asyncio.gather(*pool.sign_all(slot_values))
     finally:
         await pool.close()
     assert all(c.proc.returncode == 0 for c in pool.children)  # they ended when told to
-    for msg, header in zip(messages, headers, strict=True):
+    for values, header in zip(slot_values, headers, strict=True):
+        msg = assemble(parts, values)
         assert verify(header + msg, key)  # each header belongs to its own message
+    assert not verify(headers[0] + assemble(parts, slot_values[1]), key)
 
 
 async def test_a_signing_process_that_dies_fails_its_messages(signer: DkimSigner) -> None:
     from newsletter.signing import SigningFailed, SigningPool
 
-    pool = await SigningPool.start(signer, processes=1)
+    pool = await SigningPool.start(signer, skeleton(), processes=1)
     try:
         (child,) = pool.children
         child.proc.kill()
         await child.reader  # it notices the end of the pipe
-        (future,) = pool.sign_all([data_form(message())])
+        (future,) = pool.sign_all([[UNSUBSCRIBE]])
         with pytest.raises(SigningFailed, match="signing process"):
             await future
     finally:
