@@ -55,7 +55,6 @@ QUICK = {
     "naive_sample": 50,
     "rss_sizes": "2000,5000,20000",
     "snapshot_members": 50_000,
-    "dkim_members": 3_000,
 }
 
 
@@ -77,7 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--rss-sizes", default="10000,100000,1000000", help="comma-separated member counts")
     add("--skip-rss", action="store_true", help="skip the peak-RSS runs (item 5)")
     add("--snapshot-members", type=int, default=1_000_000, help="members for item 6")
-    add("--dkim-members", type=int, default=20_000, help="members for item 7")
+    add(
+        "--dkim-members",
+        type=int,
+        default=0,
+        help="members for item 7 (default: --members, so DKIM off is item 1's run)",
+    )
     add("--processes", type=int, default=2, help="sender processes for item 8")
     add("--sinks", default="bundled,postfix", help="sinks for items 1-3: bundled, postfix")
     add("--timeout", type=float, default=7200.0, help="seconds before a send is killed")
@@ -704,7 +708,7 @@ class Bench:
 
     # item 7
     def dkim(self) -> None:
-        sink, n = self.main_sink, self.args.dkim_members
+        sink, n = self.main_sink, self.args.dkim_members or self.args.members
         say(f"[7] DKIM off and on (RSA-2048), {n:,} members ({sink})")
         off, on = self.send(sink, n), self.send(sink, n, dkim=True)
         self.add("7", f"DKIM off, {n:,} members, {sink} sink", f"{off.rate:,.0f} msg/s")
