@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import datetime as dt
 import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -107,6 +109,62 @@ def start_resume(links: Links, jobs: Jobs, issue_id: int, actor: str) -> desk.Is
 # --- editor sessions and CSRF --------------------------------------------------------------
 
 
+class LoginThrottle:
+    """Failed desk logins, counted per client address and per editor name over `window`
+    seconds. Past `per_address` failures from one address, or `per_name` against one name,
+    the login form answers 429 without checking the password (so without spending scrypt's
+    50 ms on a guess) until the oldest failure leaves the window. In memory, per `serve`
+    process; at most `keys` addresses and names are tracked, the least recent dropped first.
+    """
+
+    def __init__(
+        self,
+        per_address: int = 10,
+        per_name: int = 30,
+        window: float = 900.0,
+        keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = {"address": per_address, "name": per_name}
+        self.window = window
+        self.keys = keys
+        self.clock = clock
+        self._failures: collections.OrderedDict[tuple[str, str], collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+
+    def _recent(self, key: tuple[str, str], now: float) -> collections.deque[float]:
+        times = self._failures.get(key)
+        if times is None:
+            return collections.deque()
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+        return times
+
+    def retry_after(self, address: str, name: str) -> int:
+        """Seconds until a login from `address` as `name` is checked again; 0: check it now."""
+        now = self.clock()
+        wait = 0.0
+        for kind, value in (("address", address), ("name", name.casefold())):
+            times = self._recent((kind, value), now)
+            if len(times) >= self.limits[kind]:
+                wait = max(wait, times[0] + self.window - now)
+        return math.ceil(wait)
+
+    def failed(self, address: str, name: str) -> None:
+        now = self.clock()
+        for key in (("address", address), ("name", name.casefold())):
+            self._failures.setdefault(key, collections.deque()).append(now)
+            self._failures.move_to_end(key)
+        while len(self._failures) > self.keys:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(("address", address), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Editor:
     name: str
@@ -184,9 +242,10 @@ class DeskAuth:
 
 
 def desk_router(links: Links, jobs: Jobs) -> APIRouter:
-    from newsletter.web import CSP, CSP_ISSUE, security_headers
+    from newsletter.web import CSP, CSP_ISSUE, client_ip, security_headers
 
     auth = DeskAuth(links)
+    throttle = LoginThrottle()
     router = APIRouter(prefix="/desk", include_in_schema=False)
     # The preview is the email's HTML (inline styles) shown in this site's own frames.
     preview_csp = CSP_ISSUE.replace("frame-ancestors 'none'", "frame-ancestors 'self'")
@@ -250,9 +309,25 @@ def desk_router(links: Links, jobs: Jobs) -> APIRouter:
             return page(
                 "login.html", None, 403, error="No editor is configured ([[editor]])", name=name
             )
+        address = client_ip(request)
+        wait = throttle.retry_after(address, name)
+        if wait:
+            minutes = math.ceil(wait / 60)
+            refused = page(
+                "login.html",
+                None,
+                429,
+                error=f"Too many failed logins. Try again in {minutes} minute(s).",
+                name=name,
+            )
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         found = await asyncio.to_thread(auth.login, name, password)
         if found is None:
+            throttle.failed(address, name)
+            log.warning("failed desk login as %r from %s", name[:80], address or "?")
             return page("login.html", None, 403, error="Wrong name or password.", name=name)
+        throttle.succeeded(address)
         with links.sessions.begin() as session:
             desk.audit(session, found, "login")
         response = RedirectResponse("/desk", status_code=303, headers=security_headers())

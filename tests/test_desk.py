@@ -140,6 +140,51 @@ def test_login_and_pages_need_it(
     assert audit_rows(sessions) == [(EDITOR, "login", None)]
 
 
+def test_login_throttle_counts_failures_per_address_and_name() -> None:
+    from newsletter.admin import LoginThrottle
+
+    now = [1000.0]
+    throttle = LoginThrottle(per_address=3, per_name=5, window=60, keys=4, clock=lambda: now[0])
+    for _ in range(3):
+        assert throttle.retry_after("10.0.0.1", "ada") == 0
+        throttle.failed("10.0.0.1", "ada")
+        now[0] += 1
+    assert throttle.retry_after("10.0.0.1", "someone else") == 57  # 1000 + 60 - 1003
+    assert throttle.retry_after("10.0.0.2", "ada") == 0  # 3 of 5 against the name
+    throttle.failed("10.0.0.2", "Ada")
+    throttle.failed("10.0.0.3", "ADA")  # names compare without case
+    assert throttle.retry_after("10.0.0.4", "ada") > 0
+    now[0] += 60
+    assert throttle.retry_after("10.0.0.1", "ada") == 0  # the window moved on
+    throttle.failed("10.0.0.9", "bob")
+    throttle.succeeded("10.0.0.9")  # a good login clears its address, not the name
+    assert ("address", "10.0.0.9") not in throttle._failures
+    for n in range(10):  # many addresses: the oldest are forgotten, memory stays bounded
+        throttle.failed(f"192.0.2.{n}", "x")
+    assert len(throttle._failures) <= 4
+
+
+def test_repeated_wrong_passwords_lock_the_address_out(
+    client: tuple[TestClient, Settings, sessionmaker[Session]],
+) -> None:
+    c, _, sessions = client
+    wrong = {"name": EDITOR, "password": "nope"}
+    for _ in range(10):
+        assert c.post("/desk/login", data=wrong).status_code == 403
+    # Now even the right password is not checked from this address.
+    r = c.post("/desk/login", data={"name": EDITOR, "password": PASSWORD}, follow_redirects=False)
+    assert r.status_code == 429 and "Too many failed logins" in r.text
+    assert 0 < int(r.headers["retry-after"]) <= 900
+    assert "set-cookie" not in r.headers
+    # Another address still logs in (the name has 10 of its 30).
+    other = TestClient(c.app, client=("192.0.2.7", 40000))
+    r = other.post(
+        "/desk/login", data={"name": EDITOR, "password": PASSWORD}, follow_redirects=False
+    )
+    assert r.status_code == 303 and "desk_session" in r.headers["set-cookie"]
+    assert audit_rows(sessions) == [(EDITOR, "login", None)]
+
+
 def test_posts_without_the_csrf_token_change_nothing(
     client: tuple[TestClient, Settings, sessionmaker[Session]],
     smtp_server: RecordingHandler,
