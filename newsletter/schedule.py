@@ -103,8 +103,16 @@ async def fire(
             log.info("schedule %s, slot %s: %s", name, slot.isoformat(), reason)
             return SlotResult(name, slot, None, False, reason)
         try:
-            prepared = publish.release_next(
-                settings, sessions, schedule=name, slot_at=slot, with_survey=sched.survey == "open"
+            # Compiling (premailer) and the audience snapshot take from a fraction of a second
+            # to several: off the event loop, which `serve` shares with the web app and the
+            # scheduler election's keepalive.
+            prepared = await asyncio.to_thread(
+                publish.release_next,
+                settings,
+                sessions,
+                schedule=name,
+                slot_at=slot,
+                with_survey=sched.survey == "open",
             )
             issue, made = prepared.issue, True
         except (IntegrityError, NothingToSend):

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -106,6 +107,35 @@ def test_a_slot_made_between_the_look_and_the_release_is_joined(
     assert (joined.made, joined.reason, joined.issue_id) == (False, "joined", first.issue_id)
     assert len(calls) == 2
     assert all(len(m) == 1 for m in smtp_server.by_recipient().values())
+
+
+def test_a_slot_compiles_its_issue_off_the_event_loop(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    smtp_server: RecordingHandler,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `serve` runs the web app and the election in the loop that fires the slots: the
+    # compile and the snapshot must not hold it. Here the release waits for a callback the
+    # loop can only run if the release is not running on it.
+    load(sessions, site)
+    real = schedule.publish.release_next
+    loop_ran = threading.Event()
+
+    def release_next(*args: Any, **kwargs: Any) -> Any:
+        assert loop_ran.wait(timeout=10), "the event loop was blocked by the release"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(schedule.publish, "release_next", release_next)
+
+    async def fire_and_tick() -> schedule.SlotResult:
+        asyncio.get_running_loop().call_later(0.05, loop_ran.set)
+        slot = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
+        return await schedule.fire(settings, sessions, "weekly", slot)
+
+    result = asyncio.run(fire_and_tick())
+    assert result.made and smtp_server.count() == 5
 
 
 def test_fewer_new_items_than_min_items_makes_nothing(
