@@ -46,7 +46,9 @@ from newsletter.sink import DiscardHandler, OutboxHandler, ServerThread, serve_f
 from newsletter.site import environment, scaffold
 
 T = TypeVar("T")
-console = Console(highlight=False)
+# soft_wrap: a line of text is never broken by Rich (a terminal wraps it; a cron log keeps it
+# whole, where Rich would otherwise break it at 80 columns). Tables still fit the width.
+console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(

@@ -18,7 +18,8 @@ def run(
     site: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    base.update(env or {}, COLUMNS="200")
+    base["COLUMNS"] = "200"
+    base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "newsletter", *args],
         cwd=site,
@@ -43,7 +44,7 @@ def use_port(site: Path, port: int) -> None:
 
 def test_demo_delivers_once_per_active_member_then_nothing(site: Path) -> None:
     use_port(site, free_port())
-    first = run(site, "demo")
+    first = run(site, "demo", env={"COLUMNS": ""})  # as under cron: no terminal, no width
     assert first.returncode == 0, first.stderr
     outbox = site / "var" / "outbox"
     files = sorted(outbox.glob("*.eml"))
@@ -62,6 +63,9 @@ def test_demo_delivers_once_per_active_member_then_nothing(site: Path) -> None:
     assert len(messages) == 5 and len(links) == 15
     assert "delivered: 5, failed: 0" in first.stdout
     assert "var/outbox" in first.stdout and "var/preview/issue-1.html" in first.stdout
+    # No line is broken at Rich's default 80 columns.
+    preview_line = next(line for line in first.stdout.splitlines() if "preview:" in line)
+    assert preview_line.endswith("issue-1.txt") and len(preview_line) > 80
     assert (site / "var" / "preview" / "issue-1.html").is_file()
 
     second = run(site, "demo")
