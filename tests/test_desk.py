@@ -185,6 +185,51 @@ def test_repeated_wrong_passwords_lock_the_address_out(
     assert audit_rows(sessions) == [(EDITOR, "login", None)]
 
 
+def test_serve_throttles_the_address_a_local_proxy_forwards(site: Path) -> None:
+    # `newsletter serve` as operators run it, behind a reverse proxy on the same machine:
+    # every connection comes from 127.0.0.1, and the proxy names the client in
+    # X-Forwarded-For. One client's failures must not lock out the others.
+    import http.client
+    from urllib.parse import urlencode
+
+    from tests.test_cli import free_port
+    from tests.test_schedule import newsletter, stop, wait_until
+
+    with (site / "config.toml").open("a", encoding="utf-8") as f:
+        f.write(f'\n[[editor]]\nname = "{EDITOR}"\npassword_hash = "{HASH}"\n')
+    port = free_port()
+    serve = newsletter(site, "serve", "--port", str(port))
+
+    def request(method: str, body: str = "", headers: dict[str, str] | None = None) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, "/desk/login", body, headers or {})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def up() -> bool:
+        try:
+            return request("GET") == 200
+        except OSError:
+            return False
+
+    def login(client: str, password: str) -> int:
+        form = urlencode({"name": EDITOR, "password": password})
+        kind = "application/x-www-form-urlencoded"
+        return request("POST", form, {"Content-Type": kind, "X-Forwarded-For": client})
+
+    try:
+        wait_until(up, 30)
+        for _ in range(10):
+            assert login("203.0.113.5", "nope") == 403
+        assert login("203.0.113.5", PASSWORD) == 429
+        assert login("203.0.113.6", PASSWORD) == 303
+    finally:
+        out = stop(serve)
+    assert "failed desk login as 'ed' from 203.0.113.5" in out
+
+
 def test_posts_without_the_csrf_token_change_nothing(
     client: tuple[TestClient, Settings, sessionmaker[Session]],
     smtp_server: RecordingHandler,
