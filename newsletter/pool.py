@@ -311,7 +311,7 @@ def assemble(literals: Sequence[bytes], values: Sequence[bytes]) -> bytes:
 
 def unwire(wire: bytes) -> bytes:
     """The plain message a DATA form carries: without the final "." line, dot-stuffing undone
-    (for aiosmtplib's own DATA path, and for the DKIM signer, which signs the plain message)."""
+    (for aiosmtplib's own DATA path, which stuffs the message itself)."""
     return bytes(wire[:-3]).replace(b"\r\n..", b"\r\n.")
 
 
