@@ -11,9 +11,10 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from newsletter import config, issue, site
-from newsletter.personalize import Personalizer, Recipient
-from newsletter.sources import SourceReport, html_to_text, parse_feed
+from newsletter import config, site
+from newsletter.content import compiler as issue
+from newsletter.content.personalize import Personalizer, Recipient
+from newsletter.content.sources import SourceReport, html_to_text, parse_feed
 from newsletter.tokens import Signer
 
 FEED = "examples/seed-feed.xml"

@@ -35,9 +35,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jinja2 import Environment, Template
 from sqlalchemy import insert
 
-from newsletter import config, db, issue, publish, site, sources, store
-from newsletter.models import Issue, Member
-from newsletter.personalize import Personalizer, Recipient
+from newsletter import config, site
+from newsletter.content import compiler as issue
+from newsletter.content import sources
+from newsletter.content.personalize import Personalizer, Recipient
+from newsletter.services import sending as publish
+from newsletter.storage import db
+from newsletter.storage import queries as store
+from newsletter.storage.models import Issue, Member
 from newsletter.tokens import Signer
 
 REPO = Path(__file__).resolve().parent.parent

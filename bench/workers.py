@@ -44,8 +44,10 @@ from deliver import (
 )
 from sqlalchemy import insert
 
-from newsletter import db, publish, sources
-from newsletter.models import Member
+from newsletter.content import sources
+from newsletter.services import sending as publish
+from newsletter.storage import db
+from newsletter.storage.models import Member
 
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 CHUNK = 10_000

@@ -1,5 +1,5 @@
 """Allow `python -m newsletter`."""
 
-from newsletter.cli import main
+from newsletter.cli.main import main
 
 main()

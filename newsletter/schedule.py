@@ -31,11 +31,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import config, db, election, publish, store
+from newsletter import config
 from newsletter.config import ScheduleSettings, Settings
-from newsletter.deliver import Summary
+from newsletter.delivery.engine import Summary
 from newsletter.errors import ConfigError, NewsletterError, NothingToSend
-from newsletter.models import SENDING, Issue, utcnow
+from newsletter.services import sending as publish
+from newsletter.storage import db, election
+from newsletter.storage import queries as store
+from newsletter.storage.models import SENDING, Issue, utcnow
 
 log = logging.getLogger("newsletter.schedule")
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import feedparser
 
-from newsletter.sources import clean_title
+from newsletter.content.sources import clean_title
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED_HEADERS = (

@@ -14,9 +14,10 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import config, db
+from newsletter import config
 from newsletter.config import Settings
-from newsletter.sink import ServerThread
+from newsletter.delivery.sink import ServerThread
+from newsletter.storage import db
 from tests.smtpd import RecordingHandler
 
 # Headless Chromium fixtures (`browser`, `page`) for the web pages' tests.

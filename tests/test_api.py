@@ -14,10 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 
-from newsletter import db, publish
 from newsletter.config import Settings
-from newsletter.models import ACTIVE, Issue, Member, Survey
-from newsletter.web import create_app
+from newsletter.services import sending as publish
+from newsletter.storage import db
+from newsletter.storage.models import ACTIVE, Issue, Member, Survey
+from newsletter.web.members import create_app
 from tests.smtpd import RecordingHandler
 from tests.test_desk import TOKEN, audit_rows, desk_settings, fill, issue_status
 
@@ -186,7 +187,7 @@ def test_pause_resume_cancel_and_send_through_the_api(
     # A new item makes a second issue; cancel it before anything goes out.
     (site / "posts").mkdir()
     (site / "posts" / "late.md").write_text("---\ntitle: A late report\n---\nBody.\n")
-    from newsletter.sources import import_source
+    from newsletter.content.sources import import_source
 
     import_source(sessions, str(site / "posts"))
     publish.release_next(settings, sessions)

@@ -18,10 +18,11 @@ from playwright.sync_api import Page
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import config, db
-from newsletter.models import Delivery, Member, Vote, utcnow
-from newsletter.sink import ServerThread
-from newsletter.web import create_app
+from newsletter import config
+from newsletter.delivery.sink import ServerThread
+from newsletter.storage import db
+from newsletter.storage.models import Delivery, Member, Vote, utcnow
+from newsletter.web.members import create_app
 from tests.browser import live_server
 from tests.checks import parse
 from tests.smtpd import RecordingHandler

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from newsletter import db
-from newsletter.members import import_csv
-from newsletter.models import Delivery
-from newsletter.sources import import_source
+from newsletter.content.sources import import_source
+from newsletter.services.members import import_csv
+from newsletter.storage import db
+from newsletter.storage.models import Delivery
 from tests.conftest import SECRET, make_settings
 from tests.smtpd import RecordingHandler
 

@@ -4,9 +4,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from newsletter import db
-from newsletter.models import Base
-from newsletter.search import include_name
+from newsletter.storage import db
+from newsletter.storage.models import Base
+from newsletter.storage.search import include_name
 
 
 def test_migrations_build_exactly_the_models(database_url: str) -> None:

@@ -13,12 +13,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import config, desk, publish, store
+from newsletter import config
 from newsletter.config import Settings
-from newsletter.members import import_csv
-from newsletter.models import ACTIVE, AuditEntry, Delivery, Issue, Member
-from newsletter.sources import import_source
-from newsletter.web import create_app
+from newsletter.content.sources import import_source
+from newsletter.services import desk
+from newsletter.services import sending as publish
+from newsletter.services.members import import_csv
+from newsletter.storage import queries as store
+from newsletter.storage.models import ACTIVE, AuditEntry, Delivery, Issue, Member
+from newsletter.web.members import create_app
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
 
@@ -91,7 +94,7 @@ def issue_status(sessions: sessionmaker[Session], issue_id: int = 1) -> str:
 def client(
     site: Path, database_url: str, smtp_server: RecordingHandler
 ) -> Iterator[tuple[TestClient, Settings, sessionmaker[Session]]]:
-    from newsletter import db
+    from newsletter.storage import db
 
     settings = desk_settings(site, database_url, smtp_server.port)
     sessions = db.open_database(settings.database_url)
@@ -141,7 +144,7 @@ def test_login_and_pages_need_it(
 
 
 def test_login_throttle_counts_failures_per_address_and_name() -> None:
-    from newsletter.admin import LoginThrottle
+    from newsletter.web.desk import LoginThrottle
 
     now = [1000.0]
     throttle = LoginThrottle(per_address=3, per_name=5, window=60, keys=4, clock=lambda: now[0])

@@ -10,9 +10,9 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import db
 from newsletter.config import Settings
-from newsletter.web import create_app
+from newsletter.storage import db
+from newsletter.web.members import create_app
 from tests.browser import browser, live_server, page  # noqa: F401
 from tests.smtpd import RecordingHandler
 from tests.test_desk import EDITOR, PASSWORD, desk_settings, fill

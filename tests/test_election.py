@@ -15,9 +15,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from newsletter import db, election, schedule
+from newsletter import schedule
 from newsletter.config import SchedulerSettings, Settings
-from newsletter.election import AdvisoryLockElector, LeaseElector
+from newsletter.storage import db, election
+from newsletter.storage.election import AdvisoryLockElector, LeaseElector
 from tests.conftest import PG_DSN
 from tests.test_schedule import wait_until
 

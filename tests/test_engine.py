@@ -19,12 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import publish
 from newsletter.config import Settings
+from newsletter.content.sources import import_source
 from newsletter.errors import NewsletterError
-from newsletter.members import import_csv
-from newsletter.models import Delivery, Issue, Member, utcnow
-from newsletter.sources import import_source
+from newsletter.services import sending as publish
+from newsletter.services.members import import_csv
+from newsletter.storage.models import Delivery, Issue, Member, utcnow
 from tests.checks import check_message
 from tests.smtpd import RecordingHandler
 
@@ -242,7 +242,7 @@ def test_dkim_signature_verifies_and_covers_list_unsubscribe(
     settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
 ) -> None:
     from newsletter.config import DkimSettings
-    from newsletter.members import import_csv as import_members
+    from newsletter.services.members import import_csv as import_members
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (site / "dkim.pem").write_bytes(
@@ -326,7 +326,7 @@ def test_pause_mid_send_then_resume_mails_everyone_once(
     tmp_path: Path,
     smtp_server: RecordingHandler,
 ) -> None:
-    from newsletter import desk
+    from newsletter.services import desk
 
     prepared = release_slowly(settings, sessions, site, tmp_path, smtp_server)
     issue_id = prepared.issue.id
@@ -352,7 +352,7 @@ def test_cancel_mid_send_stops_and_says_how_many_went(
     tmp_path: Path,
     smtp_server: RecordingHandler,
 ) -> None:
-    from newsletter import desk
+    from newsletter.services import desk
 
     prepared = release_slowly(settings, sessions, site, tmp_path, smtp_server)
     deliver_until(settings, sessions, prepared, smtp_server, desk.cancel)
@@ -411,7 +411,7 @@ def test_two_senders_on_one_issue_share_the_relays_quota(
 def test_a_live_sender_renews_its_leases_so_no_one_takes_its_rows(
     settings: Settings, sessions: sessionmaker[Session], site: Path, tmp_path: Path
 ) -> None:
-    from newsletter.ledger import Ledger
+    from newsletter.storage.ledger import Ledger
 
     add_members(sessions, tmp_path, 6)
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))

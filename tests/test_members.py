@@ -7,8 +7,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.errors import NewsletterError
-from newsletter.members import clean_name, import_csv, normalize_address
-from newsletter.models import Member
+from newsletter.services.members import clean_name, import_csv, normalize_address
+from newsletter.storage.models import Member
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "list.csv") -> Path:

@@ -29,11 +29,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from newsletter import config, db, schedule
+from newsletter import config, schedule
 from newsletter.config import ScheduleSettings
-from newsletter.members import import_csv
-from newsletter.models import Issue, utcnow
-from newsletter.sources import import_source
+from newsletter.content.sources import import_source
+from newsletter.services.members import import_csv
+from newsletter.storage import db
+from newsletter.storage.models import Issue, utcnow
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
 from tests.test_cli import free_port

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiosmtplib
 import pytest
 
-from newsletter.pool import Wire, transmit
+from newsletter.delivery.smtp import Wire, transmit
 
 MESSAGE = Wire(b"Subject: hi\r\n\r\nline\r\n..dotted\r\n.\r\n")
 

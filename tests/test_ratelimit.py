@@ -14,9 +14,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import db
-from newsletter.models import RateBucket
-from newsletter.ratelimit import (
+from newsletter.delivery.ratelimit import (
     CLOCK_TOLERANCE,
     GRANT_TTL,
     HOUR,
@@ -28,6 +26,8 @@ from newsletter.ratelimit import (
     grant_size,
     refill,
 )
+from newsletter.storage import db
+from newsletter.storage.models import RateBucket
 
 REPO = Path(__file__).resolve().parent.parent
 RELAY = "smtp.example.org:587"
@@ -268,8 +268,8 @@ async def test_bad_state_is_repaired_without_a_burst_or_a_stall(
 
 WORKER = """
 import asyncio, json, sys, time
-from newsletter import db
-from newsletter.ratelimit import SharedRateLimiter
+from newsletter.storage import db
+from newsletter.delivery.ratelimit import SharedRateLimiter
 
 async def main(url: str, relay: str, rate: float, seconds: float) -> None:
     sessions = db.open_database(url, migrate=False)

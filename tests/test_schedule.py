@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import schedule
 from newsletter.config import ScheduleSettings, Settings
-from newsletter.members import import_csv
-from newsletter.models import Issue
-from newsletter.sources import import_source
+from newsletter.content.sources import import_source
+from newsletter.services.members import import_csv
+from newsletter.storage.models import Issue
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
 from tests.test_cli import free_port

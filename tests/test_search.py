@@ -11,9 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, delete, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import db
-from newsletter.models import SENDING, SENT, Base, Issue, IssueItem, Item
-from newsletter.search import (
+from newsletter.content.sources import import_source
+from newsletter.storage import db
+from newsletter.storage.models import SENDING, SENT, Base, Issue, IssueItem, Item
+from newsletter.storage.search import (
     FTS_TABLE,
     PG_INDEX,
     Hit,
@@ -23,7 +24,6 @@ from newsletter.search import (
     search,
     words,
 )
-from newsletter.sources import import_source
 
 XIAOMI = "Xiaomi and Nokia Signs Patent Licensing Agreement to Explore Artificial Intelligence"
 SILK = "IP-Silk Road Russian-Chinese IP Center Established in December 17"

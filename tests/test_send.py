@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import publish
 from newsletter.config import Settings
+from newsletter.content.sources import import_source
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
-from newsletter.members import import_csv
-from newsletter.models import Delivery, Issue, IssueItem, Member, utcnow
-from newsletter.sources import import_source
+from newsletter.services import sending as publish
+from newsletter.services.members import import_csv
+from newsletter.storage.models import Delivery, Issue, IssueItem, Member, utcnow
 from tests.checks import check_message, seed_titles
 from tests.smtpd import RecordingHandler
 
@@ -223,9 +223,9 @@ def test_lines_starting_with_a_dot_survive_the_prepared_data_path(
     tmp_path: Path,
     smtp_server: RecordingHandler,
 ) -> None:
-    from newsletter.issue import Compiled, slot
-    from newsletter.personalize import Personalizer, Recipient
-    from newsletter.pool import Wire, assemble, unwire
+    from newsletter.content.compiler import Compiled, slot
+    from newsletter.content.personalize import Personalizer, Recipient
+    from newsletter.delivery.smtp import Wire, assemble, unwire
     from newsletter.tokens import Signer
 
     (tmp_path / "one.csv").write_text("email,name\ndot@example.org,.Dot\n")

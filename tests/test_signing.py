@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim.util import parse_tag_value  # type: ignore[import-untyped]
 
+from newsletter.delivery.signing import DEFAULT_HEADERS, DkimSigner
 from newsletter.errors import ConfigError
-from newsletter.signing import DEFAULT_HEADERS, DkimSigner
 
 DOMAIN, SELECTOR = "news.example.org", "nl2025"
 CRLF = b"\r\n"
@@ -60,7 +60,7 @@ def signer(key: Key) -> DkimSigner:
 
 
 def message(unsubscribe: bytes = UNSUBSCRIBE, filler: int = 40) -> bytes:
-    """A digest laid out as newsletter.personalize lays it out: CRLF, 8bit, multipart."""
+    """A digest laid out as newsletter.content.personalize lays it out: CRLF, 8bit, multipart."""
     subject = Header("本周摘要：开源新闻与社区动态", "utf-8", header_name="Subject").encode(
         linesep="\r\n"
     )
@@ -249,7 +249,7 @@ def test_pkcs8_key_and_threads(key: Key) -> None:
 )
 def test_parse_shortcut_matches_dkimpy(raw: bytes) -> None:
     """The signer's parse of a message is exactly dkimpy's rfc822_parse."""
-    from newsletter.signing import _OpenSSLDKIM
+    from newsletter.delivery.signing import _OpenSSLDKIM
 
     parsed = _OpenSSLDKIM(raw)
     headers, body = dkim.rfc822_parse(raw)
@@ -271,7 +271,7 @@ def test_parse_shortcut_matches_dkimpy(raw: bytes) -> None:
 )
 def test_only_signed_fields_reach_dkimpy(raw: bytes) -> None:
     """The preselection drops unsigned fields (with their folded lines) and nothing else."""
-    from newsletter.signing import _OpenSSLDKIM
+    from newsletter.delivery.signing import _OpenSSLDKIM
 
     wanted = frozenset(DEFAULT_HEADERS)
     parsed = _OpenSSLDKIM(raw, wanted)
@@ -294,8 +294,8 @@ def skeleton(tail: bytes = b".dotted line\r\n") -> tuple[bytes, ...]:
 
 
 async def test_signing_processes_sign_batches_in_order(signer: DkimSigner, key: Key) -> None:
-    from newsletter.pool import assemble
-    from newsletter.signing import SigningPool
+    from newsletter.delivery.signing import SigningPool
+    from newsletter.delivery.smtp import assemble
 
     parts = skeleton()
     slot_values = [[UNSUBSCRIBE + str(n).encode()] for n in range(40)]
@@ -312,7 +312,7 @@ async def test_signing_processes_sign_batches_in_order(signer: DkimSigner, key: 
 
 
 async def test_a_signing_process_that_dies_fails_its_messages(signer: DkimSigner) -> None:
-    from newsletter.signing import SigningFailed, SigningPool
+    from newsletter.delivery.signing import SigningFailed, SigningPool
 
     pool = await SigningPool.start(signer, skeleton(), processes=1)
     try:

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from newsletter.content.sources import import_source, sanitize
 from newsletter.errors import SourceError
-from newsletter.models import Item
-from newsletter.sources import import_source, sanitize
+from newsletter.storage.models import Item
 from tests.checks import seed_titles
 
 ATOM = """<?xml version="1.0" encoding="utf-8"?>

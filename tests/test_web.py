@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import publish
 from newsletter.config import Settings
-from newsletter.members import import_csv
-from newsletter.models import LinkHit, Member, Survey, Vote, utcnow
-from newsletter.sources import import_source
-from newsletter.web import create_app
+from newsletter.content.sources import import_source
+from newsletter.services import sending as publish
+from newsletter.services.members import import_csv
+from newsletter.storage.models import LinkHit, Member, Survey, Vote, utcnow
+from newsletter.web.members import create_app
 from tests.smtpd import RecordingHandler
 
 LINK = re.compile(r'https?://[^\s"\'<>]+/(v|u|t|archive)/[^\s"\'<>]+')
@@ -128,7 +128,7 @@ def test_the_change_form_and_a_person_on_the_page(web: Site) -> None:
 
 def test_scanners_count_nothing_and_unsubscribe_nobody(web: Site) -> None:
     with web.sessions() as s:
-        from newsletter.models import Delivery
+        from newsletter.storage.models import Delivery
 
         delivered = s.scalar(select(Delivery.sent_at).limit(1))
     assert delivered is not None
@@ -296,7 +296,7 @@ def test_results_in_the_next_issue_and_on_the_command_line(
 ) -> None:
     from typer.testing import CliRunner
 
-    from newsletter.cli import app
+    from newsletter.cli.main import app
 
     for email, choice in [
         ("li.wei@example.org", 1),

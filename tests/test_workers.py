@@ -25,10 +25,11 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import db, publish
-from newsletter.models import Delivery, Member, utcnow
-from newsletter.sink import ServerThread
-from newsletter.sources import import_source
+from newsletter.content.sources import import_source
+from newsletter.delivery.sink import ServerThread
+from newsletter.services import sending as publish
+from newsletter.storage import db
+from newsletter.storage.models import Delivery, Member, utcnow
 from tests.conftest import SECRET, make_settings, postgres_schema
 
 MEMBERS = 50_000

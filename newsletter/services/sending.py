@@ -10,20 +10,20 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import issue as issues
-from newsletter import store
 from newsletter.config import Settings
-from newsletter.deliver import Engine, IssuePaused, Summary
+from newsletter.content import compiler as issues
+from newsletter.content.personalize import Personalizer
+from newsletter.delivery.engine import Engine, IssuePaused, Summary
+from newsletter.delivery.smtp import ClientFactory, aiosmtplib_client
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.ledger import Ledger, Outcome, new_owner
-from newsletter.models import PAUSED, SENDING, Issue, utcnow
-from newsletter.personalize import Personalizer
-from newsletter.pool import ClientFactory, aiosmtplib_client
 from newsletter.site import environment
+from newsletter.storage import queries as store
+from newsletter.storage.ledger import Ledger, Outcome, new_owner
+from newsletter.storage.models import PAUSED, SENDING, Issue, utcnow
 from newsletter.tokens import Signer
 
 if TYPE_CHECKING:
-    from newsletter.signing import DkimSigner
+    from newsletter.delivery.signing import DkimSigner
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Prepared:
 def dkim_signer(settings: Settings) -> DkimSigner | None:
     if settings.dkim is None:
         return None
-    from newsletter.signing import DkimSigner
+    from newsletter.delivery.signing import DkimSigner
 
     key = settings.path(settings.dkim.key_file).read_bytes()
     return DkimSigner(settings.dkim.domain, settings.dkim.selector, key)

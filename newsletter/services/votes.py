@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.models import Delivery, Issue, LinkHit, Survey, SurveyOption, Vote
+from newsletter.storage.models import Delivery, Issue, LinkHit, Survey, SurveyOption, Vote
 
 
 @dataclass(frozen=True, slots=True)

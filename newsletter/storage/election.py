@@ -29,8 +29,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from newsletter import db
-from newsletter.models import SchedulerLease, utcnow
+from newsletter.storage import db
+from newsletter.storage.models import SchedulerLease, utcnow
 
 LEASE_NAME = "scheduler"
 LEASE_FACTOR = 3  # a lease lasts this many check intervals

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.errors import SourceError
-from newsletter.models import Item
+from newsletter.storage.models import Item
 
 DEFAULT_SECTION = "News"
 FETCH_TIMEOUT = 30.0

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from newsletter.delivery.smtp import assemble
 from newsletter.errors import ConfigError, NewsletterError
-from newsletter.pool import assemble
 
 # RFC 8058 §4 requires List-Unsubscribe and List-Unsubscribe-Post under the signature.
 DEFAULT_HEADERS: tuple[bytes, ...] = (
@@ -186,7 +186,7 @@ class DkimSigner:
 
 # --- signing beside the sender ------------------------------------------------------------------
 #
-# Each signing process is `python -m newsletter.signing`, talking over its stdin and stdout in
+# Each signing process is `python -m newsletter.delivery.signing`, talking over its stdin and stdout in
 # frames: a 4-byte big-endian length, then a pickle. The first frame carries DkimSigner's
 # arguments and the issue's skeleton (personalize.Personalizer.skeleton: the message's fixed
 # bytes between its slots); each later one a batch of members' slot values, answered in order
@@ -308,7 +308,7 @@ class SigningPool:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "newsletter.signing",
+                "newsletter.delivery.signing",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from email.header import Header
 
 from newsletter.config import Settings
+from newsletter.content.compiler import Compiled, slot
+from newsletter.delivery.smtp import Wire, assemble
 from newsletter.errors import HeaderError
-from newsletter.issue import Compiled, slot
-from newsletter.pool import Wire, assemble
 from newsletter.tokens import Kind, Signer
 
 CRLF = "\r\n"

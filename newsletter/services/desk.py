@@ -21,12 +21,16 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import issue as issues
-from newsletter import members, store, votes
 from newsletter.config import Settings
+from newsletter.content import compiler as issues
+from newsletter.content.personalize import Personalizer, Recipient
+from newsletter.delivery.smtp import Relays, transmit
 from newsletter.errors import NewsletterError
-from newsletter.ledger import Ledger, new_owner
-from newsletter.models import (
+from newsletter.services import members, votes
+from newsletter.site import environment
+from newsletter.storage import queries as store
+from newsletter.storage.ledger import Ledger, new_owner
+from newsletter.storage.models import (
     CANCELLED,
     DEFERRED,
     PAUSED,
@@ -40,9 +44,6 @@ from newsletter.models import (
     Survey,
     utcnow,
 )
-from newsletter.personalize import Personalizer, Recipient
-from newsletter.pool import Relays, transmit
-from newsletter.site import environment
 from newsletter.tokens import Signer
 
 # scrypt parameters for new hashes: 16 MiB of memory, about 50 ms.
@@ -194,7 +195,9 @@ def resume(sessions: sessionmaker[Session], issue_id: int, *, actor: str = "") -
 
 
 def _set_paused(sessions: sessionmaker[Session], issue_id: int, paused: bool, actor: str) -> None:
-    from newsletter import publish  # publish imports much; only these actions need it
+    from newsletter.services import (
+        sending as publish,  # publish imports much; only these actions need it
+    )
 
     try:
         publish.set_paused(sessions, issue_id, paused, f"paused by {actor or 'an editor'}")
@@ -277,8 +280,8 @@ async def test_send(
     """
     import aiosmtplib
 
-    from newsletter import publish
-    from newsletter.pool import CONNECT_ERRORS
+    from newsletter.delivery.smtp import CONNECT_ERRORS
+    from newsletter.services import sending as publish
 
     address = members.normalize_address(to)
     with sessions() as session:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from newsletter.models import SENT
+from newsletter.storage.models import SENT
 
 # The objects migration 0003 makes and the ORM models do not know about.
 FTS_TABLE = "items_fts"  # SQLite: FTS5 table; its shadow tables are items_fts_*

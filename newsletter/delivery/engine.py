@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import store
 from newsletter.config import Settings
+from newsletter.content.personalize import Personalizer
+from newsletter.delivery.ratelimit import SharedRateLimits
 from newsletter.errors import NewsletterError
-from newsletter.ledger import Job, Ledger, Outcome, new_owner
-from newsletter.models import (
+from newsletter.storage import queries as store
+from newsletter.storage.ledger import Job, Ledger, Outcome, new_owner
+from newsletter.storage.models import (
     BOUNCED,
     CANCELLED,
     DEFERRED,
@@ -36,12 +38,10 @@ from newsletter.models import (
     Issue,
     utcnow,
 )
-from newsletter.personalize import Personalizer
-from newsletter.ratelimit import SharedRateLimits
 
 if TYPE_CHECKING:  # signing imports dkimpy and cryptography: only a DKIM run needs them
-    from newsletter.signing import DkimSigner, SigningPool
-from newsletter.pool import (
+    from newsletter.delivery.signing import DkimSigner, SigningPool
+from newsletter.delivery.smtp import (
     CONNECTION_ERRORS,
     ClientFactory,
     Connection,
@@ -153,7 +153,7 @@ class Engine:
         started = time.monotonic()
         await asyncio.to_thread(self.ledger.recover)
         if self.dkim is not None:
-            from newsletter.signing import SigningPool
+            from newsletter.delivery.signing import SigningPool
 
             processes = self.settings.dkim.processes if self.settings.dkim else 0
             self._signing = await SigningPool.start(

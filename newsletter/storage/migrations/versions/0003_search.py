@@ -3,7 +3,7 @@
 Revision ID: 0003
 Revises: 0002
 
-The objects made here are dialect-specific and unknown to the ORM models; newsletter.search
+The objects made here are dialect-specific and unknown to the ORM models; newsletter.storage.search
 names them (FTS_TABLE, PG_INDEX) and its include_name() hides them from autogenerate.
 Note for later migrations on SQLite: a batch_alter_table("items") recreates the items table,
 which drops these triggers; such a migration must run sqlite_drop() first and
@@ -17,7 +17,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# Written out, not imported from newsletter.search: a migration must not change when the
+# Written out, not imported from newsletter.storage.search: a migration must not change when the
 # application code does.
 SQLITE_CREATE = [
     """
@@ -58,7 +58,7 @@ SQLITE_DROP = [
     "DROP TABLE IF EXISTS items_fts",
 ]
 
-# The expression must stay identical to the one newsletter.search queries with, or the
+# The expression must stay identical to the one newsletter.storage.search queries with, or the
 # planner will not use the index.
 POSTGRES_CREATE = """
     CREATE INDEX ix_items_fts ON items USING gin (

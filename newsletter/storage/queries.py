@@ -10,7 +10,7 @@ from sqlalchemy import CursorResult, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import SurveySettings
-from newsletter.models import (
+from newsletter.storage.models import (
     ACTIVE,
     QUEUED,
     SENDING,

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.errors import ImportRowError, NewsletterError
-from newsletter.models import ACTIVE, BOUNCED, PENDING, UNSUBSCRIBED, Member, utcnow
+from newsletter.storage.models import ACTIVE, BOUNCED, PENDING, UNSUBSCRIBED, Member, utcnow
 
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -240,7 +240,7 @@ def _apply(
 
 def unsubscribe(session: Session, member: Member, now: dt.datetime) -> bool:
     """Stop all mail to the member at once, including rows of sends already released."""
-    from newsletter.models import DEFERRED, QUEUED, SKIPPED, Delivery
+    from newsletter.storage.models import DEFERRED, QUEUED, SKIPPED, Delivery
 
     if member.status == UNSUBSCRIBED:
         return False

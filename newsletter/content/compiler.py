@@ -22,13 +22,14 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import store, votes
 from newsletter.config import Settings
+from newsletter.content.sources import html_to_text
 from newsletter.errors import HeaderError, IssueTooLarge, NothingToSend
-from newsletter.models import Issue as IssueRow
-from newsletter.models import IssueItem, Item, utcnow
-from newsletter.sources import html_to_text
-from newsletter.votes import Results
+from newsletter.services import votes
+from newsletter.services.votes import Results
+from newsletter.storage import queries as store
+from newsletter.storage.models import Issue as IssueRow
+from newsletter.storage.models import IssueItem, Item, utcnow
 
 # RFC 5322 §2.1.1: a line is at most 998 octets. Lines are broken well below that, counting
 # each slot at its largest filled size, so substitution can never push a line over.

@@ -18,7 +18,8 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.models import (
+from newsletter.content.personalize import Recipient
+from newsletter.storage.models import (
     ACTIVE,
     BOUNCED,
     CANCELLED,
@@ -36,7 +37,6 @@ from newsletter.models import (
     Member,
     utcnow,
 )
-from newsletter.personalize import Recipient
 
 D = cast(Table, Delivery.__table__)
 M = cast(Table, Member.__table__)

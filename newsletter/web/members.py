@@ -17,11 +17,15 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import admin, db, members, search, votes
 from newsletter.config import Settings
+from newsletter.content.compiler import from_row
+from newsletter.content.personalize import Personalizer, Recipient
+from newsletter.delivery.smtp import Relays
 from newsletter.errors import TokenError
-from newsletter.issue import from_row
-from newsletter.models import (
+from newsletter.services import members, votes
+from newsletter.site import defaults_dir, environment
+from newsletter.storage import db, search
+from newsletter.storage.models import (
     ACTIVE,
     BOUNCED,
     PENDING,
@@ -35,10 +39,8 @@ from newsletter.models import (
     Survey,
     utcnow,
 )
-from newsletter.personalize import Personalizer, Recipient
-from newsletter.pool import Relays
-from newsletter.site import defaults_dir, environment
 from newsletter.tokens import Kind, Signer
+from newsletter.web import desk as admin
 
 # Pages load nothing from elsewhere and run only our own script; forms post only here.
 CSP = (

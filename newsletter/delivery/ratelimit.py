@@ -32,7 +32,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.models import RateBucket
+from newsletter.storage.models import RateBucket
 
 R = cast(Table, RateBucket.__table__)
 

@@ -35,11 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from newsletter import desk, publish
 from newsletter.errors import NewsletterError, NothingToSend
+from newsletter.services import desk
+from newsletter.services import sending as publish
 
 if TYPE_CHECKING:
-    from newsletter.web import Links
+    from newsletter.web.members import Links
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class DeskAuth:
 
 
 def desk_router(links: Links, jobs: Jobs) -> APIRouter:
-    from newsletter.web import CSP, CSP_ISSUE, client_ip, security_headers
+    from newsletter.web.members import CSP, CSP_ISSUE, client_ip, security_headers
 
     auth = DeskAuth(links)
     throttle = LoginThrottle()

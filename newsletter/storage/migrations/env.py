@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from newsletter.models import Base
-from newsletter.search import include_name
+from newsletter.storage.models import Base
+from newsletter.storage.search import include_name
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

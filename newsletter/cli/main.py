@@ -34,16 +34,20 @@ from rich.text import Text
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import config as config_mod
-from newsletter import db, members, publish, sources, store
-from newsletter import issue as issues
 from newsletter.config import Settings
-from newsletter.deliver import Engine, Summary
+from newsletter.content import compiler as issues
+from newsletter.content import sources
+from newsletter.content.preview import write_preview
+from newsletter.delivery.engine import Engine, Summary
+from newsletter.delivery.sink import DiscardHandler, OutboxHandler, ServerThread, serve_forever
 from newsletter.errors import ConfigError, NewsletterError, NothingToSend
-from newsletter.ledger import Outcome
-from newsletter.models import FAILED, PAUSED, SENT, SKIPPED, Issue, Survey
-from newsletter.preview import write_preview
-from newsletter.sink import DiscardHandler, OutboxHandler, ServerThread, serve_forever
+from newsletter.services import members
+from newsletter.services import sending as publish
 from newsletter.site import environment, scaffold
+from newsletter.storage import db
+from newsletter.storage import queries as store
+from newsletter.storage.ledger import Outcome
+from newsletter.storage.models import FAILED, PAUSED, SENT, SKIPPED, Issue, Survey
 
 T = TypeVar("T")
 # soft_wrap: a line of text is never broken by Rich (a terminal wraps it; a cron log keeps it
@@ -166,7 +170,7 @@ def subscribers_list(
     """Show members and how many there are of each status."""
     from sqlalchemy import select
 
-    from newsletter.models import Member
+    from newsletter.storage.models import Member
 
     with state.sessions()() as session:
         query = select(Member).order_by(Member.id).limit(limit)
@@ -214,7 +218,7 @@ def items_list(
     """Show items, newest last."""
     from sqlalchemy import select
 
-    from newsletter.models import Item
+    from newsletter.storage.models import Item
 
     with state.sessions()() as session:
         rows = (
@@ -254,7 +258,7 @@ def issue_preview(
     )
     console.print(f"wrote {files.html}\nwrote {files.text}\nwrote {files.eml}")
     if png:
-        from newsletter.preview import screenshots
+        from newsletter.content.preview import screenshots
 
         for path in screenshots(files.html):
             console.print(f"wrote {path}")
@@ -309,7 +313,7 @@ def send(
 
 def _send_scheduled(settings: Settings, sessions: sessionmaker[Session], name: str) -> None:
     from newsletter import schedule
-    from newsletter.models import utcnow
+    from newsletter.storage.models import utcnow
 
     if name not in settings.schedule:
         known = ", ".join(sorted(settings.schedule)) or "none"
@@ -501,7 +505,7 @@ def _actor() -> str:
 @issue_app.command("list")
 def issue_list(limit: Annotated[int, typer.Option(help="Show at most this many.")] = 20) -> None:
     """Issues, newest first, with their progress."""
-    from newsletter import desk
+    from newsletter.services import desk
 
     table = Table("#", "status", "subject", "sent", "of", "done", "created")
     for info in desk.list_issues(state.sessions(), limit):
@@ -520,7 +524,7 @@ def issue_list(limit: Annotated[int, typer.Option(help="Show at most this many."
 @issue_app.command("show")
 def issue_show(issue_id: Annotated[int, typer.Argument(help="The issue.")]) -> None:
     """One issue: subject, status, its items and its delivery counts."""
-    from newsletter import desk
+    from newsletter.services import desk
 
     sessions = state.sessions()
     info = desk.issue_info(sessions, issue_id)
@@ -542,7 +546,7 @@ def issue_status(
     ] = False,
 ) -> None:
     """Progress of an issue's send (queued, sent, failed, bounced); --watch follows it live."""
-    from newsletter import desk
+    from newsletter.services import desk
 
     sessions = state.sessions()
     info = desk.issue_info(sessions, issue_id)
@@ -582,7 +586,7 @@ def issue_test(
 
     Nothing is stored and nothing counts as the issue's send.
     """
-    from newsletter import desk
+    from newsletter.services import desk
 
     settings, sessions = state.settings(), state.sessions()
     message_id = asyncio.run(desk.test_send(settings, sessions, to, issue_id, actor=_actor()))
@@ -598,7 +602,7 @@ def issue_send() -> None:
 @issue_app.command("pause")
 def issue_pause(issue_id: Annotated[int, typer.Argument(help="The issue to pause.")]) -> None:
     """Pause a sending issue: every running send stops within a moment, keeping its place."""
-    from newsletter import desk
+    from newsletter.services import desk
 
     console.print(desk.pause(state.sessions(), issue_id, actor=_actor()).summary + " (paused)")
 
@@ -606,7 +610,7 @@ def issue_pause(issue_id: Annotated[int, typer.Argument(help="The issue to pause
 @issue_app.command("resume")
 def issue_resume(issue_id: Annotated[int, typer.Argument(help="The issue to resume.")]) -> None:
     """Resume a paused issue and continue sending it from where it stopped."""
-    from newsletter import desk
+    from newsletter.services import desk
 
     settings, sessions = state.settings(), state.sessions()
     desk.resume(sessions, issue_id, actor=_actor())
@@ -619,7 +623,7 @@ def issue_resume(issue_id: Annotated[int, typer.Argument(help="The issue to resu
 @issue_app.command("cancel")
 def issue_cancel(issue_id: Annotated[int, typer.Argument(help="The issue to cancel.")]) -> None:
     """Cancel an issue: no more of its messages go out; the status says how many did."""
-    from newsletter import desk
+    from newsletter.services import desk
 
     console.print(desk.cancel(state.sessions(), issue_id, actor=_actor()).summary)
 
@@ -631,7 +635,7 @@ app.add_typer(editor_app, name="editor")
 @editor_app.command("hash-password")
 def editor_hash_password() -> None:
     """Ask for a password and print the password_hash line for an [[editor]] in config.toml."""
-    from newsletter import desk
+    from newsletter.services import desk
 
     password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     if len(password) < 12:
@@ -698,8 +702,8 @@ def survey_results(
 
     from sqlalchemy import select
 
-    from newsletter import votes
-    from newsletter.models import Member, Vote, utcnow
+    from newsletter.services import votes
+    from newsletter.storage.models import Member, Vote, utcnow
 
     sessions = state.sessions()
     with sessions.begin() as session:
@@ -746,8 +750,8 @@ def survey_close(
     ] = None,
 ) -> None:
     """Close a survey: its links then show the final results and record nothing."""
-    from newsletter import votes
-    from newsletter.models import utcnow
+    from newsletter.services import votes
+    from newsletter.storage.models import utcnow
 
     with state.sessions().begin() as session:
         row = _find_survey(session, survey)
@@ -784,7 +788,7 @@ def serve(
     import uvicorn
 
     from newsletter import schedule
-    from newsletter.web import create_app
+    from newsletter.web.members import create_app
 
     settings = state.settings()
     if scheduler:  # a bad cron or time zone stops serve here, not in the leader later

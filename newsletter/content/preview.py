@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.config import Settings
-from newsletter.issue import Compiled
-from newsletter.personalize import Personalizer, Recipient
+from newsletter.content.compiler import Compiled
+from newsletter.content.personalize import Personalizer, Recipient
 
 SAMPLE = Recipient(member_id=0, email="reader@example.org", name="")
 

@@ -1,0 +1,1 @@
+"""The command-line door: the `newsletter` command, one module a command group."""

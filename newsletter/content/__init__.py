@@ -1,0 +1,1 @@
+"""Content: item sources, the compiler (Jinja2 and premailer once an issue), message layout and slots."""

@@ -1,0 +1,1 @@
+"""Storage: the tables, migrations, engines and every query; no other package holds SQL."""
