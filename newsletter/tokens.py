@@ -1,10 +1,15 @@
-"""Signed link tokens (vote, unsubscribe, view online, confirm): HMAC-SHA256, url-safe, key rotation.
+"""Signed link tokens (vote, unsubscribe, view, confirm, trap): HMAC-SHA256, url-safe, key rotation.
 
-A token is base64url(payload ‖ mac). The payload is a version byte, a kind byte, the day it
-was issued and a few unsigned integers (ids and an option number), packed as varints: no
-address or name, nothing a reader could learn about the member. The MAC is the first 16
+A token is base64url(payload ‖ mac), unpadded. The payload is a version byte, a kind byte, the
+day it was issued and the kind's unsigned integers (ids and an option number), each a varint:
+no address or name, nothing a reader could learn about the member. The MAC is the first 16
 bytes of HMAC-SHA256 over the payload. New tokens use the first key; every key in the list
 is tried when checking, so a retired key keeps old links working until it is dropped.
+
+Each token has exactly one spelling. `check` refuses anything `make` would not have written
+(padding, characters outside the alphabet, unused bits set in the last character, overlong or
+oversized varints, the wrong number of values, trailing bytes), because a decoder that
+tolerated those would let an altered link pass as the genuine one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import binascii
 import hashlib
 import hmac
 import time
-from enum import IntEnum
+from enum import IntEnum, unique
 
 from newsletter.errors import TokenError
 
@@ -22,38 +27,117 @@ _VERSION = 1
 _MAC_LEN = 16
 _EPOCH_DAY = 86400
 
+# Every value (and the day) is below this bound, so it fits a signed 64-bit column (BIGINT,
+# SQLite's INTEGER) and its varint takes at most 9 bytes: 9 x 7 bits = 63 bits.
+VALUE_LIMIT = 2**63
+_VARINT_MAX_BYTES = 9
 
+_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@unique  # two kinds sharing a byte would read each other's links
 class Kind(IntEnum):
-    VOTE = 1  # (survey_id, member_id, option_position)
-    UNSUBSCRIBE = 2  # (member_id, issue_id)
-    VIEW = 3  # (issue_id, member_id)
-    CONFIRM = 4  # (member_id,)
-    TRAP = 5  # (member_id, issue_id): a link hidden from people, so only machines fetch it
+    """What a token is for (its byte in the token) and the values it carries, in order.
+
+    Adding a kind is one line here: a new byte (never reuse one: links already sent carry it)
+    and the names of its values. `make` and `check` take the count from this table.
+    """
+
+    fields: tuple[str, ...]
+
+    def __new__(cls, code: int, fields: tuple[str, ...]) -> Kind:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.fields = fields
+        return member
+
+    VOTE = 1, ("survey_id", "member_id", "option_position")
+    UNSUBSCRIBE = 2, ("member_id", "issue_id")
+    VIEW = 3, ("issue_id", "member_id")
+    CONFIRM = 4, ("member_id",)
+    # A link hidden from people, so only machines fetch it.
+    TRAP = 5, ("member_id", "issue_id")
 
 
-def _varint(n: int, out: bytearray) -> None:
-    if n < 0:
-        raise ValueError("token values are unsigned")
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
+_KINDS = {int(k): k for k in Kind}
+# Version and kind bytes, then the day and each value (1 to 9 bytes each), then the MAC. A
+# shorter token than _MIN_RAW cannot even say its kind; _parse gives the reason for the rest.
+_MIN_RAW = 2 + _MAC_LEN
+_MAX_RAW = 2 + _VARINT_MAX_BYTES * (1 + max(len(k.fields) for k in Kind)) + _MAC_LEN
+_MAX_CHARS = -(-_MAX_RAW * 4 // 3)  # unpadded base64 of _MAX_RAW bytes
 
 
-def _read_varints(data: bytes) -> list[int]:
-    values, n, shift = [], 0, 0
-    for byte in data:
-        n |= (byte & 0x7F) << shift
-        if byte & 0x80:
+def _decode(token: str) -> bytes:
+    """The bytes `token` spells, if it is the one spelling `make` writes for them."""
+    if not token:
+        raise TokenError("the token is empty")
+    if len(token) > _MAX_CHARS:
+        raise TokenError(
+            f"the token is {len(token)} characters long; no token is longer than {_MAX_CHARS}"
+        )
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise TokenError(_spelling_fault(token)) from None
+    # The decoder skips characters outside the alphabet and ignores the last character's
+    # unused low bits, so several strings decode to the same bytes. Re-encoding gives the
+    # only one accepted; the comparison costs well under a microsecond.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode("ascii"):
+        raise TokenError(_spelling_fault(token))
+    return raw
+
+
+def _spelling_fault(token: str) -> str:
+    """Why `token` is not a canonical unpadded base64url string (it is known not to be one)."""
+    for i, c in enumerate(token, 1):
+        if c not in _ALPHABET:
+            if c == "=":
+                return f"the token has '=' padding at character {i}; links carry none"
+            if c.isspace():
+                return f"the token has whitespace at character {i}"
+            return (
+                f"the token has {c!r} at character {i}, "
+                "outside the base64url alphabet (A-Z a-z 0-9 - _)"
+            )
+    if len(token) % 4 == 1:
+        return f"the token is {len(token)} characters long, a length no token has (cut or padded)"
+    return f"the token's last character {token[-1]!r} has its unused low bits set"
+
+
+def _parse(payload: bytes) -> tuple[Kind, int, tuple[int, ...]]:
+    """The kind, day and values of a payload laid out exactly as `make` lays it out."""
+    if payload[0] != _VERSION:
+        raise TokenError(f"the token has version {payload[0]}, which this site does not issue")
+    kind = _KINDS.get(payload[1])
+    if kind is None:
+        raise TokenError(f"the token has kind {payload[1]}, which this site does not issue")
+    count = 1 + len(kind.fields)  # the day, then the kind's values
+    values: list[int] = []
+    pos, end = 2, len(payload)
+    while len(values) < count:
+        n = shift = 0
+        while True:
+            if pos == end:
+                raise TokenError(
+                    f"the token ends after {len(values)} of the {count} values "
+                    f"{kind.name.lower()} tokens carry (the day, {', '.join(kind.fields)})"
+                )
+            byte = payload[pos]
+            pos += 1
+            n |= (byte & 0x7F) << shift
+            if byte < 0x80:  # the high bit is clear on a value's last byte
+                break
             shift += 7
-            if shift > 63:
-                raise TokenError("the token is malformed")
-        else:
-            values.append(n)
-            n, shift = 0, 0
-    if shift:
-        raise TokenError("the token is malformed")
-    return values
+            if shift == 7 * _VARINT_MAX_BYTES:
+                raise TokenError(f"the token's value {len(values) + 1} is 2**63 or more")
+        # A last byte of 0 after continuation bytes adds nothing: an overlong spelling.
+        if byte == 0 and shift:
+            raise TokenError(f"the token's value {len(values) + 1} is not in its shortest form")
+        values.append(n)
+    if pos != end:
+        extra = end - pos
+        raise TokenError(f"the token has {extra} byte{'s' * (extra > 1)} after its last value")
+    return kind, values[0], tuple(values[1:])
 
 
 class Signer:
@@ -71,29 +155,46 @@ class Signer:
         return mac.digest()[:_MAC_LEN]
 
     def make(self, kind: Kind, *values: int, day: int | None = None) -> str:
+        """A token carrying `values` (as many as `kind` has fields, each in [0, 2**63))."""
+        if len(values) != len(kind.fields):
+            raise ValueError(
+                f"{kind.name.lower()} tokens carry {len(kind.fields)} "
+                f"value{'s' * (len(kind.fields) != 1)} ({', '.join(kind.fields)}), "
+                f"not {len(values)}"
+            )
         payload = bytearray((_VERSION, kind))
-        _varint(int(time.time()) // _EPOCH_DAY if day is None else day, payload)
-        for v in values:
-            _varint(v, payload)
+        for v in (_today() if day is None else day, *values):
+            # A value check() could not read back would make a link that never works.
+            if not 0 <= v < VALUE_LIMIT:
+                name = ("day", *kind.fields)[(day, *values).index(v)]
+                raise ValueError(f"token value {name}={v} is outside [0, 2**63)")
+            while v >= 0x80:  # a varint: 7 bits a byte, low bits first, high bit = more follow
+                payload.append((v & 0x7F) | 0x80)
+                v >>= 7
+            payload.append(v)
         raw = bytes(payload) + self._mac(0, bytes(payload))
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def check(self, token: str, kind: Kind, *, max_age_days: int | None = None) -> tuple[int, ...]:
         """The values a genuine token of `kind` carries; TokenError for anything else."""
-        if not token or len(token) > 200 or not token.isascii():
-            raise TokenError("the token is malformed")
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise TokenError("the token is malformed") from None
-        if len(raw) < 3 + _MAC_LEN:
-            raise TokenError("the token is malformed")
+        raw = _decode(token)
+        if len(raw) < _MIN_RAW:
+            raise TokenError(f"the token is too short ({len(raw)} bytes; the least is {_MIN_RAW})")
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+        # The layout is checked before the MAC (it is public, and this refuses a cut or
+        # mangled link with the reason); the kind asked for only after, so a genuine token
+        # of another kind is told apart from a forged one.
+        token_kind, day, values = _parse(payload)
         if not any(hmac.compare_digest(mac, self._mac(i, payload)) for i in range(len(self._macs))):
             raise TokenError("the token's signature does not match (forged or altered)")
-        if payload[0] != _VERSION or payload[1] != kind:
-            raise TokenError("the token is not meant for this link")
-        day, *values = _read_varints(payload[2:])
-        if max_age_days is not None and int(time.time()) // _EPOCH_DAY - day > max_age_days:
+        if token_kind is not kind:
+            raise TokenError(
+                f"the token is not meant for this link (it is for {token_kind.name.lower()} links)"
+            )
+        if max_age_days is not None and _today() - day > max_age_days:
             raise TokenError("the token has expired")
-        return tuple(values)
+        return values
+
+
+def _today() -> int:
+    return int(time.time()) // _EPOCH_DAY
