@@ -13,8 +13,9 @@ from markupsafe import Markup
 
 from newsletter import config, site
 from newsletter.content import compiler as issue
-from newsletter.content.personalize import Personalizer, Recipient
+from newsletter.content.personalize import Personalizer
 from newsletter.content.sources import SourceReport, html_to_text, parse_feed
+from newsletter.storage.ledger import Recipient
 from newsletter.tokens import Signer
 
 FEED = "examples/seed-feed.xml"

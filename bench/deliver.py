@@ -38,10 +38,11 @@ from sqlalchemy import insert
 from newsletter import config, site
 from newsletter.content import compiler as issue
 from newsletter.content import sources
-from newsletter.content.personalize import Personalizer, Recipient
+from newsletter.content.personalize import Personalizer
 from newsletter.services import sending as publish
 from newsletter.storage import db
 from newsletter.storage import queries as store
+from newsletter.storage.ledger import Recipient
 from newsletter.storage.models import Issue, Member
 from newsletter.tokens import Signer
 

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,10 +34,10 @@ from newsletter import config
 from newsletter.config import ScheduleSettings, Settings
 from newsletter.delivery.engine import Summary
 from newsletter.errors import ConfigError, NewsletterError, NothingToSend
-from newsletter.services import sending as publish
+from newsletter.services import issues, sending
+from newsletter.services.unit import Services
 from newsletter.storage import db, election
-from newsletter.storage import queries as store
-from newsletter.storage.models import SENDING, Issue, utcnow
+from newsletter.storage.models import IssueStatus, utcnow
 
 log = logging.getLogger("newsletter.schedule")
 T = TypeVar("T")
@@ -95,49 +94,41 @@ async def fire(
     """Make (or join) the issue of one slot and deliver it. Safe to call from any number of
     processes for the same slot: one issue is made, and the ledger mails each member once."""
     sched = settings.schedule[name]
-    with sessions() as session:
-        existing = _slot_issue(session, name, slot)
-        new_items = store.count_new_items(session)
-    if existing is None:
-        if new_items < sched.min_items:
+    services = Services(settings, sessions)
+    # Reads, the compile (premailer) and the audience snapshot run in threads: off the event
+    # loop, which `serve` shares with the web app and the scheduler election's keepalive.
+    state = await asyncio.to_thread(services.read, issues.slot, name, slot)
+    issue_id, status, made = state.issue_id, state.status, False
+    if issue_id is None:
+        if state.new_items < sched.min_items:
             reason = (
-                f"{new_items} new items, fewer than min_items = {sched.min_items}: no issue made"
+                f"{state.new_items} new items, fewer than min_items = {sched.min_items}: "
+                "no issue made"
             )
             log.info("schedule %s, slot %s: %s", name, slot.isoformat(), reason)
             return SlotResult(name, slot, None, False, reason)
         try:
-            # Compiling (premailer) and the audience snapshot take from a fraction of a second
-            # to several: off the event loop, which `serve` shares with the web app and the
-            # scheduler election's keepalive.
-            prepared = await asyncio.to_thread(
-                publish.release_next,
-                settings,
-                sessions,
+            released = await sending.release(
+                services,
+                f"scheduler:{name}",
                 schedule=name,
                 slot_at=slot,
                 with_survey=sched.survey == "open",
             )
-            issue, made = prepared.issue, True
+            issue_id, status, made = released.issue_id, IssueStatus.SENDING, True
         except (IntegrityError, NothingToSend):
             # Another process made this slot's issue first (its insert won, or it had
             # already taken the new items when this one looked): deliver it together.
-            with sessions() as session:
-                existing = _slot_issue(session, name, slot)
-            if existing is None:
+            state = await asyncio.to_thread(services.read, issues.slot, name, slot)
+            if state.issue_id is None:
                 raise
-            issue, made = existing, False
-    else:
-        issue, made = existing, False
-    if issue.status != SENDING:
-        reason = f"issue #{issue.id} of this slot is already {issue.status}"
-        return SlotResult(name, slot, issue.id, False, reason)
-    summary = await publish.deliver(settings, sessions, issue)
-    log.info("schedule %s, slot %s: issue #%s %s", name, slot.isoformat(), issue.id, summary.counts)
-    return SlotResult(name, slot, issue.id, made, "made" if made else "joined", summary)
-
-
-def _slot_issue(session: Session, name: str, slot: dt.datetime) -> Issue | None:
-    return session.scalar(select(Issue).where(Issue.schedule == name, Issue.slot_at == slot))
+            issue_id, status = state.issue_id, state.status
+    if status != IssueStatus.SENDING:
+        reason = f"issue #{issue_id} of this slot is already {status}"
+        return SlotResult(name, slot, issue_id, False, reason)
+    summary = await sending.deliver(services, issue_id)
+    log.info("schedule %s, slot %s: issue #%s %s", name, slot.isoformat(), issue_id, summary.counts)
+    return SlotResult(name, slot, issue_id, made, "made" if made else "joined", summary)
 
 
 async def run_slot(config_path: str, name: str) -> None:

@@ -38,6 +38,9 @@ def environment(site_dir: Path) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Read once per process: a template edited on disk shows after a restart, and no page
+        # view pays for checking the file's timestamp.
+        auto_reload=False,
     )
 
 

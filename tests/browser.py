@@ -123,7 +123,7 @@ def live_server(app: Any, timeout: float = 10.0, port: int = 0) -> Iterator[str]
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        lifespan="off",
+        lifespan="on",  # the app's mailer sends queued system mail while it runs
         # Plain HTTP/1.1 only: nothing optional (websockets, httptools) is imported.
         http="h11",
         ws="none",

@@ -15,10 +15,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 
 from newsletter.config import Settings
-from newsletter.services import sending as publish
 from newsletter.storage import db
-from newsletter.storage.models import ACTIVE, Issue, Member, Survey
-from newsletter.web.members import create_app
+from newsletter.storage.models import (
+    Issue,
+    Member,
+    MemberStatus,
+    Survey,
+)
+from newsletter.web.app import create_app
+from tests import steps as publish
 from tests.smtpd import RecordingHandler
 from tests.test_desk import TOKEN, audit_rows, desk_settings, fill, issue_status
 
@@ -177,7 +182,7 @@ def test_pause_resume_cancel_and_send_through_the_api(
     info = c.get("/api/issues/1", headers=AUTH).json()
     assert info["status"] == "sent" and info["percent"] == 100.0 and info["sent"] == 5
     with sessions() as s:
-        active = set(s.scalars(select(Member.email).where(Member.status == ACTIVE)))
+        active = set(s.scalars(select(Member.email).where(Member.status == MemberStatus.ACTIVE)))
     received = smtp_server.by_recipient()
     assert set(received) == active and all(len(m) == 1 for m in received.values())
     assert "already sent" in assert_json_error(c.post("/api/issues/1/cancel", headers=AUTH), 409)
@@ -241,6 +246,6 @@ def test_send_now_test_send_results_and_members(
     assert [m["email"] for m in found] == ["wang.fang@example.org"]
     assert [a[:2] for a in audit_rows(sessions)] == [
         ("api", "test-send"),
-        ("api", "send"),
+        ("api", "release"),
         ("api", "test-send"),
     ]

@@ -22,7 +22,7 @@ from newsletter import config
 from newsletter.delivery.sink import ServerThread
 from newsletter.storage import db
 from newsletter.storage.models import Delivery, Member, Vote, utcnow
-from newsletter.web.members import create_app
+from newsletter.web.app import create_app
 from tests.browser import live_server
 from tests.checks import parse
 from tests.smtpd import RecordingHandler

@@ -13,11 +13,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from newsletter.content.sources import import_source
-from newsletter.services.members import import_csv
 from newsletter.storage import db
 from newsletter.storage.models import Delivery
 from tests.conftest import SECRET, make_settings
 from tests.smtpd import RecordingHandler
+from tests.steps import import_csv
 
 MEMBERS = 5000
 IN_FLIGHT = 50

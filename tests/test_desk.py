@@ -3,6 +3,7 @@ test sends, send now, pause/resume/cancel, members and the audit log."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -16,14 +17,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import config
 from newsletter.config import Settings
 from newsletter.content.sources import import_source
-from newsletter.services import desk
-from newsletter.services import sending as publish
-from newsletter.services.members import import_csv
-from newsletter.storage import queries as store
-from newsletter.storage.models import ACTIVE, AuditEntry, Delivery, Issue, Member
-from newsletter.web.members import create_app
+from newsletter.services import editors as desk
+from newsletter.storage.models import (
+    AuditEntry,
+    Delivery,
+    Issue,
+    Member,
+    MemberStatus,
+)
+from newsletter.web.app import create_app
+from tests import steps as publish
+from tests import steps as store
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
+from tests.steps import import_csv
 
 EDITOR, PASSWORD = "ed", "correct horse battery staple"
 HASH = desk.hash_password(PASSWORD)
@@ -78,10 +85,12 @@ def wait_idle(client: TestClient, timeout: float = 20.0) -> list[dict[str, objec
 
 
 def audit_rows(sessions: sessionmaker[Session]) -> list[tuple[str, str, int | None]]:
+    """The audit log, but for the entries of the test's own set-up steps (actor "test")."""
     with sessions() as s:
         return [
             (a.actor, a.action, a.issue_id)
             for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))
+            if a.actor != "test"
         ]
 
 
@@ -143,28 +152,55 @@ def test_login_and_pages_need_it(
     assert audit_rows(sessions) == [(EDITOR, "login", None)]
 
 
-def test_login_throttle_counts_failures_per_address_and_name() -> None:
-    from newsletter.web.desk import LoginThrottle
+def test_login_throttle_counts_attempts_per_address_and_name() -> None:
+    from newsletter.services.editors import LoginThrottle
 
     now = [1000.0]
     throttle = LoginThrottle(per_address=3, per_name=5, window=60, keys=4, clock=lambda: now[0])
     for _ in range(3):
-        assert throttle.retry_after("10.0.0.1", "ada") == 0
-        throttle.failed("10.0.0.1", "ada")
+        assert throttle.admit("10.0.0.1", "ada")[0] == 0  # counted as it is admitted
         now[0] += 1
-    assert throttle.retry_after("10.0.0.1", "someone else") == 57  # 1000 + 60 - 1003
+    assert throttle.admit("10.0.0.1", "someone else") == (57, 0.0)  # 1000 + 60 - 1003
     assert throttle.retry_after("10.0.0.2", "ada") == 0  # 3 of 5 against the name
-    throttle.failed("10.0.0.2", "Ada")
-    throttle.failed("10.0.0.3", "ADA")  # names compare without case
+    assert throttle.admit("10.0.0.2", "Ada")[0] == 0
+    assert throttle.admit("10.0.0.3", "ADA")[0] == 0  # names compare without case
     assert throttle.retry_after("10.0.0.4", "ada") > 0
+    assert throttle.admit("10.0.0.4", "ada")[0] > 0  # refused: not counted again
     now[0] += 60
     assert throttle.retry_after("10.0.0.1", "ada") == 0  # the window moved on
-    throttle.failed("10.0.0.9", "bob")
-    throttle.succeeded("10.0.0.9")  # a good login clears its address, not the name
-    assert ("address", "10.0.0.9") not in throttle._failures
+    wait, ticket = throttle.admit("10.0.0.9", "bob")
+    assert wait == 0
+    throttle.succeeded("10.0.0.9", "bob", ticket)  # a good login takes its attempt back
+    assert ("address", "10.0.0.9") not in throttle._attempts
+    assert not throttle._attempts.get(("name", "bob"))
     for n in range(10):  # many addresses: the oldest are forgotten, memory stays bounded
-        throttle.failed(f"192.0.2.{n}", "x")
-    assert len(throttle._failures) <= 4
+        throttle.admit(f"192.0.2.{n}", "x")
+    assert len(throttle._attempts) <= 4
+
+
+def test_concurrent_wrong_passwords_are_counted_before_they_are_checked(
+    site: Path, database_url: str, smtp_server: RecordingHandler
+) -> None:
+    """100 wrong passwords at once against one name: at most the per-address limit (10)
+    reach scrypt; every other one is refused with 429 before its password is looked at."""
+    import httpx2 as httpx
+
+    from newsletter.storage import db
+
+    settings = desk_settings(site, database_url, smtp_server.port)
+    app = create_app(settings, db.open_database(settings.database_url), mailer=False)
+
+    async def storm() -> list[int]:
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.9", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
+            wrong = {"name": EDITOR, "password": "not it"}
+            answers = await asyncio.gather(*(c.post("/desk/login", data=wrong) for _ in range(100)))
+        return [a.status_code for a in answers]
+
+    statuses = asyncio.run(storm())
+    checks = app.state.desk.passwords.checks
+    assert checks <= 10, f"{checks} passwords checked"
+    assert statuses.count(403) == checks and statuses.count(429) == 100 - checks
 
 
 def test_repeated_wrong_passwords_lock_the_address_out(
@@ -292,7 +328,7 @@ def test_send_now_in_the_background(
     (issue,) = wait_idle(c)
     assert issue["status"] == "sent" and issue["percent"] == 100.0
     with sessions() as s:
-        active = set(s.scalars(select(Member.email).where(Member.status == ACTIVE)))
+        active = set(s.scalars(select(Member.email).where(Member.status == MemberStatus.ACTIVE)))
     received = smtp_server.by_recipient()
     assert set(received) == active and all(len(m) == 1 for m in received.values())
     page = c.get("/desk")
@@ -300,7 +336,7 @@ def test_send_now_in_the_background(
     # Nothing left to send: the desk says so and starts nothing.
     again = c.post("/desk/send", data={"csrf": token})
     assert "nothing to send" in again.text
-    assert audit_rows(sessions)[-1] == (EDITOR, "send", None)
+    assert audit_rows(sessions)[-1] == (EDITOR, "release", 1)
     assert "nothing to send" in c.get("/desk/preview.html").text
     results = c.get("/desk/surveys")
     assert results.status_code == 200 and 'class="chart"' in results.text

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.storage import db
-from newsletter.web.members import create_app
+from newsletter.web.app import create_app
 from tests.browser import browser, live_server, page  # noqa: F401
 from tests.smtpd import RecordingHandler
 from tests.test_desk import EDITOR, PASSWORD, desk_settings, fill

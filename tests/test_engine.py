@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.content.sources import import_source
 from newsletter.errors import NewsletterError
-from newsletter.services import sending as publish
-from newsletter.services.members import import_csv
 from newsletter.storage.models import Delivery, Issue, Member, utcnow
+from tests import steps as publish
 from tests.checks import check_message
 from tests.smtpd import RecordingHandler
+from tests.steps import import_csv
 
 
 def add_members(sessions: sessionmaker[Session], tmp_path: Path, n: int) -> list[str]:
@@ -168,7 +168,7 @@ def test_repeated_connection_failures_pause_the_issue_then_resume(
     with pytest.raises(publish.IssuePaused, match="paused"):
         asyncio.run(publish.deliver(settings, sessions, issue))
 
-    publish.set_paused(sessions, issue.id, False)
+    publish.resume(sessions, issue.id)
     # The deferred rows are due at once with millisecond backoff; the server is up again.
     summary = asyncio.run(publish.deliver(fast_retries(settings), sessions, issue))
     assert summary.status == "sent" and summary.counts == {"sent": 40}
@@ -242,7 +242,7 @@ def test_dkim_signature_verifies_and_covers_list_unsubscribe(
     settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
 ) -> None:
     from newsletter.config import DkimSettings
-    from newsletter.services.members import import_csv as import_members
+    from tests.steps import import_csv as import_members
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (site / "dkim.pem").write_bytes(
@@ -326,7 +326,7 @@ def test_pause_mid_send_then_resume_mails_everyone_once(
     tmp_path: Path,
     smtp_server: RecordingHandler,
 ) -> None:
-    from newsletter.services import desk
+    from tests import steps as desk
 
     prepared = release_slowly(settings, sessions, site, tmp_path, smtp_server)
     issue_id = prepared.issue.id
@@ -352,7 +352,7 @@ def test_cancel_mid_send_stops_and_says_how_many_went(
     tmp_path: Path,
     smtp_server: RecordingHandler,
 ) -> None:
-    from newsletter.services import desk
+    from tests import steps as desk
 
     prepared = release_slowly(settings, sessions, site, tmp_path, smtp_server)
     deliver_until(settings, sessions, prepared, smtp_server, desk.cancel)

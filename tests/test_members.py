@@ -6,9 +6,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from newsletter.content.addresses import clean_name, normalize_address
 from newsletter.errors import NewsletterError
-from newsletter.services.members import clean_name, import_csv, normalize_address
 from newsletter.storage.models import Member
+from tests.steps import import_csv
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "list.csv") -> Path:

@@ -32,11 +32,11 @@ from sqlalchemy import select
 from newsletter import config, schedule
 from newsletter.config import ScheduleSettings
 from newsletter.content.sources import import_source
-from newsletter.services.members import import_csv
 from newsletter.storage import db
 from newsletter.storage.models import Issue, utcnow
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
+from tests.steps import import_csv
 from tests.test_cli import free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 import aiosmtplib
 import pytest
 
-from newsletter.delivery.smtp import Wire, transmit
+from newsletter.content.layout import Wire
+from newsletter.delivery.smtp import transmit
 
 MESSAGE = Wire(b"Subject: hi\r\n\r\nline\r\n..dotted\r\n.\r\n")
 

@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.delivery.ratelimit import (
+from newsletter.storage import db
+from newsletter.storage.models import RateBucket
+from newsletter.storage.ratelimit import (
     CLOCK_TOLERANCE,
     GRANT_TTL,
     HOUR,
@@ -26,8 +28,6 @@ from newsletter.delivery.ratelimit import (
     grant_size,
     refill,
 )
-from newsletter.storage import db
-from newsletter.storage.models import RateBucket
 
 REPO = Path(__file__).resolve().parent.parent
 RELAY = "smtp.example.org:587"
@@ -269,7 +269,7 @@ async def test_bad_state_is_repaired_without_a_burst_or_a_stall(
 WORKER = """
 import asyncio, json, sys, time
 from newsletter.storage import db
-from newsletter.delivery.ratelimit import SharedRateLimiter
+from newsletter.storage.ratelimit import SharedRateLimiter
 
 async def main(url: str, relay: str, rate: float, seconds: float) -> None:
     sessions = db.open_database(url, migrate=False)

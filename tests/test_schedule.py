@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import schedule
 from newsletter.config import ScheduleSettings, Settings
 from newsletter.content.sources import import_source
-from newsletter.services.members import import_csv
 from newsletter.storage.models import Issue
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
+from tests.steps import import_csv
 from tests.test_cli import free_port
 
 
@@ -91,15 +91,15 @@ def test_a_slot_made_between_the_look_and_the_release_is_joined(
     slot = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
     first = asyncio.run(schedule.fire(settings, sessions, "weekly", slot))
     assert first.made
-    real, calls = schedule._slot_issue, []
+    real, calls = schedule.issues.slot, []
 
-    def late(session: Session, name: str, at: dt.datetime) -> Issue | None:
+    def late(unit: Any, name: str, at: dt.datetime) -> Any:
         calls.append(at)
-        return None if len(calls) == 1 else real(session, name, at)  # the first look misses
+        if len(calls) == 1:  # the first look misses the issue, and counts the new items
+            return schedule.issues.Slot(None, None, 8)  # the other run was about to take
+        return real(unit, name, at)
 
-    monkeypatch.setattr(schedule, "_slot_issue", late)
-    # ... and counted the new items the other run was about to take.
-    monkeypatch.setattr(schedule.store, "count_new_items", lambda session: 8)
+    monkeypatch.setattr(schedule.issues, "slot", late)
     with sessions() as s:  # the issue is sent; pretend it is still going, to join it
         s.execute(update(Issue).values(status="sending"))
         s.commit()
@@ -120,14 +120,14 @@ def test_a_slot_compiles_its_issue_off_the_event_loop(
     # compile and the snapshot must not hold it. Here the release waits for a callback the
     # loop can only run if the release is not running on it.
     load(sessions, site)
-    real = schedule.publish.release_next
+    real = schedule.issues.release_next
     loop_ran = threading.Event()
 
     def release_next(*args: Any, **kwargs: Any) -> Any:
         assert loop_ran.wait(timeout=10), "the event loop was blocked by the release"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(schedule.publish, "release_next", release_next)
+    monkeypatch.setattr(schedule.issues, "release_next", release_next)
 
     async def fire_and_tick() -> schedule.SlotResult:
         asyncio.get_running_loop().call_later(0.05, loop_ran.set)

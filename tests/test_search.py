@@ -13,7 +13,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.content.sources import import_source
 from newsletter.storage import db
-from newsletter.storage.models import SENDING, SENT, Base, Issue, IssueItem, Item
+from newsletter.storage.models import (
+    Base,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueItem,
+    IssueStatus,
+    Item,
+    Member,
+)
 from newsletter.storage.search import (
     FTS_TABLE,
     PG_INDEX,
@@ -84,9 +93,12 @@ def add_item(
         return item.id
 
 
-def find(sessions: sessionmaker[Session], query: str, *, limit: int = 20) -> list[Hit]:
+def find(
+    sessions: sessionmaker[Session], query: str, *, limit: int = 20, public_only: bool = False
+) -> list[Hit]:
+    """Search every item (the tests of matching and ranking), or only the public ones."""
     with sessions() as s:
-        return search(s, query, limit=limit)
+        return search(s, query, limit=limit, public_only=public_only)
 
 
 def titles(hits: list[Hit]) -> list[str]:
@@ -178,6 +190,7 @@ def test_fuzzed_queries_never_raise(sessions: sessionmaker[Session], site: Path)
     with sessions() as s:
         for _ in range(300):
             query = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+            assert isinstance(search(s, query, public_only=False), list), query
             assert isinstance(search(s, query), list), query
 
 
@@ -242,27 +255,34 @@ def test_updates_and_deletes_reindex(sessions: sessionmaker[Session]) -> None:
     assert find(sessions, "puffins") == []
 
 
-def test_issue_id_is_the_sent_issue_that_carried_the_item(
+def test_only_items_of_issues_that_have_gone_out_are_public(
     sessions: sessionmaker[Session], site: Path
 ) -> None:
+    """An item is public once an issue carrying it has delivered a message: before that (not
+    released, or released but nobody has received it) search shows it to nobody."""
     seed(sessions, site)
     with sessions.begin() as s:
         xiaomi = s.scalars(select(Item.id).where(Item.title == XIAOMI)).one()
         silk = s.scalars(select(Item.id).where(Item.title == SILK)).one()
-        sent = Issue(subject="Sent", status=SENT, html="", text="", nonce="n1")
-        sending = Issue(subject="Sending", status=SENDING, html="", text="", nonce="n2")
-        s.add_all([sent, sending])
+        reader = Member(email="reader@example.org", name="")
+        out = Issue(subject="Out", status=IssueStatus.SENDING, html="", text="", nonce="n1")
+        waiting = Issue(subject="Waiting", status=IssueStatus.SENDING, html="", text="", nonce="n2")
+        s.add_all([reader, out, waiting])
         s.flush()
         s.add_all(
             [
-                IssueItem(issue_id=sent.id, item_id=xiaomi, position=0),
-                IssueItem(issue_id=sending.id, item_id=silk, position=0),
+                IssueItem(issue_id=out.id, item_id=xiaomi, position=0),
+                IssueItem(issue_id=waiting.id, item_id=silk, position=0),
+                Delivery(issue_id=out.id, member_id=reader.id, status=DeliveryStatus.SENT),
+                Delivery(issue_id=waiting.id, member_id=reader.id, status=DeliveryStatus.QUEUED),
             ]
         )
-        sent_id = sent.id
-    by_title = {h.title: h for h in find(sessions, "patent")}
-    assert by_title[XIAOMI].issue_id == sent_id
-    assert by_title[SILK].issue_id is None  # its issue is not sent yet
+        out_id = out.id
+    everything = {h.title: h for h in find(sessions, "patent")}
+    assert everything[XIAOMI].issue_id == out_id
+    assert everything[SILK].issue_id is None  # its issue has not gone out
+    public = find(sessions, "patent", public_only=True)
+    assert [(h.title, h.issue_id) for h in public] == [(XIAOMI, out_id)]
 
 
 def test_limit(sessions: sessionmaker[Session], site: Path) -> None:

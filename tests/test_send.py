@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.content.sources import import_source
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
-from newsletter.services import sending as publish
-from newsletter.services.members import import_csv
 from newsletter.storage.models import Delivery, Issue, IssueItem, Member, utcnow
+from tests import steps as publish
 from tests.checks import check_message, seed_titles
 from tests.smtpd import RecordingHandler
+from tests.steps import import_csv
 
 
 def load_sample(sessions: sessionmaker[Session], site: Path) -> None:
@@ -224,8 +224,9 @@ def test_lines_starting_with_a_dot_survive_the_prepared_data_path(
     smtp_server: RecordingHandler,
 ) -> None:
     from newsletter.content.compiler import Compiled, slot
-    from newsletter.content.personalize import Personalizer, Recipient
-    from newsletter.delivery.smtp import Wire, assemble, unwire
+    from newsletter.content.layout import Wire, assemble, unwire
+    from newsletter.content.personalize import Personalizer
+    from newsletter.storage.ledger import Recipient
     from newsletter.tokens import Signer
 
     (tmp_path / "one.csv").write_text("email,name\ndot@example.org,.Dot\n")

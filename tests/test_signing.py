@@ -294,8 +294,8 @@ def skeleton(tail: bytes = b".dotted line\r\n") -> tuple[bytes, ...]:
 
 
 async def test_signing_processes_sign_batches_in_order(signer: DkimSigner, key: Key) -> None:
+    from newsletter.content.layout import assemble
     from newsletter.delivery.signing import SigningPool
-    from newsletter.delivery.smtp import assemble
 
     parts = skeleton()
     slot_values = [[UNSUBSCRIBE + str(n).encode()] for n in range(40)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.content.sources import import_source
-from newsletter.services import sending as publish
-from newsletter.services.members import import_csv
-from newsletter.storage.models import LinkHit, Member, Survey, Vote, utcnow
-from newsletter.web.members import create_app
+from newsletter.storage.models import LinkHit, Member, Survey, SystemMail, Vote, utcnow
+from newsletter.web.app import create_app
+from tests import steps as publish
 from tests.smtpd import RecordingHandler
+from tests.steps import import_csv
 
 LINK = re.compile(r'https?://[^\s"\'<>]+/(v|u|t|archive)/[^\s"\'<>]+')
 
@@ -67,7 +69,7 @@ class Site:
 @pytest.fixture
 def web(
     settings: Settings, sessions: sessionmaker[Session], site: Path, smtp_server: RecordingHandler
-) -> Site:
+) -> Iterator[Site]:
     import_csv(sessions, site / "subscribers" / "example.csv")
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))
     asyncio.run(publish.send(settings, sessions))
@@ -77,8 +79,17 @@ def web(
         links[rcpt] = [m.group(0) for m in LINK.finditer(html)]
     clock = Clock()
     clock.advance(600)  # people read their mail some minutes after it arrives
-    client = TestClient(create_app(settings, sessions, clock=clock))
-    return Site(settings, sessions, client, clock, links)
+    # As a context manager the client runs the app's lifespan: its mailer sends what is queued.
+    with TestClient(create_app(settings, sessions, clock=clock)) as client:
+        yield Site(settings, sessions, client, clock, links)
+
+
+def wait_for_mail(smtp_server: RecordingHandler, count: int) -> None:
+    """Until the server has `count` messages (the mailer sends queued mail moments after)."""
+    deadline = time.monotonic() + 10
+    while smtp_server.count() < count:
+        assert time.monotonic() < deadline, f"{smtp_server.count()} messages, not {count}"
+        time.sleep(0.01)
 
 
 def db_state(sessions: sessionmaker[Session]) -> tuple[Any, ...]:
@@ -225,11 +236,18 @@ def test_unsubscribe_form_with_scanner_signs_asks_again(web: Site) -> None:
     assert web.status(email) == "unsubscribed"
 
 
+def queued_to(web: Site, email: str) -> int:
+    """System messages queued (sent or not) to the address."""
+    with web.sessions() as s:
+        return len(s.scalars(select(SystemMail).where(SystemMail.to_address == email)).all())
+
+
 def test_subscribe_double_opt_in(web: Site, smtp_server: RecordingHandler) -> None:
     count = smtp_server.count()
     page = web.client.post("/subscribe", data={"email": "New.Reader@Example.org", "name": "新读者"})
     assert "Check your inbox" in page.text
     assert web.status("new.reader@example.org") == "pending"
+    wait_for_mail(smtp_server, count + 1)
     (mail,) = smtp_server.messages[count:]
     assert mail.rcpt_to == "new.reader@example.org"
     text = mail.parse().get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
@@ -245,6 +263,9 @@ def test_subscribe_double_opt_in(web: Site, smtp_server: RecordingHandler) -> No
     for email in ("new.reader@example.org", "li.wei@example.org"):
         again = web.client.post("/subscribe", data={"email": email})
         assert "Check your inbox" in again.text
+    assert (
+        queued_to(web, "new.reader@example.org") == 1 and queued_to(web, "li.wei@example.org") == 0
+    )
     assert smtp_server.count() == count + 1
 
 
@@ -254,7 +275,8 @@ def test_repeated_signups_do_not_spam_and_ips_are_limited(
     count = smtp_server.count()
     for _ in range(4):
         web.client.post("/subscribe", data={"email": "eager@example.org"})
-    assert smtp_server.count() == count + 1  # one confirmation per hour at most
+    assert queued_to(web, "eager@example.org") == 1  # one confirmation per hour at most
+    wait_for_mail(smtp_server, count + 1)
     statuses = [
         web.client.post("/subscribe", data={"email": f"x{i}@example.org"}).status_code
         for i in range(8)

@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.content.sources import import_source
 from newsletter.delivery.sink import ServerThread
-from newsletter.services import sending as publish
 from newsletter.storage import db
 from newsletter.storage.models import Delivery, Member, utcnow
+from tests import steps as publish
 from tests.conftest import SECRET, make_settings, postgres_schema
 
 MEMBERS = 50_000

@@ -1,4 +1,4 @@
-"""Compile an issue: pick the new items and the open survey, render once, inline CSS once, text once.
+"""Compile an issue from its items and survey: render once, inline CSS once, make the text part once.
 
 Everything that differs between members (their name, their signed links) is left in the
 compiled issue as a slot: a marker string that survives Jinja2, premailer and html2text
@@ -19,17 +19,13 @@ from typing import Any
 import premailer
 from jinja2 import Environment
 from markupsafe import Markup
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
+from newsletter.content.results import Results
 from newsletter.content.sources import html_to_text
-from newsletter.errors import HeaderError, IssueTooLarge, NothingToSend
-from newsletter.services import votes
-from newsletter.services.votes import Results
-from newsletter.storage import queries as store
+from newsletter.errors import HeaderError, IssueTooLarge
 from newsletter.storage.models import Issue as IssueRow
-from newsletter.storage.models import IssueItem, Item, utcnow
+from newsletter.storage.models import Item, utcnow
 
 # RFC 5322 §2.1.1: a line is at most 998 octets. Lines are broken well below that, counting
 # each slot at its largest filled size, so substitution can never push a line over.
@@ -274,78 +270,6 @@ def _tidy_text(text: str) -> str:
 
 def _clock() -> float:
     return time.perf_counter()
-
-
-def previous_results(session: Session, settings: Settings) -> Results | None:
-    """The results of the survey the last issue carried, for the next issue's chart."""
-    survey_id = session.scalar(
-        select(IssueRow.survey_id)
-        .where(IssueRow.survey_id.is_not(None))
-        .order_by(IssueRow.id.desc())
-        .limit(1)
-    )
-    if survey_id is None:
-        return None
-    votes.settle(session, utcnow(), votes.VoteRule.from_settings(settings))
-    return votes.results(session, survey_id)
-
-
-def gather(session: Session, settings: Settings) -> tuple[list[ItemView], Any]:
-    """The next issue's content from the database: new items and the open survey."""
-    # The oldest waiting items go first into an issue; the issue shows the newest on top.
-    picked = sorted(
-        store.new_items(session, settings.issue.max_items),
-        key=lambda i: (i.published_at or i.created_at, i.id),
-        reverse=True,
-    )
-    items = item_views(picked)
-    survey = None
-    if settings.survey is not None:
-        row = store.sync_survey(session, settings.survey)
-        if row.status == "open":
-            options = [(o.position, o.label) for o in store.survey_options(session, row.id)]
-            survey = (row.id, row.question, options)
-    return items, survey
-
-
-def compile_next(
-    session: Session, settings: Settings, env: Environment, *, with_survey: bool = True
-) -> Compiled:
-    """Compile the next issue from the new items; NothingToSend when there are none."""
-    items, survey = gather(session, settings)
-    if not with_survey:
-        survey = None
-    if not items:
-        raise NothingToSend("no new items since the last issue: nothing to send")
-    return compile_issue(settings, env, items, survey, previous=previous_results(session, settings))
-
-
-def release(
-    session: Session,
-    compiled: Compiled,
-    *,
-    schedule: str | None = None,
-    slot_at: dt.datetime | None = None,
-) -> IssueRow:
-    """Store the compiled issue, claim its items and snapshot its audience, in one transaction."""
-    issue = IssueRow(
-        subject=compiled.subject,
-        html=compiled.html,
-        text=compiled.text,
-        nonce=compiled.nonce,
-        survey_id=compiled.survey_id,
-        created_at=compiled.created,
-        schedule=schedule,
-        slot_at=slot_at,
-    )
-    session.add(issue)
-    session.flush()  # a second release of the same (schedule, slot) fails here
-    session.add_all(
-        IssueItem(issue_id=issue.id, item_id=item_id, position=pos)
-        for pos, item_id in enumerate(compiled.item_ids)
-    )
-    store.snapshot_audience(session, issue.id, compiled.created)
-    return issue
 
 
 def from_row(row: IssueRow) -> Compiled:

@@ -11,65 +11,23 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import html
-import re
 import secrets
-from dataclasses import dataclass
-from email.header import Header
 
 from newsletter.config import Settings
 from newsletter.content.compiler import Compiled, slot
-from newsletter.delivery.smtp import Wire, assemble
-from newsletter.errors import HeaderError
-from newsletter.tokens import Kind, Signer
-
-CRLF = "\r\n"
-_HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
-
-
-def encode_phrase(text: str, header_name: str) -> str:
-    """A display name or phrase for a header: RFC 2047 encoded-words when it is not ASCII."""
-    if _HEADER_UNSAFE.search(text):
-        raise HeaderError(header_name, text)
-    if text.isascii():
-        return email.utils.quote(text) if re.search(r'[()<>\[\]:;@\\,."]', text) else text
-    return Header(text, "utf-8", header_name=header_name).encode(linesep=CRLF)
-
-
-def format_address(name: str, address: str, header_name: str) -> str:
-    if _HEADER_UNSAFE.search(address) or not address.isascii():
-        raise HeaderError(header_name, address)
-    if not name:
-        return address
-    if name.isascii():
-        formatted = email.utils.formataddr((name, address))
-        if _HEADER_UNSAFE.search(formatted):
-            raise HeaderError(header_name, name)
-        return formatted
-    return f"{encode_phrase(name, header_name)} <{address}>"
-
-
-def encode_unstructured(text: str, header_name: str) -> str:
-    if _HEADER_UNSAFE.search(text):
-        raise HeaderError(header_name, text)
-    return Header(
-        text, "utf-8" if not text.isascii() else "us-ascii", header_name=header_name
-    ).encode(linesep=CRLF)
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    member_id: int
-    email: str
-    name: str
-
-
-def _crlf(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
-
-
-def _dot_stuff(literal: bytes) -> bytes:
-    # RFC 5321 §4.5.2: a line that starts with "." gets another one in front.
-    return literal.replace(b"\r\n.", b"\r\n..")
+from newsletter.content.layout import (
+    CRLF,
+    Wire,
+    assemble,
+    dot_stuff,
+    encode_phrase,
+    encode_unstructured,
+    format_address,
+    normalize_newlines,
+)
+from newsletter.content.links import LinkBuilder
+from newsletter.storage.ledger import Recipient
+from newsletter.tokens import Signer
 
 
 class Personalizer:
@@ -87,6 +45,7 @@ class Personalizer:
         self.compiled = compiled
         self.issue_id = issue_id
         self.signer = signer
+        self.links = LinkBuilder(settings.list.base_url, signer)
         self.fallback_name = fallback_name
         self.base = settings.list.base_url.rstrip("/")
         self.domain = settings.list.from_address.rsplit("@", 1)[1]
@@ -97,7 +56,7 @@ class Personalizer:
         self._date_cache: tuple[int, str] = (-1, "")
         self._literals, self._keys = self._skeleton(compiled, settings)
         # The same skeleton in DATA form (pool.Wire): dot-stuffed once, terminated once.
-        self._wire = [_dot_stuff(lit) for lit in self._literals]
+        self._wire = [dot_stuff(lit) for lit in self._literals]
         self._wire[-1] += b".\r\n"
         self._line_start = {i for i, lit in enumerate(self._literals[:-1]) if lit.endswith(b"\r\n")}
 
@@ -133,8 +92,8 @@ class Personalizer:
                 f"Content-Transfer-Encoding: 8bit{CRLF}{CRLF}"
             )
 
-        text_body = _crlf(compiled.text)
-        html_body = _crlf(compiled.html)
+        text_body = normalize_newlines(compiled.text)
+        html_body = normalize_newlines(compiled.html)
         pieces = [
             (
                 CRLF.join(headers)
@@ -190,25 +149,13 @@ class Personalizer:
             "name": name,
             "name_html": html.escape(name, quote=False),
         }
-        if self.signer is None:
-            base = f"{self.base}/preview"
-            values["unsubscribe"] = f"{base}/unsubscribe"
-            values["view"] = f"{self.base}/archive"
-            values["trap"] = f"{base}/trap"
-            for pos in self.compiled.vote_positions:
-                values[f"vote{pos}"] = f"{base}/vote/{pos}"
-            return values
-        sign = self.signer.make
-        values["unsubscribe"] = (
-            f"{self.base}/u/{sign(Kind.UNSUBSCRIBE, r.member_id, self.issue_id)}"
-        )
-        values["view"] = (
-            f"{self.base}/archive/{self.issue_id}?t={sign(Kind.VIEW, self.issue_id, r.member_id)}"
-        )
-        values["trap"] = f"{self.base}/t/{sign(Kind.TRAP, r.member_id, self.issue_id)}"
+        links, member, issue = self.links, r.member_id, self.issue_id
+        values["unsubscribe"] = links.unsubscribe(member, issue)
+        values["view"] = links.view(issue, member)
+        values["trap"] = links.trap(member, issue)
         survey_id = self.compiled.survey_id or 0
         for pos in self.compiled.vote_positions:
-            values[f"vote{pos}"] = f"{self.base}/v/{sign(Kind.VOTE, survey_id, r.member_id, pos)}"
+            values[f"vote{pos}"] = links.vote(survey_id, member, pos)
         return values
 
     @property

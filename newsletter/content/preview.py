@@ -7,7 +7,8 @@ from pathlib import Path
 
 from newsletter.config import Settings
 from newsletter.content.compiler import Compiled
-from newsletter.content.personalize import Personalizer, Recipient
+from newsletter.content.personalize import Personalizer
+from newsletter.storage.ledger import Recipient
 
 SAMPLE = Recipient(member_id=0, email="reader@example.org", name="")
 

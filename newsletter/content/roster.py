@@ -9,15 +9,17 @@ from dataclasses import dataclass, field
 
 from newsletter.content.addresses import CONTROL, clean_name, normalize_address
 from newsletter.errors import ImportRowError, NewsletterError
-from newsletter.storage.models import ACTIVE, UNSUBSCRIBED
+from newsletter.storage.models import (
+    MemberStatus,
+)
 
 _STATUS_WORDS = {
-    "": ACTIVE,
-    "active": ACTIVE,
-    "subscribed": ACTIVE,
-    "unsubscribed": UNSUBSCRIBED,
-    "optout": UNSUBSCRIBED,
-    "opted-out": UNSUBSCRIBED,
+    "": MemberStatus.ACTIVE,
+    "active": MemberStatus.ACTIVE,
+    "subscribed": MemberStatus.ACTIVE,
+    "unsubscribed": MemberStatus.UNSUBSCRIBED,
+    "optout": MemberStatus.UNSUBSCRIBED,
+    "opted-out": MemberStatus.UNSUBSCRIBED,
 }
 
 
@@ -96,6 +98,6 @@ def merge_duplicates(rows: Iterator[Row], report: ImportReport) -> dict[str, Row
         report.merged += 1
         seen.name = row.name or seen.name
         seen.attributes.update(row.attributes)
-        if row.status == UNSUBSCRIBED:
-            seen.status = UNSUBSCRIBED
+        if row.status == MemberStatus.UNSUBSCRIBED:
+            seen.status = MemberStatus.UNSUBSCRIBED
     return merged

@@ -22,22 +22,17 @@ import aiosmtplib
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
+from newsletter.content.layout import Wire
 from newsletter.content.personalize import Personalizer
-from newsletter.delivery.ratelimit import SharedRateLimits
 from newsletter.errors import NewsletterError
-from newsletter.storage import queries as store
 from newsletter.storage.ledger import Job, Ledger, Outcome, new_owner
 from newsletter.storage.models import (
-    BOUNCED,
-    CANCELLED,
-    DEFERRED,
-    FAILED,
-    PAUSED,
-    SENT,
-    SKIPPED,
+    DeliveryStatus,
     Issue,
+    IssueStatus,
     utcnow,
 )
+from newsletter.storage.ratelimit import SharedRateLimits
 
 if TYPE_CHECKING:  # signing imports dkimpy and cryptography: only a DKIM run needs them
     from newsletter.delivery.signing import DkimSigner, SigningPool
@@ -46,7 +41,6 @@ from newsletter.delivery.smtp import (
     ClientFactory,
     Connection,
     Relays,
-    Wire,
     aiosmtplib_client,
     transmit,
 )
@@ -146,9 +140,9 @@ class Engine:
 
     async def run(self) -> Summary:
         status, reason = await asyncio.to_thread(self.ledger.issue_status)
-        if status == PAUSED:
+        if status == IssueStatus.PAUSED:
             raise IssuePaused(self.issue.id, reason)
-        if status == CANCELLED:
+        if status == IssueStatus.CANCELLED:
             raise NewsletterError(f"issue #{self.issue.id} was cancelled")
         started = time.monotonic()
         await asyncio.to_thread(self.ledger.recover)
@@ -185,8 +179,7 @@ class Engine:
         elif self.stop_reason == "cancelled":
             await asyncio.to_thread(self.ledger.cancel)
         status = await asyncio.to_thread(self.ledger.finish)
-        with self.sessions() as session:
-            counts = store.delivery_counts(session, self.issue.id)
+        counts = await asyncio.to_thread(self.ledger.counts)
         return Summary(
             self.issue.id,
             self.issue.subject,
@@ -269,9 +262,9 @@ class Engine:
                 checked = utcnow()
                 self.left |= await asyncio.to_thread(self.ledger.left_since, since)
                 status, reason = await asyncio.to_thread(self.ledger.issue_status)
-                if status == PAUSED:
+                if status == IssueStatus.PAUSED:
                     self.stop(f"paused: {reason or 'by an editor'}")
-                elif status == CANCELLED:
+                elif status == IssueStatus.CANCELLED:
                     self.stop("cancelled")
                 since, last_check = checked - dt.timedelta(seconds=1), time.monotonic()
 
@@ -291,7 +284,7 @@ class Engine:
                     outcome = Outcome(
                         job.delivery_id,
                         job.recipient.member_id,
-                        SKIPPED,
+                        DeliveryStatus.SKIPPED,
                         None,
                         "member left during the send",
                     )
@@ -330,7 +323,9 @@ class Engine:
             else:
                 conn.mark_used()
             if permanent:
-                return Outcome(job.delivery_id, r.member_id, BOUNCED, code, text, message_id)
+                return Outcome(
+                    job.delivery_id, r.member_id, DeliveryStatus.BOUNCED, code, text, message_id
+                )
             return self._defer(job, code, text, message_id)
         except CONNECTION_ERRORS as exc:
             await conn.release()
@@ -339,7 +334,9 @@ class Engine:
             return self._defer(job, code, text, message_id)
         conn.mark_used()
         self.consecutive_failures = 0
-        return Outcome(job.delivery_id, r.member_id, SENT, 250, "accepted", message_id)
+        return Outcome(
+            job.delivery_id, r.member_id, DeliveryStatus.SENT, 250, "accepted", message_id
+        )
 
     def _defer(self, job: Job, code: int | None, text: str, message_id: str) -> Outcome:
         attempt = job.attempts + 1
@@ -349,13 +346,19 @@ class Engine:
             return Outcome(
                 job.delivery_id,
                 job.recipient.member_id,
-                FAILED,
+                DeliveryStatus.FAILED,
                 code,
                 f"gave up at the retry deadline: {text}",
                 message_id,
             )
         return Outcome(
-            job.delivery_id, job.recipient.member_id, DEFERRED, code, text, message_id, when
+            job.delivery_id,
+            job.recipient.member_id,
+            DeliveryStatus.DEFERRED,
+            code,
+            text,
+            message_id,
+            when,
         )
 
     def _connection_failed(self, text: str) -> None:

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from newsletter.delivery.smtp import assemble
+from newsletter.config import Settings
+from newsletter.content.layout import assemble
 from newsletter.errors import ConfigError, NewsletterError
 
 # RFC 8058 §4 requires List-Unsubscribe and List-Unsubscribe-Post under the signature.
@@ -197,6 +198,14 @@ class DkimSigner:
 # sending loop).
 
 _LENGTH = struct.Struct(">I")
+
+
+def signer_for(settings: Settings) -> DkimSigner | None:
+    """The [dkim] table's signer, or None when DKIM is not configured."""
+    if settings.dkim is None:
+        return None
+    key = settings.path(settings.dkim.key_file).read_bytes()
+    return DkimSigner(settings.dkim.domain, settings.dkim.selector, key)
 
 
 class SigningFailed(NewsletterError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -15,6 +15,7 @@ from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import SMTPStatus
 
 from newsletter.config import RelaySettings, SmtpSettings
+from newsletter.content.layout import Wire, unwire
 
 RELAY_COOLDOWN = 30.0  # seconds a relay that refused a connection is passed over
 
@@ -148,15 +149,6 @@ class Connection:
                 client.close()
         else:
             client.close()
-
-
-class Wire(bytes):
-    """A message already in DATA form: CRLF line ends, dot-stuffed, ending with CRLF "." CRLF.
-
-    personalize.py lays out each issue's message once in this form, so the per-message
-    line-ending and dot-stuffing passes aiosmtplib would make (two regex scans of the whole
-    message, a third of its CPU per message) are not needed.
-    """
 
 
 class _FastProtocol(SMTPProtocol):
@@ -298,21 +290,6 @@ def _fast_capable(protocol: object) -> bool:
 def _mail_arguments(sender: str, data: bytes, size: bool) -> bytes:
     mail = b"FROM:<" + sender.encode() + b"> BODY=8BITMIME"
     return mail + b" SIZE=%d" % len(data) if size else mail
-
-
-def assemble(literals: Sequence[bytes], values: Sequence[bytes]) -> bytes:
-    """literals[0] + values[0] + literals[1] + ... + literals[-1]."""
-    out = [literals[0]]
-    for value, literal in zip(values, literals[1:], strict=True):
-        out.append(value)
-        out.append(literal)
-    return b"".join(out)
-
-
-def unwire(wire: bytes) -> bytes:
-    """The plain message a DATA form carries: without the final "." line, dot-stuffing undone
-    (for aiosmtplib's own DATA path, which stuffs the message itself)."""
-    return bytes(wire[:-3]).replace(b"\r\n..", b"\r\n.")
 
 
 async def transmit(client: SmtpClient, sender: str, recipient: str, data: bytes) -> None:

@@ -1,73 +1,128 @@
-"""Member lists: address normalisation and CSV import that never re-subscribes anyone."""
+"""Member use-cases: import a list, subscribe (double opt-in), confirm, unsubscribe, resubscribe.
+
+An import never re-subscribes a member who unsubscribed, bounced or complained, and an
+unsubscribe stops the member's rows in sends already released, in the same transaction.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.content.addresses import clean_name, normalize_address
 from newsletter.content.roster import ImportReport, Row, merge_duplicates, read_rows
 from newsletter.errors import NewsletterError
-from newsletter.storage.models import ACTIVE, BOUNCED, PENDING, UNSUBSCRIBED, Member, utcnow
+from newsletter.services import mail
+from newsletter.services.unit import Services, Unit, use_case
+from newsletter.storage import members as rows
+from newsletter.storage import signups
+from newsletter.storage.models import Member, MemberStatus
 
-__all__ = ["ImportReport", "clean_name", "import_csv", "normalize_address"]
+__all__ = [
+    "ImportReport",
+    "MemberInfo",
+    "clean_name",
+    "confirm",
+    "import_file",
+    "import_members",
+    "normalize_address",
+    "resubscribe",
+    "subscribe",
+    "unsubscribe",
+]
+
+# Sign-ups: at most this many from one network address an hour, and this many confirmation
+# messages to one address a day, at least an hour apart.
+SIGNUPS_PER_IP_HOUR = 10
+MAILS_PER_ADDRESS_DAY = 3
+MAIL_SPACING = dt.timedelta(hours=1)
+# Members who may never be mailed again by anything but their own action.
+OPTED_OUT = (MemberStatus.UNSUBSCRIBED, MemberStatus.BOUNCED)
 
 
-def import_csv(
-    sessions: sessionmaker[Session],
-    path: Path,
-    *,
-    progress: Callable[[int], None] | None = None,
-    chunk: int = 500,
-) -> ImportReport:
-    """Import a member list. Good rows are stored even when others are bad."""
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    id: int
+    email: str
+    name: str
+    status: MemberStatus
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, m: Member) -> MemberInfo:
+        return cls(m.id, m.email, m.name, m.status, m.created_at)
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+def read_list(path: Path) -> str:
+    """A member list's text; NewsletterError naming the file when it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise NewsletterError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise NewsletterError(
             f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
         ) from None
+
+
+@use_case
+def import_members(
+    unit: Unit,
+    text: str,
+    *,
+    source: str,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = 500,
+) -> ImportReport:
+    """Import a member list (CSV text). Good rows are stored even when others are bad."""
     report = ImportReport()
-    rows = list(merge_duplicates(read_rows(text, report), report).values())
-    now = utcnow()
-    with sessions.begin() as session:
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            existing = {
-                m.email: m
-                for m in session.scalars(
-                    select(Member).where(Member.email.in_([r.email for r in part]))
-                )
-            }
-            for row in part:
-                _apply(session, existing.get(row.email), row, report, now)
-            session.flush()
-            if progress:
-                progress(len(part))
+    parsed = list(merge_duplicates(read_rows(text, report), report).values())
+    for start in range(0, len(parsed), chunk):
+        part = parsed[start : start + chunk]
+        existing = rows.by_emails(unit.session, [r.email for r in part])
+        for row in part:
+            _apply(unit, existing.get(row.email), row, report)
+        unit.session.flush()
+        if progress:
+            progress(len(part))
+    unit.audit(
+        "import-members",
+        detail=f"{source[:200]}: {report.rows} rows, {report.added} added, "
+        f"{report.updated} updated, {len(report.errors)} errors",
+    )
     return report
 
 
-def _apply(
-    session: Session, member: Member | None, row: Row, report: ImportReport, now: dt.datetime
-) -> None:
+def import_file(
+    services: Services,
+    path: Path,
+    *,
+    actor: str = "system",
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Read a CSV file and import it (the CLI's and the demo's way in)."""
+    return services.run(actor, import_members, read_list(path), source=str(path), progress=progress)
+
+
+def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) -> None:
+    now = unit.now
     if member is None:
-        session.add(
+        unit.session.add(
             Member(
                 email=row.email,
                 name=row.name,
                 status=row.status,
                 attributes=row.attributes,
-                unsubscribed_at=now if row.status == UNSUBSCRIBED else None,
+                unsubscribed_at=now if row.status == MemberStatus.UNSUBSCRIBED else None,
             )
         )
         report.added += 1
-        if row.status == UNSUBSCRIBED:
+        if row.status == MemberStatus.UNSUBSCRIBED:
             report.unsubscribed += 1
         return
     changed = False
@@ -77,13 +132,14 @@ def _apply(
     if row.attributes and {**member.attributes, **row.attributes} != member.attributes:
         member.attributes = {**member.attributes, **row.attributes}
         changed = True
-    if member.status in (UNSUBSCRIBED, BOUNCED):
+    if member.status in OPTED_OUT:
         # An import never re-subscribes: only the member can undo an opt-out.
-        if row.status == ACTIVE:
+        if row.status == MemberStatus.ACTIVE:
             report.kept_unsubscribed += 1
-    elif row.status == UNSUBSCRIBED:
-        member.status = UNSUBSCRIBED
+    elif row.status == MemberStatus.UNSUBSCRIBED:
+        member.status = MemberStatus.UNSUBSCRIBED
         member.unsubscribed_at = now
+        rows.skip_unsent(unit.session, member.id, now, "member unsubscribed (import)")
         report.unsubscribed += 1
         changed = True
     if changed:
@@ -92,32 +148,161 @@ def _apply(
         report.unchanged += 1
 
 
-def unsubscribe(session: Session, member: Member, now: dt.datetime) -> bool:
-    """Stop all mail to the member at once, including rows of sends already released."""
-    from newsletter.storage.models import DEFERRED, QUEUED, SKIPPED, Delivery
+# --- the member's own actions ------------------------------------------------------------------
 
-    if member.status == UNSUBSCRIBED:
+
+@use_case
+def unsubscribe(unit: Unit, member_id: int, *, issue_id: int | None = None, via: str) -> bool:
+    """Stop all mail to the member at once, including rows of sends already released.
+    False when the member had already left (nothing changes then)."""
+    member = rows.get(unit.session, member_id)
+    if member is None or member.status == MemberStatus.UNSUBSCRIBED:
         return False
-    member.status, member.unsubscribed_at, member.updated_at = UNSUBSCRIBED, now, now
-    session.execute(
-        update(Delivery)
-        .where(Delivery.member_id == member.id, Delivery.status.in_((QUEUED, DEFERRED)))
-        .values(status=SKIPPED, last_message="member unsubscribed", updated_at=now)
+    now = unit.now
+    member.status, member.unsubscribed_at, member.updated_at = MemberStatus.UNSUBSCRIBED, now, now
+    skipped = rows.skip_unsent(unit.session, member.id, now, "member unsubscribed")
+    unit.audit(
+        "unsubscribe",
+        member_id=member.id,
+        issue_id=issue_id,
+        detail=f"{via}; {skipped} unsent messages stopped",
     )
+    unit.after_commit(lambda: unit.services.changed("members"))
     return True
 
 
-def resubscribe(session: Session, member: Member, now: dt.datetime) -> bool:
+@use_case
+def resubscribe(unit: Unit, member_id: int, *, via: str) -> bool:
     """Undo the member's own unsubscribe (a bounced address stays bounced)."""
-    if member.status != UNSUBSCRIBED:
+    member = rows.get(unit.session, member_id)
+    if member is None or member.status != MemberStatus.UNSUBSCRIBED:
         return False
-    member.status, member.unsubscribed_at, member.updated_at = ACTIVE, None, now
+    member.status, member.unsubscribed_at, member.updated_at = MemberStatus.ACTIVE, None, unit.now
+    unit.audit("resubscribe", member_id=member.id, detail=via)
     return True
 
 
-def confirm(session: Session, member: Member, now: dt.datetime) -> bool:
-    """Double opt-in: the person confirmed the address, so it may be mailed."""
-    if member.status not in (PENDING, UNSUBSCRIBED):
+@use_case
+def confirm(unit: Unit, member_id: int) -> bool:
+    """Double opt-in: the person confirmed the address, so it may be mailed. False when the
+    member is active already; NewsletterError when the address may not be subscribed."""
+    member = rows.get(unit.session, member_id)
+    if member is None or member.status == MemberStatus.BOUNCED:
+        raise NewsletterError("this address cannot be subscribed")
+    if member.status not in (MemberStatus.PENDING, MemberStatus.UNSUBSCRIBED):
         return False
-    member.status, member.unsubscribed_at, member.updated_at = ACTIVE, None, now
+    member.status, member.unsubscribed_at, member.updated_at = MemberStatus.ACTIVE, None, unit.now
+    unit.audit("confirm", member_id=member.id, detail="double opt-in confirmed")
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Signup:
+    """What a subscribe did; the page says the same whatever it was (it reveals no membership)."""
+
+    limited: bool  # too many sign-ups from this network: nothing was stored
+    mail_id: int | None  # the confirmation queued, if one was
+
+
+@use_case
+def subscribe(unit: Unit, email: str, name: str, *, ip: str) -> Signup:
+    """A sign-up from the form: store the request and, when the address wants it and the
+    limits allow, queue a confirmation (sent by the mailer, retried through relay outages)."""
+    now, session = unit.now, unit.session
+    if signups.from_ip_since(session, ip, now - dt.timedelta(hours=1)) >= SIGNUPS_PER_IP_HOUR:
+        return Signup(True, None)
+    member = rows.by_email(session, email)
+    if member is None:
+        member = rows.add(
+            session,
+            Member(
+                email=email, name=name, status=MemberStatus.PENDING, attributes={"source": "web"}
+            ),
+        )
+    request = signups.add(session, email, ip, now)
+    queued, newest = signups.confirmations_since(session, email, now - dt.timedelta(days=1))
+    wants_mail = member.status in (MemberStatus.PENDING, MemberStatus.UNSUBSCRIBED)
+    too_soon = newest is not None and now - newest < MAIL_SPACING
+    mail_id = None
+    if wants_mail and not too_soon and queued < MAILS_PER_ADDRESS_DAY:
+        mail_id = mail.queue_confirmation(unit, member, signup_id=request.id)
+    unit.audit(
+        "subscribe",
+        member_id=member.id,
+        detail=f"from {ip or '?'}; " + ("confirmation queued" if mail_id else "no mail sent"),
+    )
+    return Signup(False, mail_id)
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribePage:
+    """What the unsubscribe page shows after a visit or a form."""
+
+    email: str
+    status: MemberStatus
+    done: str  # "unsubscribe", "resubscribe" or "" (nothing changed)
+    ask_again: bool  # scanner signs around: the person must press once more
+
+
+@use_case
+def unsubscribe_link(
+    unit: Unit,
+    member_id: int,
+    issue_id: int,
+    *,
+    method: str,
+    action: str = "",
+    confirmed: bool = False,
+    one_click: bool = False,
+    ip: str = "",
+    user_agent: str = "",
+) -> UnsubscribePage | None:
+    """A visit to a member's unsubscribe link: GET or HEAD shows the page and records the hit;
+    the page's form (POST) unsubscribes or resubscribes; RFC 8058's one-click POST
+    unsubscribes at once. A form posted with scanner signs around it (a HEAD, the hidden
+    link) asks once more. None when the link names no member (nothing recorded)."""
+    from newsletter.services import evidence
+
+    visitor = evidence.visit(
+        unit,
+        member_id,
+        kind="unsubscribe",
+        method=method,
+        issue_id=issue_id,
+        ip=ip,
+        user_agent=user_agent,
+    )
+    if visitor is None:
+        return None
+    done = ""
+    if one_click:
+        unsubscribe(unit, member_id, issue_id=issue_id, via="one-click POST (RFC 8058)")
+        done = "unsubscribe"
+    elif action == "resubscribe":
+        resubscribe(unit, member_id, via="the unsubscribe page")
+        done = "resubscribe"
+    elif action == "unsubscribe":
+        if not confirmed and evidence.machine_nearby(unit, member_id):
+            return UnsubscribePage(visitor.email, visitor.status, "", True)
+        unsubscribe(unit, member_id, issue_id=issue_id, via="the unsubscribe page")
+        done = "unsubscribe"
+    member = rows.get(unit.session, member_id)
+    assert member is not None
+    return UnsubscribePage(member.email, member.status, done, False)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def search(unit: Unit, q: str = "", limit: int = 100) -> list[MemberInfo]:
+    """Members whose address or name contains `q`, by address; all when q is empty."""
+    found = rows.search(unit.session, q.strip()[:200], max(1, min(limit, 1000)))
+    return [MemberInfo.of(m) for m in found]
+
+
+def listing(unit: Unit, status: MemberStatus | None = None, limit: int = 50) -> list[MemberInfo]:
+    return [MemberInfo.of(m) for m in rows.listing(unit.session, status, limit)]
+
+
+def counts(unit: Unit) -> dict[MemberStatus, int]:
+    return rows.counts(unit.session)

@@ -18,30 +18,21 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.content.personalize import Recipient
 from newsletter.storage.models import (
-    ACTIVE,
-    BOUNCED,
-    CANCELLED,
-    DEFERRED,
-    FAILED,
-    PAUSED,
-    QUEUED,
-    SENDING,
-    SENDING_ROW,
-    SENT,
-    SKIPPED,
+    UNFINISHED,
     UNFINISHED_SQL,
     Delivery,
+    DeliveryStatus,
     Issue,
+    IssueStatus,
     Member,
+    MemberStatus,
     utcnow,
 )
 
 D = cast(Table, Delivery.__table__)
 M = cast(Table, Member.__table__)
 I = cast(Table, Issue.__table__)  # noqa: E741
-UNFINISHED = (QUEUED, SENDING_ROW, DEFERRED)
 
 
 def new_owner() -> str:
@@ -61,6 +52,15 @@ def _owner_is_dead(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Whom one message goes to: what the personaliser needs of a member, and no more."""
+
+    member_id: int
+    email: str
+    name: str
 
 
 @dataclass(slots=True)
@@ -119,7 +119,13 @@ class Ledger:
                 bounce_count=M.c.bounce_count + 1,
                 updated_at=bindparam("b_now", type_=M.c.updated_at.type),
                 status=case(
-                    (and_(M.c.status == ACTIVE, M.c.bounce_count + 1 >= bounce_threshold), BOUNCED),
+                    (
+                        and_(
+                            M.c.status == MemberStatus.ACTIVE,
+                            M.c.bounce_count + 1 >= bounce_threshold,
+                        ),
+                        MemberStatus.BOUNCED,
+                    ),
                     else_=M.c.status,
                 ),
             )
@@ -130,7 +136,7 @@ class Ledger:
         with self.sessions.begin() as session:
             owners = session.scalars(
                 select(D.c.lease_owner)
-                .where(D.c.issue_id == self.issue_id, D.c.status == SENDING_ROW)
+                .where(D.c.issue_id == self.issue_id, D.c.status == DeliveryStatus.SENDING)
                 .distinct()
             ).all()
             dead = [o for o in owners if o and o != self.owner and _owner_is_dead(o)]
@@ -140,10 +146,10 @@ class Ledger:
                 update(D)
                 .where(
                     D.c.issue_id == self.issue_id,
-                    D.c.status == SENDING_ROW,
+                    D.c.status == DeliveryStatus.SENDING,
                     D.c.lease_owner.in_(dead),
                 )
-                .values(status=QUEUED, lease_owner=None, lease_until=None)
+                .values(status=DeliveryStatus.QUEUED, lease_owner=None, lease_until=None)
             )
             return int(cast(Any, result).rowcount or 0)
 
@@ -154,9 +160,9 @@ class Ledger:
             D.c.issue_id == self.issue_id,
             text(UNFINISHED_SQL),  # what lets the partial index ix_deliveries_unfinished serve
             or_(
-                D.c.status == QUEUED,
-                and_(D.c.status == DEFERRED, D.c.next_attempt_at <= now),
-                and_(D.c.status == SENDING_ROW, D.c.lease_until < now),
+                D.c.status == DeliveryStatus.QUEUED,
+                and_(D.c.status == DeliveryStatus.DEFERRED, D.c.next_attempt_at <= now),
+                and_(D.c.status == DeliveryStatus.SENDING, D.c.lease_until < now),
             ),
         )
         ids = (
@@ -170,7 +176,11 @@ class Ledger:
             claimed = session.execute(
                 update(D)
                 .where(D.c.id.in_(ids.scalar_subquery()))
-                .values(status=SENDING_ROW, lease_owner=self.owner, lease_until=now + self.lease)
+                .values(
+                    status=DeliveryStatus.SENDING,
+                    lease_owner=self.owner,
+                    lease_until=now + self.lease,
+                )
                 .returning(D.c.id, D.c.member_id, D.c.attempts)
             ).all()
             if not claimed:
@@ -187,7 +197,7 @@ class Ledger:
             gone: list[int] = []
             for delivery_id, member_id, attempts in sorted(claimed):
                 m = members[member_id]
-                if m.status == ACTIVE:
+                if m.status == MemberStatus.ACTIVE:
                     jobs.append(Job(delivery_id, Recipient(member_id, m.email, m.name), attempts))
                 else:
                     gone.append(delivery_id)
@@ -196,7 +206,7 @@ class Ledger:
                     update(D)
                     .where(D.c.id.in_(gone))
                     .values(
-                        status=SKIPPED,
+                        status=DeliveryStatus.SKIPPED,
                         last_message="member no longer active",
                         lease_owner=None,
                         lease_until=None,
@@ -215,17 +225,21 @@ class Ledger:
                 "b_id": o.delivery_id,
                 "b_owner": self.owner,
                 "b_status": o.status,
-                "b_inc": 0 if o.status == SKIPPED else 1,
+                "b_inc": 0 if o.status == DeliveryStatus.SKIPPED else 1,
                 "b_code": o.code,
                 "b_message": o.message[:1000],
                 "b_message_id": o.message_id,
                 "b_next": o.next_attempt_at,
-                "b_sent": now if o.status == SENT else None,
+                "b_sent": now if o.status == DeliveryStatus.SENT else None,
                 "b_now": now,
             }
             for o in outcomes
         ]
-        bounces = [{"b_member": o.member_id, "b_now": now} for o in outcomes if o.status == BOUNCED]
+        bounces = [
+            {"b_member": o.member_id, "b_now": now}
+            for o in outcomes
+            if o.status == DeliveryStatus.BOUNCED
+        ]
         with self.sessions.begin() as session:
             conn = session.connection()
             conn.execute(self._record, params)
@@ -240,7 +254,7 @@ class Ledger:
             session.execute(
                 update(D)
                 .where(D.c.id.in_(list(delivery_ids)), D.c.lease_owner == self.owner)
-                .values(status=QUEUED, lease_owner=None, lease_until=None)
+                .values(status=DeliveryStatus.QUEUED, lease_owner=None, lease_until=None)
             )
 
     def renew(self) -> int:
@@ -256,7 +270,7 @@ class Ledger:
                 .where(
                     D.c.issue_id == self.issue_id,
                     D.c.lease_owner == self.owner,
-                    D.c.status == SENDING_ROW,
+                    D.c.status == DeliveryStatus.SENDING,
                 )
                 .values(lease_until=utcnow() + self.lease)
             )
@@ -266,17 +280,29 @@ class Ledger:
         """Members of this issue who stopped being active since `since` (for the mid-send re-check)."""
         with self.sessions() as session:
             return set(
-                session.scalars(select(M.c.id).where(M.c.updated_at >= since, M.c.status != ACTIVE))
+                session.scalars(
+                    select(M.c.id).where(M.c.updated_at >= since, M.c.status != MemberStatus.ACTIVE)
+                )
             )
 
     def next_due(self) -> dt.datetime | None:
         with self.sessions() as session:
             due: dt.datetime | None = session.scalar(
                 select(func.min(D.c.next_attempt_at)).where(
-                    D.c.issue_id == self.issue_id, D.c.status == DEFERRED
+                    D.c.issue_id == self.issue_id, D.c.status == DeliveryStatus.DEFERRED
                 )
             )
             return due
+
+    def counts(self) -> dict[str, int]:
+        """The issue's rows by status."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(D.c.status, func.count())
+                .where(D.c.issue_id == self.issue_id)
+                .group_by(D.c.status)
+            ).all()
+            return {str(status): int(n) for status, n in rows}
 
     def issue_status(self) -> tuple[str, str]:
         with self.sessions() as session:
@@ -290,29 +316,13 @@ class Ledger:
             session.execute(
                 update(I)
                 .where(I.c.id == self.issue_id)
-                .values(status=PAUSED, pause_reason=reason[:1000])
+                .values(status=IssueStatus.PAUSED, pause_reason=reason[:1000])
             )
 
     def cancel(self) -> int:
-        """Stop the issue for good: every row not sent yet becomes "cancelled".
-
-        Rows in flight with another sender stay theirs; it sees the cancellation within
-        moments and hands them back, and this runs again then.
-        """
+        """Stop the issue for good (see `cancel`), in a transaction of its own."""
         with self.sessions.begin() as session:
-            session.execute(update(I).where(I.c.id == self.issue_id).values(status=CANCELLED))
-            result = session.execute(
-                update(D)
-                .where(
-                    D.c.issue_id == self.issue_id,
-                    or_(
-                        D.c.status.in_((QUEUED, DEFERRED)),
-                        and_(D.c.status == SENDING_ROW, D.c.lease_owner == self.owner),
-                    ),
-                )
-                .values(status=CANCELLED, lease_owner=None, lease_until=None, updated_at=utcnow())
-            )
-            return int(cast(Any, result).rowcount or 0)
+            return cancel(session, self.issue_id, self.owner, utcnow())
 
     def finish(self) -> str:
         """Mark the issue sent once every row has a final outcome; return its status."""
@@ -323,24 +333,52 @@ class Ledger:
                 )
             )
             status = session.scalar(select(I.c.status).where(I.c.id == self.issue_id))
-            if not left and status == SENDING:
+            if not left and status == IssueStatus.SENDING:
                 session.execute(
-                    update(I).where(I.c.id == self.issue_id).values(status=SENT, sent_at=utcnow())
+                    update(I)
+                    .where(I.c.id == self.issue_id)
+                    .values(status=IssueStatus.SENT, sent_at=utcnow())
                 )
-                return SENT
+                return IssueStatus.SENT
             return str(status)
 
     def requeue_failed(self) -> int:
         """Give an issue's failed rows another round (`newsletter retry`)."""
         with self.sessions.begin() as session:
-            result = session.execute(
-                update(D)
-                .where(D.c.issue_id == self.issue_id, D.c.status == FAILED)
-                .values(status=QUEUED, next_attempt_at=None)
-            )
-            count = int(cast(Any, result).rowcount or 0)
-            if count:
-                session.execute(
-                    update(I).where(I.c.id == self.issue_id).values(status=SENDING, sent_at=None)
-                )
-            return count
+            return requeue_failed(session, self.issue_id)
+
+
+def cancel(session: Session, issue_id: int, owner: str, now: dt.datetime) -> int:
+    """Stop the issue for good: every row not sent yet becomes "cancelled".
+
+    Rows in flight with another sender stay theirs; it sees the cancellation within moments
+    and hands them back, and cancels them then (the engine runs this with its own owner).
+    """
+    session.execute(update(I).where(I.c.id == issue_id).values(status=IssueStatus.CANCELLED))
+    result = session.execute(
+        update(D)
+        .where(
+            D.c.issue_id == issue_id,
+            or_(
+                D.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)),
+                and_(D.c.status == DeliveryStatus.SENDING, D.c.lease_owner == owner),
+            ),
+        )
+        .values(status=DeliveryStatus.CANCELLED, lease_owner=None, lease_until=None, updated_at=now)
+    )
+    return int(cast(Any, result).rowcount or 0)
+
+
+def requeue_failed(session: Session, issue_id: int) -> int:
+    """Queue an issue's failed rows again and mark it sending; how many were queued."""
+    result = session.execute(
+        update(D)
+        .where(D.c.issue_id == issue_id, D.c.status == DeliveryStatus.FAILED)
+        .values(status=DeliveryStatus.QUEUED, next_attempt_at=None)
+    )
+    count = int(cast(Any, result).rowcount or 0)
+    if count:
+        session.execute(
+            update(I).where(I.c.id == issue_id).values(status=IssueStatus.SENDING, sent_at=None)
+        )
+    return count

@@ -1,16 +1,20 @@
-"""SQLAlchemy tables: members, items, issues and their items, surveys and options, deliveries."""
+"""SQLAlchemy tables and the status enums: members, items, issues, surveys, deliveries, system mail."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -42,6 +46,74 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+class StatusType(TypeDecorator[E], Generic[E]):
+    """A status enum kept as its plain string value (VARCHAR, no database enum type), so a new
+    status needs no migration and the stored values read as before."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[E]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Any) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> E | None:
+        return None if value is None else self.enum(value)
+
+
+class MemberStatus(StrEnum):
+    """Only active members are mailed; pending ones signed up on the web and have not confirmed
+    yet (double opt-in); unsubscribed and bounced ones are never mailed again by an import."""
+
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    PENDING = "pending"
+
+
+class IssueStatus(StrEnum):
+    """ "sending" lasts while any row may still be tried (queued, in flight or deferred);
+    "paused" stops every worker; "sent" means every row has a final outcome; "cancelled" stops
+    it for good: rows not yet sent become "cancelled"."""
+
+    SENDING = "sending"
+    PAUSED = "paused"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    """queued → sending → sent | bounced (5xx) | deferred (4xx, timeout, drop: retried at
+    next_attempt_at) → … → failed (the retry deadline passed) | skipped (member left) |
+    cancelled (the issue was)."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    BOUNCED = "bounced"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+# The rows a send may still try: the one definition of "unfinished".
+UNFINISHED = frozenset({DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED})
+# A delivery row with one of these has its final outcome.
+FINISHED = frozenset(DeliveryStatus) - UNFINISHED
+
+
+class SurveyStatus(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -54,18 +126,15 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-# Member status values. Only "active" members are mailed; "pending" ones signed up on the
-# web and have not confirmed yet (double opt-in).
-ACTIVE, UNSUBSCRIBED, BOUNCED, PENDING = "active", "unsubscribed", "bounced", "pending"
-
-
 class Member(Base):
     __tablename__ = "members"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="")
-    status: Mapped[str] = mapped_column(String(16), default=ACTIVE, index=True)
+    status: Mapped[MemberStatus] = mapped_column(
+        StatusType(MemberStatus), default=MemberStatus.ACTIVE, index=True
+    )
     attributes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Indexed: a running send polls it to drop members who leave mid-send.
@@ -91,6 +160,8 @@ class Item(Base):
     body_text: Mapped[str] = mapped_column(Text, default="")
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A held item never goes out until an editor releases it.
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class Survey(Base):
@@ -99,7 +170,9 @@ class Survey(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(200), unique=True)
     question: Mapped[str] = mapped_column(String(1000))
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[SurveyStatus] = mapped_column(
+        StatusType(SurveyStatus), default=SurveyStatus.OPEN
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -114,19 +187,15 @@ class SurveyOption(Base):
     label: Mapped[str] = mapped_column(String(1000))
 
 
-# Issue status values. "sending" lasts while any row may still be tried (queued, in flight
-# or deferred); "paused" stops every worker; "sent" means every row has a final outcome.
-# "cancelled" stops it for good: rows not yet sent become "cancelled".
-SENDING, PAUSED, SENT, CANCELLED = "sending", "paused", "sent", "cancelled"
-
-
 class Issue(Base):
     __tablename__ = "issues"
     __table_args__ = (UniqueConstraint("schedule", "slot_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject: Mapped[str] = mapped_column(String(1000))
-    status: Mapped[str] = mapped_column(String(16), default=SENDING, index=True)
+    status: Mapped[IssueStatus] = mapped_column(
+        StatusType(IssueStatus), default=IssueStatus.SENDING, index=True
+    )
     survey_id: Mapped[int | None] = mapped_column(ForeignKey("surveys.id"), nullable=True)
     # The compiled issue, member slots unfilled: the archive's copy and the resume point.
     html: Mapped[str] = mapped_column(Text)
@@ -152,18 +221,6 @@ class IssueItem(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
-# Delivery status values (SENT and BOUNCED are shared with the issue and member values):
-#   queued → sending → sent | bounced (5xx) | deferred (4xx, timeout, drop: retried at
-#   next_attempt_at) → … → failed (the retry deadline passed) | skipped (member left).
-QUEUED, SENDING_ROW, DEFERRED, FAILED, SKIPPED = (
-    "queued",
-    "sending",
-    "deferred",
-    "failed",
-    "skipped",
-)
-
-
 # Literal SQL, not bound parameters: a partial index serves a query only when the planner
 # can see that the query's condition implies the index's.
 UNFINISHED_SQL = "status IN ('queued', 'sending', 'deferred')"
@@ -174,6 +231,8 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("issue_id", "member_id"),
         Index("ix_deliveries_issue_status", "issue_id", "status"),
+        # A member who leaves has their unsent rows skipped at once: found by member.
+        Index("ix_deliveries_member_status", "member_id", "status"),
         # The rows still to try, in claim order: a claim reads its batch from here instead of
         # walking the primary key past every row already sent (ledger.UNFINISHED).
         Index(
@@ -188,7 +247,9 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        StatusType(DeliveryStatus), default=DeliveryStatus.QUEUED
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_message: Mapped[str] = mapped_column(String(1000), default="")
@@ -215,9 +276,23 @@ class LinkHit(Base):
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     survey_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     option: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     ip: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(String(300), default="")
+
+
+class LinkHitCount(Base):
+    """Link hits older than the vote rule needs, folded into counts: per day, kind, method and
+    issue, with no member, address or agent (the raw rows are deleted as they are folded)."""
+
+    __tablename__ = "link_hit_counts"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    method: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # 0 stands for "no issue" (votes carry a survey instead), so the key has no NULL in it.
+    issue_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hits: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Vote(Base):
@@ -249,11 +324,14 @@ class SignupRequest(Base):
     email: Mapped[str] = mapped_column(String(320))
     ip: Mapped[str] = mapped_column(String(64))
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # 1 once a relay accepted this request's confirmation (the mailer sets it), not before.
     mailed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class AuditEntry(Base):
-    """One editor action (desk page, API or CLI): who did what, to which issue, and when."""
+    """One action (an editor's on the desk, API or CLI; a member's on their pages; the
+    scheduler's): who did what, to which issue or member, and when. Written in the same
+    transaction as the action itself (newsletter/services/unit.py)."""
 
     __tablename__ = "audit_log"
 
@@ -262,13 +340,54 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(64))
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    member_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     detail: Mapped[str] = mapped_column(String(2000), default="")
+
+
+class MailStatus(StrEnum):
+    """A system message: queued → sending → sent | deferred (retried) → … | failed."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+
+
+class SystemMail(Base):
+    """One system message (a signup confirmation, a test copy of an issue, later sign-in links
+    and notices), queued in the transaction that asked for it and delivered by the mailer with
+    retries, like an issue's rows: a relay outage delays it, never loses it."""
+
+    __tablename__ = "system_mail"
+    __table_args__ = (Index("ix_system_mail_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # confirm, test, ...
+    member_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # A confirmation's sign-up request, marked mailed once a relay has taken the message.
+    signup_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_address: Mapped[str] = mapped_column(String(320), index=True)
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str] = mapped_column(String(300))
+    # The whole message as it goes out (CRLF lines), unsigned: DKIM signs it at sending time.
+    message: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[MailStatus] = mapped_column(StatusType(MailStatus), default=MailStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_message: Mapped[str] = mapped_column(String(1000), default="")
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retry_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class RateBucket(Base):
     """A token bucket shared by every sender: one relay's messages per second or per hour.
 
-    newsletter/ratelimit.py takes tokens under a row lock; docs/delivery.md explains it.
+    newsletter/storage/ratelimit.py takes tokens under a row lock; docs/delivery.md explains it.
     """
 
     __tablename__ = "rate_buckets"

@@ -7,10 +7,8 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
-
-from newsletter.storage.models import SENT
 
 # The objects migration 0003 makes and the ORM models do not know about.
 FTS_TABLE = "items_fts"  # SQLite: FTS5 table; its shadow tables are items_fts_*
@@ -22,51 +20,71 @@ MAX_LIMIT = 100
 
 _START, _STOP = "\x02", "\x03"  # marks around a match, swapped for <mark> after escaping
 
-_SQLITE_SQL = text(
-    f"""
-    SELECT i.id, i.title, i.url, s.id AS issue_id, f.snip, -f.rank AS rank
-    FROM (
-        SELECT rowid AS id, bm25({FTS_TABLE}, 5.0, 1.0) AS rank,
-               snippet({FTS_TABLE}, 1, char(2), char(3), '…', 24) AS snip
-        FROM {FTS_TABLE}
-        WHERE {FTS_TABLE} MATCH :q
-        ORDER BY rank, rowid DESC
-        LIMIT :n
-    ) AS f
-    JOIN items AS i ON i.id = f.id
-    LEFT JOIN issue_items AS ii ON ii.item_id = i.id
-    LEFT JOIN issues AS s ON s.id = ii.issue_id AND s.status = :sent
-    ORDER BY f.rank, i.id DESC
-    """
+# An item is public once an issue carrying it has gone out (a message delivered): until then
+# it may be embargoed, and search must not show it. The EXISTS reads ix_deliveries_issue_status.
+_GONE_OUT = (
+    "EXISTS (SELECT 1 FROM deliveries AS d WHERE d.issue_id = ii.issue_id AND d.status = 'sent')"
 )
+_PUBLIC_ITEMS = f"SELECT ii.item_id FROM issue_items AS ii WHERE {_GONE_OUT}"
+_ISSUE_ID = f"CASE WHEN {_GONE_OUT} THEN ii.issue_id END AS issue_id"
+
+
+def _sqlite_sql(public_only: bool) -> TextClause:
+    only = f"AND rowid IN ({_PUBLIC_ITEMS})" if public_only else ""
+    return text(
+        f"""
+        SELECT i.id, i.title, i.url, {_ISSUE_ID}, f.snip, -f.rank AS rank
+        FROM (
+            SELECT rowid AS id, bm25({FTS_TABLE}, 5.0, 1.0) AS rank,
+                   snippet({FTS_TABLE}, 1, char(2), char(3), '…', 24) AS snip
+            FROM {FTS_TABLE}
+            WHERE {FTS_TABLE} MATCH :q {only}
+            ORDER BY rank, rowid DESC
+            LIMIT :n
+        ) AS f
+        JOIN items AS i ON i.id = f.id
+        LEFT JOIN issue_items AS ii ON ii.item_id = i.id
+        ORDER BY f.rank, i.id DESC
+        """
+    )
+
 
 # The WHERE expression is the migration's index expression, word for word. The rank weighs
 # a title match (A) above a body match (D); it is computed for matching rows only.
-_POSTGRES_SQL = text(
-    """
-    WITH hits AS (
-        SELECT i.id, q.query,
-               ts_rank(
-                   setweight(to_tsvector('simple', coalesce(i.title, '')), 'A')
-                   || setweight(to_tsvector('simple', coalesce(i.body_text, '')), 'D'),
-                   q.query
-               ) AS rank
-        FROM items AS i, websearch_to_tsquery('simple', :q) AS q(query)
-        WHERE to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(body_text, ''))
-              @@ q.query
-        ORDER BY rank DESC, i.id DESC
-        LIMIT :n
+def _postgres_sql(public_only: bool) -> TextClause:
+    only = f"AND i.id IN ({_PUBLIC_ITEMS})" if public_only else ""
+    return text(
+        f"""
+        WITH hits AS (
+            SELECT i.id, q.query,
+                   ts_rank(
+                       setweight(to_tsvector('simple', coalesce(i.title, '')), 'A')
+                       || setweight(to_tsvector('simple', coalesce(i.body_text, '')), 'D'),
+                       q.query
+                   ) AS rank
+            FROM items AS i, websearch_to_tsquery('simple', :q) AS q(query)
+            WHERE to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(body_text, ''))
+                  @@ q.query {only}
+            ORDER BY rank DESC, i.id DESC
+            LIMIT :n
+        )
+        SELECT i.id, i.title, i.url, {_ISSUE_ID},
+               ts_headline('simple', i.body_text, h.query, :options) AS snip,
+               h.rank
+        FROM hits AS h
+        JOIN items AS i ON i.id = h.id
+        LEFT JOIN issue_items AS ii ON ii.item_id = i.id
+        ORDER BY h.rank DESC, i.id DESC
+        """
     )
-    SELECT i.id, i.title, i.url, s.id AS issue_id,
-           ts_headline('simple', i.body_text, h.query, :options) AS snip,
-           h.rank
-    FROM hits AS h
-    JOIN items AS i ON i.id = h.id
-    LEFT JOIN issue_items AS ii ON ii.item_id = i.id
-    LEFT JOIN issues AS s ON s.id = ii.issue_id AND s.status = :sent
-    ORDER BY h.rank DESC, i.id DESC
-    """
-)
+
+
+_SQL = {
+    ("sqlite", True): _sqlite_sql(True),
+    ("sqlite", False): _sqlite_sql(False),
+    ("postgresql", True): _postgres_sql(True),
+    ("postgresql", False): _postgres_sql(False),
+}
 _HEADLINE_OPTIONS = (
     f'StartSel="{_START}", StopSel="{_STOP}", MaxFragments=2, MaxWords=30, MinWords=10'
 )
@@ -77,13 +95,16 @@ class Hit:
     item_id: int
     title: str
     url: str
-    issue_id: int | None  # the sent issue that carried the item; None if not (yet) sent
+    issue_id: int | None  # the issue that carried the item, once it has gone out
     snippet_html: str  # escaped body text, <mark>…</mark> around matches
     rank: float  # higher is better, on both backends
 
 
-def search(session: Session, query: str, *, limit: int = 20) -> list[Hit]:
-    """Items matching every word of `query`, best first; no words (or limit < 1) → []."""
+def search(session: Session, query: str, *, limit: int = 20, public_only: bool = True) -> list[Hit]:
+    """Items matching every word of `query`, best first; no words (or limit < 1) → [].
+
+    Only items of issues that have gone out, unless public_only is False (the desk's search).
+    """
     query = _clean(query)
     terms = words(query)[:MAX_TERMS]
     limit = min(limit, MAX_LIMIT)
@@ -91,11 +112,11 @@ def search(session: Session, query: str, *, limit: int = 20) -> list[Hit]:
         return []
     if session.get_bind().dialect.name == "postgresql":
         rows = session.execute(
-            _POSTGRES_SQL,
-            {"q": query, "n": limit, "sent": SENT, "options": _HEADLINE_OPTIONS},
+            _SQL["postgresql", public_only],
+            {"q": query, "n": limit, "options": _HEADLINE_OPTIONS},
         )
     else:
-        rows = session.execute(_SQLITE_SQL, {"q": fts5_query(terms), "n": limit, "sent": SENT})
+        rows = session.execute(_SQL["sqlite", public_only], {"q": fts5_query(terms), "n": limit})
     return [
         Hit(
             item_id=int(row.id),

@@ -3,505 +3,493 @@
 Nothing here changes state on a plain GET or HEAD: those only show a page and record the
 hit as evidence (docs/votes.md). Votes wait for evidence that a person clicked; unsubscribe
 and confirmation take a POST (RFC 8058's one-click POST for List-Unsubscribe).
+
+Each handler parses its input, makes one service call through the gateway (hits and votes go
+to the batcher, which commits many at once while the requests wait) and renders the result.
+What does not change per member is rendered once: the home and subscribe pages, each
+archived issue's cut-up HTML, a survey's results between changes, a vote page per choice.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable
-from email.message import EmailMessage
+import asyncio
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
-from newsletter.config import Settings
-from newsletter.content.compiler import from_row
-from newsletter.content.personalize import Personalizer, Recipient
-from newsletter.delivery.smtp import Relays
-from newsletter.errors import TokenError
-from newsletter.services import members, votes
-from newsletter.site import defaults_dir, environment
-from newsletter.storage import db, search
-from newsletter.storage.models import (
-    ACTIVE,
-    BOUNCED,
-    PENDING,
-    SENDING,
-    SENT,
-    UNSUBSCRIBED,
-    Issue,
-    LinkHit,
-    Member,
-    SignupRequest,
-    Survey,
-    utcnow,
-)
-from newsletter.tokens import Kind, Signer
-from newsletter.web import desk as admin
+from newsletter.content.addresses import clean_name, normalize_address
+from newsletter.content.archive import ArchivePage
+from newsletter.content.results import Results
+from newsletter.errors import NewsletterError, TokenError
+from newsletter.services import evidence, issues, members, votes
+from newsletter.services.boundary import Gateway
+from newsletter.services.unit import Services
+from newsletter.storage.models import MemberStatus
+from newsletter.tokens import Kind
+from newsletter.web.pages import CSP_ISSUE, CSP_NONE, Pages, empty, security_headers
 
-# Pages load nothing from elsewhere and run only our own script; forms post only here.
-CSP = (
-    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-# An archived issue is the email's HTML, whose styles are inline (email clients need that).
-CSP_ISSUE = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 CONFIRM_DAYS = 7
-SIGNUPS_PER_IP_HOUR = 10
-MAILS_PER_ADDRESS_DAY = 3
-
-
-class Links:
-    """Everything a request handler needs, built once per app."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        sessions: sessionmaker[Session],
-        clock: Callable[[], dt.datetime],
-        rule: votes.VoteRule,
-    ) -> None:
-        self.settings = settings
-        self.sessions = sessions
-        self.clock = clock
-        self.rule = rule
-        self.signer = Signer(settings.require_secret())
-        self.env = environment(settings.site_dir)
-        self.base = settings.list.base_url.rstrip("/")
-
-    def page(
-        self, template: str, status: int = 200, csp: str = CSP, **context: Any
-    ) -> HTMLResponse:
-        html = self.env.get_template(f"web/{template}").render(
-            list_name=self.settings.list.name, base=self.base, **context
-        )
-        return HTMLResponse(html, status_code=status, headers=security_headers(csp))
-
-    def message(self, title: str, text: str, status: int = 200) -> HTMLResponse:
-        return self.page("message.html", status, title=title, text=text)
-
-    def bad_link(self, exc: TokenError) -> HTMLResponse:
-        return self.message("This link does not work", f"{exc}. Nothing was recorded.", 400)
-
-
-def security_headers(csp: str = CSP) -> dict[str, str]:
-    return {
-        "Content-Security-Policy": csp,
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "X-Frame-Options": "DENY",
-        "Cache-Control": "no-store",
-    }
+FORM_LIMIT = 64 * 1024  # a member's form is a few fields; anything larger is refused
+MAX_ID = 2**31 - 1
+TOKEN_SLOT = "\x00token\x00"  # stands in for the member's token in a cached vote page
 
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def create_app(
-    settings: Settings,
-    sessions: sessionmaker[Session] | None = None,
-    *,
-    clock: Callable[[], dt.datetime] = utcnow,
-    rule: votes.VoteRule | None = None,
-) -> FastAPI:
-    """The web app for one site. `clock` and `rule` are seams for tests and tuning."""
-    links = Links(
-        settings,
-        sessions or db.open_database(settings.database_url),
-        clock,
-        rule or votes.VoteRule.from_settings(settings),
-    )
-    app = FastAPI(title=f"{settings.list.name}", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.links = links
-    admin.install(app, links)  # the editor's desk (/desk) and the JSON API (/api)
+def agent(request: Request) -> str:
+    return request.headers.get("user-agent", "")
 
-    def hit(session: Session, request: Request, kind: str, member_id: int, **fields: Any) -> None:
-        votes.record_hit(
-            session,
-            kind=kind,
+
+async def form_fields(request: Request) -> dict[str, str] | None:
+    """A urlencoded or multipart form as one value per field; None when it is too large or
+    malformed. Urlencoded bodies (what every member form sends) are parsed directly."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=0, max_fields=50, max_part_size=FORM_LIMIT)
+        except Exception:  # a malformed multipart body
+            return None
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return {k: v for k, v in urllib.parse.parse_qsl(text, keep_blank_values=True)[:50]}
+
+
+class TTLCache:
+    """A few computed answers, each kept for `ttl` seconds or until dropped; one computation
+    at a time per key (others wait for it instead of repeating it)."""
+
+    def __init__(self, ttl: float, size: int = 256) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._pending: dict[Any, asyncio.Future[Any]] = {}
+
+    async def get(self, key: Any, compute: Callable[[], Awaitable[Any]]) -> Any:
+        entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            value = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so no one is told it was never retrieved
+            raise
+        finally:
+            self._pending.pop(key, None)
+        future.set_result(value)
+        self._entries[key] = (now, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+    def drop(self, key: Any = None) -> None:
+        if key is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key, None)
+
+
+class MemberPages:
+    """The member-facing routes of one site."""
+
+    def __init__(self, services: Services, gateway: Gateway, pages: Pages) -> None:
+        self.services = services
+        self.gateway = gateway
+        self.pages = pages
+        self.signer = services.signer
+        # Counted results change only when the vote rule counts (a person's click, settling,
+        # closing); other processes' changes show within the TTL.
+        self.results_cache = TTLCache(ttl=2.0)
+        self.vote_pages: OrderedDict[tuple[Results, int | None, int], str] = OrderedDict()
+        self.archive_cache = TTLCache(ttl=2.0)
+        self.search_cache = TTLCache(ttl=5.0, size=512)
+        self.issue_pages: OrderedDict[int, ArchivePage] = OrderedDict()
+        self.static_pages: dict[str, str] = {}
+        services.listen(self._changed)
+
+    def _changed(self, what: str) -> None:
+        if what.startswith("survey:"):
+            self.results_cache.drop(int(what.split(":", 1)[1]))
+            self.vote_pages.clear()
+        elif what == "issues":
+            self.archive_cache.drop()
+
+    def routes(self) -> list[Route]:
+        read = ["GET", "HEAD"]
+        return [
+            Route("/", self.home, methods=read),
+            Route("/v/{token}", self.vote_page, methods=read),
+            Route("/v/{token}", self.vote_form, methods=["POST"]),
+            Route("/v/{token}/person", self.vote_person, methods=["POST"]),
+            Route("/survey/{survey_id:int}", self.survey_results, methods=read),
+            Route("/t/{token}", self.trap, methods=read),
+            Route("/u/{token}", self.unsubscribe_page, methods=read),
+            Route("/u/{token}", self.unsubscribe_form, methods=["POST"]),
+            Route("/subscribe", self.subscribe_page, methods=read),
+            Route("/subscribe", self.subscribe_form, methods=["POST"]),
+            Route("/c/{token}", self.confirm_page, methods=read),
+            Route("/c/{token}", self.confirm_form, methods=["POST"]),
+            Route("/archive", self.archive, methods=read),
+            Route("/archive/{issue_id:int}", self.archived_issue, methods=read),
+            Route("/search", self.search, methods=read),
+        ]
+
+    def _static(self, template: str) -> HTMLResponse:
+        html = self.static_pages.get(template)
+        if html is None:
+            html = self.static_pages[template] = self.pages.render(f"web/{template}")
+        return HTMLResponse(html, headers=security_headers())
+
+    async def home(self, request: Request) -> Response:
+        return self._static("home.html")
+
+    # --- votes -------------------------------------------------------------------------------
+
+    async def results(self, survey_id: int) -> Results:
+        async def compute() -> Results:
+            return await self.gateway.read(votes.results, survey_id)
+
+        result: Results = await self.results_cache.get(survey_id, compute)
+        return result
+
+    async def _vote_answer(
+        self, request: Request, token: str, click: votes.Click, *, wrong_option: Response
+    ) -> Response:
+        if click.outcome == votes.Outcome.UNKNOWN:
+            return self.pages.bad_link("the link names a survey or member that does not exist")
+        if click.outcome == votes.Outcome.NO_OPTION:
+            return wrong_option
+        if click.outcome == votes.Outcome.CLOSED:
+            results = await self.results(click.survey_id)
+            return self.pages.page("results.html", results=results, closed=True)
+        if request.method == "HEAD":
+            return empty()
+        results = await self.results(click.survey_id)
+        key = (results, click.counted_before, click.option)
+        html = self.vote_pages.get(key)
+        if html is None:
+            mine = results.with_choice(click.counted_before, click.option)
+            html = self.pages.render(
+                "web/vote.html",
+                results=mine,
+                chosen=click.option,
+                chosen_label=mine.label(click.option),
+                token=TOKEN_SLOT,
+            )
+            self.vote_pages[key] = html
+            while len(self.vote_pages) > 256:
+                self.vote_pages.popitem(last=False)
+        return HTMLResponse(html.replace(TOKEN_SLOT, token), headers=security_headers())
+
+    async def vote_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            survey_id, member_id, option = self.signer.check(token, Kind.VOTE)
+        except TokenError as exc:
+            return self.pages.bad_link(str(exc))
+        click = await self.gateway.submit(
+            f"member:{member_id}",
+            votes.click,
+            survey_id,
+            member_id,
+            option,
             method=request.method,
-            member_id=member_id,
-            at=links.clock(),
             ip=client_ip(request),
-            user_agent=request.headers.get("user-agent", ""),
-            **fields,
+            user_agent=agent(request),
         )
+        wrong = self.pages.bad_link(f"the survey has no option {option}")
+        return await self._vote_answer(request, token, click, wrong_option=wrong)
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
-    def home() -> HTMLResponse:
-        return links.page("home.html")
-
-    @app.api_route("/static/{name}", methods=["GET", "HEAD"])
-    def static(name: str) -> Response:
-        for folder in (
-            settings.site_dir / "templates" / "static",
-            defaults_dir() / "templates" / "static",
-        ):
-            path = folder / name
-            if "/" not in name and not name.startswith(".") and path.is_file():
-                return FileResponse(
-                    path,
-                    headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
-                )
-        return Response(status_code=404)
-
-    # --- votes ---------------------------------------------------------------------------
-
-    def vote_target(token: str) -> tuple[int, int, int]:
-        survey_id, member_id, option = links.signer.check(token, Kind.VOTE)
-        return survey_id, member_id, option
-
-    @app.api_route("/v/{token}", methods=["GET", "HEAD"], response_model=None)
-    def vote_page(token: str, request: Request) -> Response:
+    async def vote_form(self, request: Request) -> Response:
+        """The vote page's own form: choose again, or the person field set by its script."""
+        token = request.path_params["token"]
         try:
-            survey_id, member_id, option = vote_target(token)
+            survey_id, member_id, _ = self.signer.check(token, Kind.VOTE)
         except TokenError as exc:
-            return links.bad_link(exc)
-        with links.sessions.begin() as session:
-            survey, member = session.get(Survey, survey_id), session.get(Member, member_id)
-            if survey is None or member is None:
-                return links.bad_link(
-                    TokenError("the link names a survey or member that does not exist")
-                )
-            if survey.status != "open":  # a closed survey's links record nothing at all
-                return closed_page(session, survey_id)
-            hit(session, request, "vote", member_id, survey_id=survey_id, option=option)
-            if request.method == "HEAD":
-                return Response(headers=security_headers())
-            votes.settle(session, links.clock(), links.rule)
-            before = votes.member_vote(session, survey_id, member_id)
-            counted = before.option if before else None
-            votes.click(session, survey_id, member_id, option, links.clock())
-            return vote_view(session, token, survey_id, member_id, counted, option)
-
-    def vote_view(
-        session: Session,
-        token: str,
-        survey_id: int,
-        member_id: int,
-        counted: int | None,
-        chosen: int,
-    ) -> HTMLResponse:
-        results = votes.results(session, survey_id, extra=(member_id, counted, chosen))
-        label = next(o.label for o in results.options if o.position == chosen)
-        return links.page(
-            "vote.html", results=results, chosen=chosen, chosen_label=label, token=token
-        )
-
-    def closed_page(session: Session, survey_id: int) -> HTMLResponse:
-        results = votes.results(session, survey_id)
-        return links.page("results.html", results=results, closed=True)
-
-    @app.post("/v/{token}", response_model=None)
-    async def vote_change(token: str, request: Request) -> Response:
+            return self.pages.bad_link(str(exc))
+        form = await form_fields(request) or {}
         try:
-            survey_id, member_id, _ = vote_target(token)
-        except TokenError as exc:
-            return links.bad_link(exc)
-        form = await request.form()
-        try:
-            option = int(str(form.get("option", "")))
+            option = int(form.get("option", ""))
         except ValueError:
-            return links.message(
+            option = -1
+        if not 0 <= option <= MAX_ID:
+            return self.pages.message(
                 "Choose an option", "The form did not say which option you chose.", 400
             )
-        person = form.get("person") == "1"
-        with links.sessions.begin() as session:
-            survey = session.get(Survey, survey_id)
-            if survey is None or session.get(Member, member_id) is None:
-                return links.bad_link(
-                    TokenError("the link names a survey or member that does not exist")
-                )
-            if survey.status != "open":
-                return closed_page(session, survey_id)
-            if option not in {o.position for o in votes.results(session, survey_id).options}:
-                return links.message(
-                    "Choose an option", f"There is no option {option} in this survey.", 400
-                )
-            hit(session, request, "vote", member_id, survey_id=survey_id, option=option)
-            before = votes.member_vote(session, survey_id, member_id)
-            counted = before.option if before else None
-            votes.click(session, survey_id, member_id, option, links.clock(), person=person)
-            return vote_view(session, token, survey_id, member_id, counted, option)
+        click = await self.gateway.submit(
+            f"member:{member_id}",
+            votes.click,
+            survey_id,
+            member_id,
+            option,
+            method="POST",
+            person=form.get("person") == "1",
+            ip=client_ip(request),
+            user_agent=agent(request),
+        )
+        wrong = self.pages.message(
+            "Choose an option", f"There is no option {option} in this survey.", 400
+        )
+        return await self._vote_answer(request, token, click, wrong_option=wrong)
 
-    @app.post("/v/{token}/person")
-    def vote_person(token: str, request: Request) -> Response:
+    async def vote_person(self, request: Request) -> Response:
         """The vote page's script reports a trusted pointer, key or touch event."""
         try:
-            survey_id, member_id, option = vote_target(token)
+            survey_id, member_id, option = self.signer.check(
+                request.path_params["token"], Kind.VOTE
+            )
         except TokenError:
-            return Response(status_code=400)
-        with links.sessions.begin() as session:
-            survey = session.get(Survey, survey_id)
-            if survey is None or survey.status != "open" or session.get(Member, member_id) is None:
-                return Response(status_code=404)
-            hit(session, request, "person", member_id, survey_id=survey_id, option=option)
-            votes.confirm_person(session, survey_id, member_id, links.clock())
-        return Response(status_code=204)
+            return empty(400)
+        counted = await self.gateway.submit(
+            f"member:{member_id}",
+            votes.person,
+            survey_id,
+            member_id,
+            option,
+            ip=client_ip(request),
+            user_agent=agent(request),
+        )
+        return empty(204 if counted else 404)
 
-    @app.api_route("/survey/{survey_id}", methods=["GET", "HEAD"])
-    def survey_results(survey_id: int) -> HTMLResponse:
-        with links.sessions.begin() as session:
-            if session.get(Survey, survey_id) is None:
-                return links.message("No such survey", f"There is no survey #{survey_id}.", 404)
-            votes.settle(session, links.clock(), links.rule)
-            results = votes.results(session, survey_id)
-        return links.page("results.html", results=results, closed=results.status != "open")
-
-    # --- the hidden link -----------------------------------------------------------------
-
-    @app.api_route("/t/{token}", methods=["GET", "HEAD"])
-    def trap(token: str, request: Request) -> Response:
+    async def survey_results(self, request: Request) -> Response:
+        survey_id = int(request.path_params["survey_id"])
+        if survey_id > MAX_ID:
+            return self.pages.message("No such survey", f"There is no survey #{survey_id}.", 404)
         try:
-            member_id, issue_id = links.signer.check(token, Kind.TRAP)
+            results = await self.gateway.call("web", votes.settled_results, survey_id)
+        except votes.NoSuchSurvey:
+            return self.pages.message("No such survey", f"There is no survey #{survey_id}.", 404)
+        return self.pages.page("results.html", results=results, closed=results.status != "open")
+
+    # --- the hidden link -----------------------------------------------------------------------
+
+    async def trap(self, request: Request) -> Response:
+        try:
+            member_id, issue_id = self.signer.check(request.path_params["token"], Kind.TRAP)
         except TokenError:
-            return Response(status_code=404)
-        with links.sessions.begin() as session:
-            if session.get(Member, member_id) is not None:
-                hit(session, request, "trap", member_id, issue_id=issue_id)
-        return HTMLResponse("<!DOCTYPE html><title></title>", headers=security_headers())
+            return self.pages.message("Not found", "There is nothing at this address.", 404)
+        await self.gateway.submit(
+            f"member:{member_id}",
+            evidence.visit,
+            member_id,
+            kind="trap",
+            method=request.method,
+            issue_id=issue_id,
+            ip=client_ip(request),
+            user_agent=agent(request),
+        )
+        return HTMLResponse("<!DOCTYPE html><title></title>", headers=security_headers(CSP_NONE))
 
-    # --- unsubscribe ---------------------------------------------------------------------
+    # --- unsubscribe ---------------------------------------------------------------------------
 
-    def unsubscribe_target(token: str) -> tuple[int, int]:
-        member_id, issue_id = links.signer.check(token, Kind.UNSUBSCRIBE)
-        return member_id, issue_id
-
-    @app.api_route("/u/{token}", methods=["GET", "HEAD"], response_model=None)
-    def unsubscribe_page(token: str, request: Request) -> Response:
-        try:
-            member_id, issue_id = unsubscribe_target(token)
-        except TokenError as exc:
-            return links.bad_link(exc)
-        with links.sessions.begin() as session:
-            member = session.get(Member, member_id)
-            if member is None:
-                return links.bad_link(TokenError("the link names a member that does not exist"))
-            hit(session, request, "unsubscribe", member_id, issue_id=issue_id)
-            if request.method == "HEAD":
-                return Response(headers=security_headers())
-            return links.page(
-                "unsubscribe.html", member=member, token=token, confirm=False, done=""
-            )
-
-    @app.post("/u/{token}", response_model=None)
-    async def unsubscribe_post(token: str, request: Request) -> Response:
-        try:
-            member_id, issue_id = unsubscribe_target(token)
-        except TokenError as exc:
-            return links.bad_link(exc)
-        form = await request.form()
-        now = links.clock()
-        with links.sessions.begin() as session:
-            member = session.get(Member, member_id)
-            if member is None:
-                return links.bad_link(TokenError("the link names a member that does not exist"))
-            hit(session, request, "unsubscribe", member_id, issue_id=issue_id)
-            if form.get("List-Unsubscribe") == "One-Click":
-                # RFC 8058: a mail client's one-click POST; no page, no questions.
-                members.unsubscribe(session, member, now)
-                return Response(
-                    "unsubscribed\n", media_type="text/plain", headers=security_headers()
-                )
-            action = form.get("action")
-            if action == "resubscribe":
-                members.resubscribe(session, member, now)
-            elif action == "unsubscribe":
-                if form.get("confirm") != "1" and machine_nearby(session, member_id, now):
-                    return links.page(
-                        "unsubscribe.html", member=member, token=token, confirm=True, done=""
-                    )
-                members.unsubscribe(session, member, now)
-            else:
-                return links.message("Choose an action", "The form did not say what to do.", 400)
-            return links.page(
-                "unsubscribe.html", member=member, token=token, confirm=False, done=action
-            )
-
-    def machine_nearby(session: Session, member_id: int, now: dt.datetime) -> bool:
-        """A HEAD or the hidden link around now: a scanner may be submitting forms."""
-        return bool(
-            session.scalar(
-                select(func.count())
-                .select_from(LinkHit)
-                .where(
-                    LinkHit.member_id == member_id,
-                    LinkHit.at >= now - links.rule.window,
-                    (LinkHit.method == "HEAD") | (LinkHit.kind == "trap"),
-                )
-            )
+    def _unsubscribe_view(self, token: str, page: members.UnsubscribePage) -> HTMLResponse:
+        return self.pages.page(
+            "unsubscribe.html",
+            member=page,
+            token=token,
+            confirm=page.ask_again,
+            done=page.done,
         )
 
-    # --- subscribe (double opt-in) -------------------------------------------------------
-
-    @app.api_route("/subscribe", methods=["GET", "HEAD"])
-    def subscribe_form() -> HTMLResponse:
-        return links.page("subscribe.html", error="", email="", name="")
-
-    @app.post("/subscribe")
-    async def subscribe(request: Request) -> HTMLResponse:
-        form = await request.form()
-        raw_email, raw_name = str(form.get("email", "")), str(form.get("name", ""))
-        if form.get("website"):  # a field people never see: only bots fill it in
-            return links.page("subscribed.html")
+    async def unsubscribe_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
         try:
-            email = members.normalize_address(raw_email)
-            name = members.clean_name(raw_name)
-        except ValueError as exc:
-            return links.page("subscribe.html", 400, error=str(exc), email=raw_email, name=raw_name)
-        ip, now = client_ip(request), links.clock()
-        with links.sessions.begin() as session:
-            recent_ip = session.scalar(
-                select(func.count())
-                .select_from(SignupRequest)
-                .where(SignupRequest.ip == ip, SignupRequest.at >= now - dt.timedelta(hours=1))
-            )
-            if (recent_ip or 0) >= SIGNUPS_PER_IP_HOUR:
-                return links.message(
-                    "Too many sign-ups",
-                    "Too many sign-ups from your network; try again in an hour.",
-                    429,
-                )
-            mailed = session.execute(
-                select(func.count(), func.max(SignupRequest.at)).where(
-                    SignupRequest.email == email,
-                    SignupRequest.mailed == 1,
-                    SignupRequest.at >= now - dt.timedelta(days=1),
-                )
-            ).one()
-            member = session.scalar(select(Member).where(Member.email == email))
-            if member is None:
-                member = Member(
-                    email=email, name=name, status=PENDING, attributes={"source": "web"}
-                )
-                session.add(member)
-                session.flush()
-            wants_mail = member.status in (PENDING, UNSUBSCRIBED)
-            too_soon = mailed[1] is not None and now - mailed[1] < dt.timedelta(hours=1)
-            send = wants_mail and not too_soon and mailed[0] < MAILS_PER_ADDRESS_DAY
-            session.add(SignupRequest(email=email, ip=ip, at=now, mailed=int(send)))
-            member_id = member.id
-        if send:
-            await send_confirmation(links, member_id, email, name)
-        # The same answer whatever the address's state: the page reveals no membership.
-        return links.page("subscribed.html")
-
-    @app.api_route("/c/{token}", methods=["GET", "HEAD"], response_model=None)
-    def confirm_page(token: str, request: Request) -> Response:
-        try:
-            (member_id,) = links.signer.check(token, Kind.CONFIRM, max_age_days=CONFIRM_DAYS)
-        except (TokenError, ValueError) as exc:
-            return links.bad_link(TokenError(str(exc)))
+            member_id, issue_id = self.signer.check(token, Kind.UNSUBSCRIBE)
+        except TokenError as exc:
+            return self.pages.bad_link(str(exc))
+        page = await self.gateway.submit(
+            f"member:{member_id}",
+            members.unsubscribe_link,
+            member_id,
+            issue_id,
+            method=request.method,
+            ip=client_ip(request),
+            user_agent=agent(request),
+        )
+        if page is None:
+            return self.pages.bad_link("the link names a member that does not exist")
         if request.method == "HEAD":
-            return Response(headers=security_headers())
-        with links.sessions() as session:
-            member = session.get(Member, member_id)
-            if member is None:
-                return links.bad_link(TokenError("the link names a member that does not exist"))
-            return links.page("confirm.html", member=member, token=token, done=False)
+            return empty()
+        return self._unsubscribe_view(token, page)
 
-    @app.post("/c/{token}", response_model=None)
-    def confirm_post(token: str) -> Response:
+    async def unsubscribe_form(self, request: Request) -> Response:
+        token = request.path_params["token"]
         try:
-            (member_id,) = links.signer.check(token, Kind.CONFIRM, max_age_days=CONFIRM_DAYS)
-        except (TokenError, ValueError) as exc:
-            return links.bad_link(TokenError(str(exc)))
-        with links.sessions.begin() as session:
-            member = session.get(Member, member_id)
-            if member is None or member.status == BOUNCED:
-                return links.bad_link(TokenError("this address cannot be subscribed"))
-            members.confirm(session, member, links.clock())
-            return links.page("confirm.html", member=member, token=token, done=True)
-
-    # --- archive and search --------------------------------------------------------------
-
-    @app.api_route("/archive", methods=["GET", "HEAD"])
-    def archive() -> HTMLResponse:
-        with links.sessions() as session:
-            issues = session.scalars(
-                select(Issue).where(Issue.status.in_((SENT, SENDING))).order_by(Issue.id.desc())
-            ).all()
-        return links.page("archive.html", issues=issues)
-
-    @app.api_route("/archive/{issue_id}", methods=["GET", "HEAD"])
-    def archived_issue(issue_id: int, request: Request, t: str = "") -> HTMLResponse:
-        with links.sessions.begin() as session:
-            issue = session.get(Issue, issue_id)
-            if issue is None or issue.status not in (SENT, SENDING):
-                return links.message(
-                    "No such issue", f"There is no issue #{issue_id} in the archive.", 404
-                )
-            member = None
-            if t:
-                try:
-                    token_issue, member_id = links.signer.check(t, Kind.VIEW)
-                    member = session.get(Member, member_id) if token_issue == issue_id else None
-                except TokenError:
-                    member = None
-            if member is not None:
-                hit(session, request, "view", member.id, issue_id=issue_id)
-            html = archive_html(issue, member)
-        return HTMLResponse(html, headers=security_headers(CSP_ISSUE))
-
-    def archive_html(issue: Issue, member: Member | None) -> str:
-        compiled = from_row(issue)
-        if member is not None and member.status == ACTIVE:
-            personalizer = Personalizer(compiled, settings, links.signer, issue.id)
-            values = personalizer.values(Recipient(member.id, member.email, member.name))
-            values["name"] = values["name_html"]
-        else:
-            values = {
-                "name": "reader",
-                "unsubscribe": f"{links.base}/subscribe",
-                "to": "",
-                "date": "",
-                "msgid": "",
-            }
-            for pos in compiled.vote_positions:
-                values[f"vote{pos}"] = f"{links.base}/survey/{compiled.survey_id}"
-        values["view"] = f"{links.base}/archive/{issue.id}"
-        values["trap"] = "#"
-        return compiled.slot_pattern.sub(lambda m: values.get(m.group(1), ""), compiled.html)
-
-    @app.api_route("/search", methods=["GET", "HEAD"])
-    def search_page(q: str = "") -> HTMLResponse:
-        hits: list[search.Hit] = []
-        if q.strip():
-            with links.sessions() as session:
-                hits = search.search(session, q[:200])
-        return links.page("search.html", q=q, hits=hits)
-
-    return app
-
-
-async def send_confirmation(links: Links, member_id: int, email: str, name: str) -> None:
-    """The double opt-in message, through the same relays as the newsletter."""
-    settings = links.settings
-    token = links.signer.make(Kind.CONFIRM, member_id)
-    context = {"list_name": settings.list.name, "name": name, "link": f"{links.base}/c/{token}"}
-    msg = EmailMessage()
-    msg["From"] = f"{settings.list.name} <{settings.list.from_address}>"
-    msg["To"] = email
-    msg["Subject"] = f"Confirm your subscription to {settings.list.name}"
-    msg["Auto-Submitted"] = "auto-replied"
-    msg.set_content(links.env.get_template("email/confirm.txt").render(context))
-    msg.add_alternative(
-        links.env.get_template("email/confirm.html").render(context), subtype="html"
-    )
-    client, _, _ = await Relays(settings.smtp).connect()
-    try:
-        await client.sendmail(
-            settings.list.return_path or settings.list.from_address,
-            [email],
-            bytes(msg),
-            mail_options=[],
+            member_id, issue_id = self.signer.check(token, Kind.UNSUBSCRIBE)
+        except TokenError as exc:
+            return self.pages.bad_link(str(exc))
+        form = await form_fields(request)
+        if form is None:
+            return self.pages.message("Choose an action", "The form could not be read.", 400)
+        one_click = form.get("List-Unsubscribe") == "One-Click"
+        action = form.get("action", "")
+        if not one_click and action not in ("unsubscribe", "resubscribe"):
+            return self.pages.message("Choose an action", "The form did not say what to do.", 400)
+        page = await self.gateway.submit(
+            f"member:{member_id}",
+            members.unsubscribe_link,
+            member_id,
+            issue_id,
+            method="POST",
+            action=action,
+            confirmed=form.get("confirm") == "1",
+            one_click=one_click,
+            ip=client_ip(request),
+            user_agent=agent(request),
         )
-    finally:
-        client.close()
+        if page is None:
+            return self.pages.bad_link("the link names a member that does not exist")
+        if one_click:  # RFC 8058: a mail client's one-click POST; no page, no questions
+            return PlainTextResponse("unsubscribed\n", headers=security_headers(CSP_NONE))
+        return self._unsubscribe_view(token, page)
+
+    # --- subscribe (double opt-in) -------------------------------------------------------------
+
+    async def subscribe_page(self, request: Request) -> Response:
+        return self.pages.page("subscribe.html", error="", email="", name="")
+
+    async def subscribe_form(self, request: Request) -> Response:
+        form = await form_fields(request)
+        if form is None:
+            return self.pages.page(
+                "subscribe.html", 400, error="The form could not be read.", email="", name=""
+            )
+        raw_email, raw_name = form.get("email", ""), form.get("name", "")
+        if form.get("website"):  # a field people never see: only bots fill it in
+            return self.pages.page("subscribed.html")
+        try:
+            email = normalize_address(raw_email)
+            name = clean_name(raw_name)
+        except ValueError as exc:
+            return self.pages.page(
+                "subscribe.html", 400, error=str(exc), email=raw_email[:320], name=raw_name[:200]
+            )
+        signup = await self.gateway.call(
+            "web", members.subscribe, email, name, ip=client_ip(request)
+        )
+        if signup.limited:
+            return self.pages.message(
+                "Too many sign-ups",
+                "Too many sign-ups from your network; try again in an hour.",
+                429,
+            )
+        # The same answer whatever the address's state: the page reveals no membership. The
+        # message is queued, so a relay outage delays it rather than losing it.
+        return self.pages.page("subscribed.html")
+
+    def _confirm_token(self, token: str) -> int:
+        (member_id,) = self.signer.check(token, Kind.CONFIRM, max_age_days=CONFIRM_DAYS)
+        return member_id
+
+    async def confirm_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            member_id = self._confirm_token(token)
+        except TokenError as exc:
+            return self.pages.bad_link(str(exc))
+        if request.method == "HEAD":
+            return empty()
+        member = await self.gateway.submit("web", evidence.member, member_id)
+        if member is None:
+            return self.pages.bad_link("the link names a member that does not exist")
+        return self.pages.page("confirm.html", member=member, token=token, done=False)
+
+    async def confirm_form(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            member_id = self._confirm_token(token)
+        except TokenError as exc:
+            return self.pages.bad_link(str(exc))
+        try:
+            await self.gateway.call(f"member:{member_id}", members.confirm, member_id)
+        except NewsletterError:
+            return self.pages.bad_link("this address cannot be subscribed")
+        member = await self.gateway.submit("web", evidence.member, member_id)
+        return self.pages.page("confirm.html", member=member, token=token, done=True)
+
+    # --- archive and search --------------------------------------------------------------------
+
+    async def archive(self, request: Request) -> Response:
+        async def compute() -> str:
+            entries = await self.gateway.read(issues.archive_list)
+            return self.pages.render("web/archive.html", issues=entries)
+
+        html: str = await self.archive_cache.get("archive", compute)
+        return HTMLResponse(html, headers=security_headers())
+
+    async def _issue_page(self, issue_id: int) -> ArchivePage | None:
+        page = self.issue_pages.get(issue_id)
+        if page is None:
+            compiled = await self.gateway.read(issues.archived, issue_id)
+            if compiled is None:
+                return None
+            page = self.issue_pages[issue_id] = ArchivePage(compiled, issue_id, self.services.links)
+            while len(self.issue_pages) > 64:
+                self.issue_pages.popitem(last=False)
+        return page
+
+    async def archived_issue(self, request: Request) -> Response:
+        issue_id = int(request.path_params["issue_id"])
+        page = await self._issue_page(issue_id) if issue_id <= MAX_ID else None
+        if page is None:
+            return self.pages.message(
+                "No such issue", f"There is no issue #{issue_id} in the archive.", 404
+            )
+        member: tuple[int, str] | None = None
+        token = request.query_params.get("t", "")
+        if token:
+            try:
+                token_issue, member_id = self.signer.check(token, Kind.VIEW)
+            except TokenError:
+                token_issue = member_id = 0
+            if token_issue == issue_id:
+                visitor = await self.gateway.submit(
+                    f"member:{member_id}",
+                    evidence.visit,
+                    member_id,
+                    kind="view",
+                    method=request.method,
+                    issue_id=issue_id,
+                    ip=client_ip(request),
+                    user_agent=agent(request),
+                )
+                if visitor is not None and visitor.status == MemberStatus.ACTIVE:
+                    member = (visitor.member_id, visitor.name)
+        return HTMLResponse(page.render(member), headers=security_headers(CSP_ISSUE))
+
+    async def search(self, request: Request) -> Response:
+        q = request.query_params.get("q", "")[:200]
+        hits: list[Any] = []
+        if q.strip():
+
+            async def compute() -> list[Any]:
+                return await self.gateway.read(issues.search_archive, q)
+
+            hits = await self.search_cache.get(q.strip(), compute)
+        return self.pages.page("search.html", q=q, hits=hits)
 
 
-__all__ = ["create_app"]
+__all__ = ["MemberPages", "client_ip"]

@@ -1,0 +1,132 @@
+"""`newsletter subscribers ...` and `newsletter items ...`: the member list and the news items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from newsletter.cli.app import actor, console, err, group, progress_bar, state
+from newsletter.content import sources
+from newsletter.services import items, members
+from newsletter.storage.models import MemberStatus
+
+subscribers_app = group("subscribers", "Import and inspect the member list.")
+items_app = group("items", "Import, inspect, hold and remove news items.")
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A CSV file with an 'email' column; 'name', 'status' and any others optional."
+        ),
+    ],
+) -> None:
+    """Import members from CSV: addresses are normalised, duplicates merged, opt-outs kept."""
+    services = state.services()
+    with progress_bar() as progress:
+        task = progress.add_task("importing members", total=None)
+        report = members.import_file(
+            services, file, actor=actor(), progress=lambda n: progress.advance(task, n)
+        )
+    for problem in report.errors:
+        err.print(f"{file}:{problem}")
+    console.print(
+        f"{file}: {report.rows} rows, {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.merged} duplicates merged, "
+        f"{report.unsubscribed} unsubscribed, {report.kept_unsubscribed} kept unsubscribed, "
+        f"{len(report.errors)} rejected"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@subscribers_app.command("list")
+def subscribers_list(
+    status: Annotated[
+        MemberStatus | None, typer.Option(help="Only members with this status.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
+) -> None:
+    """Show members and how many there are of each status."""
+    services = state.services()
+    table = Table("id", "email", "name", "status")
+    for m in services.read(members.listing, status, limit):
+        table.add_row(str(m.id), m.email, m.name, m.status)
+    console.print(table)
+    counts = services.read(members.counts)
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no members")
+
+
+@items_app.command("import")
+def items_import(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="An RSS/Atom feed (file or http(s) URL), or a folder of Markdown files."
+        ),
+    ],
+    section: Annotated[
+        str | None,
+        typer.Option(help="Put every item in this section (default: the feed's category)."),
+    ] = None,
+) -> None:
+    """Import items; an item already known by its GUID is left as it is."""
+    report = sources.import_source(state.sessions(), source, section=section)
+    for problem in report.problems:
+        err.print(problem)
+    console.print(
+        f"{source}: {report.found} items, {report.added} new, {report.known} already known"
+    )
+
+
+@items_app.command("list")
+def items_list(
+    new: Annotated[
+        bool, typer.Option("--new", help="Only items not yet sent in an issue.")
+    ] = False,
+) -> None:
+    """Show items, newest last; held items are marked."""
+    table = Table("id", "guid", "section", "title", "published", "size")
+    for item in state.services().read(items.listing, new_only=new):
+        title = f"{item.title} (held)" if item.held else item.title
+        table.add_row(
+            str(item.id),
+            item.guid,
+            item.section,
+            title,
+            str(item.published_at or ""),
+            f"{item.size:,}",
+        )
+    console.print(table)
+
+
+@items_app.command("remove")
+def items_remove(
+    guid: Annotated[str, typer.Argument(help="The item's GUID (or its number in `items list`).")],
+) -> None:
+    """Delete an item that has not gone out in an issue."""
+    info = state.services().run(actor(), items.remove, guid)
+    console.print(f"removed item {info.id}: {info.title}")
+
+
+@items_app.command("hold")
+def items_hold(
+    guid: Annotated[str, typer.Argument(help="The item's GUID (or its number in `items list`).")],
+) -> None:
+    """Hold an item back: it goes out in no issue until released."""
+    info = state.services().run(actor(), items.hold, guid, True)
+    console.print(f"held item {info.id}: {info.title}")
+
+
+@items_app.command("release")
+def items_release(
+    guid: Annotated[str, typer.Argument(help="The item's GUID (or its number in `items list`).")],
+) -> None:
+    """Release a held item: the next issue may carry it."""
+    info = state.services().run(actor(), items.hold, guid, False)
+    console.print(f"released item {info.id}: {info.title}")

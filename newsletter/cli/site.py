@@ -1,0 +1,202 @@
+"""`newsletter init`, `db upgrade`, `serve`, `smtp-sink` and `demo`: the site and its processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from newsletter import config as config_mod
+from newsletter.cli.app import actor, app, console, err, group, safe_url, state
+from newsletter.cli.sending import run_send
+from newsletter.config import Settings
+from newsletter.content import sources
+from newsletter.content.preview import write_preview
+from newsletter.delivery.sink import DiscardHandler, OutboxHandler, ServerThread, serve_forever
+from newsletter.services import issues, members
+from newsletter.site import scaffold
+from newsletter.storage import db
+from newsletter.storage.models import MemberStatus
+
+db_app = group("db", "Create or migrate the database.")
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="The folder for the new site.")]) -> None:
+    """Create a new site folder: config.toml, templates/, subscribers/example.csv, examples/."""
+    created = scaffold(directory)
+    for path in created:
+        console.print(f"created {path}")
+    if not created:
+        console.print(f"{directory} already has every file; nothing changed")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database, or bring its schema to the current version."""
+    settings = state.settings()
+    db.upgrade(db.make_engine(settings.database_url))
+    console.print(f"database is current: {safe_url(settings.database_url)}")
+
+
+@app.command("smtp-sink")
+def smtp_sink(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default: smtp.host).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port to listen on (default: smtp.port).")
+    ] = None,
+    outbox: Annotated[
+        Path | None, typer.Option(help="Folder for .eml files (default: sink.outbox).")
+    ] = None,
+    discard: Annotated[
+        bool, typer.Option("--discard", help="Accept and drop messages (for benchmarks).")
+    ] = False,
+) -> None:
+    """Run the bundled SMTP sink: accept every message and write it to the outbox as .eml."""
+    settings = state.settings()
+    folder = outbox or settings.path(settings.sink.outbox)
+    h, p = host or settings.smtp.host, port if port is not None else settings.smtp.port
+    handler: OutboxHandler | DiscardHandler
+    if discard:
+        handler = DiscardHandler()
+        console.print(f"SMTP sink on {h}:{p}, discarding every message (Ctrl-C stops)")
+    else:
+        handler = OutboxHandler(folder, lambda path: console.print(f"received {path.name}"))
+        console.print(f"SMTP sink on {h}:{p}, writing to {folder}/ (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(handler, h, p))
+    console.print(f"stopped after {handler.count} messages")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default: web.host).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port to listen on (default: web.port).")
+    ] = None,
+    scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--scheduler/--no-scheduler",
+            help="Also fire the [schedule.*] slots when elected (of the serve processes on "
+            "one database, one fires them).",
+        ),
+    ] = True,
+) -> None:
+    """Run the web app (member and editor pages), the system mail queue and the scheduler.
+
+    Several serve processes (on several machines) may share one database: they elect one
+    leader to fire the schedules, using a PostgreSQL advisory lock (a lease row on SQLite),
+    and the others only serve the web app until the leader is gone.
+    """
+    import logging
+
+    import uvicorn
+
+    from newsletter import schedule
+    from newsletter.web.app import create_app
+
+    settings = state.settings()
+    if scheduler:  # a bad cron or time zone stops serve here, not in the leader later
+        for name, sched in settings.schedule.items():
+            schedule.trigger(name, sched)
+    app_ = create_app(settings, state.sessions())
+    h, p = host or settings.web.host, port if port is not None else settings.web.port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    console.print(
+        f"serving {settings.list.name} on http://{h}:{p} (links in mail use {settings.list.base_url})"
+    )
+
+    async def main() -> None:
+        elected = None
+        if scheduler and settings.schedule:
+            elected = asyncio.create_task(schedule.run_elected(settings))
+
+        async def stop_electing() -> None:
+            # Stops the scheduler and hands the lead back, so a standby takes over at once.
+            if elected is not None and not elected.done():
+                elected.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await elected
+
+        class Server(uvicorn.Server):
+            # After a SIGTERM or SIGINT uvicorn re-raises the signal once it has stopped, which
+            # ends the process before serve() returns: so stop electing while it shuts down.
+            async def shutdown(self, sockets: Any = None) -> None:
+                await stop_electing()
+                await super().shutdown(sockets)
+
+        server = Server(uvicorn.Config(app_, host=h, port=p, log_level="info"))
+        try:
+            await server.serve()
+        finally:
+            await stop_electing()
+
+    asyncio.run(main())
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole sample: database, members, items, the bundled sink, one issue into var/outbox/."""
+    settings = state.settings()
+    if not settings.secret_keys:
+        settings = _demo_secret(settings)
+    services = state.use(settings)
+    csv_path = settings.path("subscribers/example.csv")
+    report = members.import_file(services, csv_path, actor=actor())
+    for problem in report.errors:
+        err.print(f"{csv_path}:{problem}")
+    feed = settings.path("examples/seed-feed.xml")
+    items_report = sources.import_source(services.sessions, str(feed))
+    console.print(
+        f"members: {report.added} added from {csv_path.name}; items: {items_report.added} new from {feed.name}"
+    )
+    outbox = settings.path(settings.sink.outbox)
+    handler = OutboxHandler(outbox)
+    with ServerThread(handler, settings.smtp.host, settings.smtp.port):
+        console.print(f"bundled SMTP sink listening on {settings.smtp.host}:{settings.smtp.port}")
+        summaries = run_send(services)
+    summary = summaries[-1] if summaries else None
+    counts = services.read(members.counts)
+    active = counts.get(MemberStatus.ACTIVE, 0)
+    console.print()
+    console.print(f"members: {active} active, {sum(counts.values()) - active} not mailed")
+    if summary is None:
+        new_left = services.read(issues.new_item_count)
+        console.print(
+            f"items: {new_left} new; no message sent. Add items and run `make demo` again."
+        )
+        return
+    n_items = len(services.read(issues.item_titles, summary.issue_id))
+    compiled = services.read(issues.stored, summary.issue_id)
+    files = write_preview(
+        compiled, settings, settings.path(settings.issue.preview_dir), summary.issue_id
+    )
+    console.print(f"items: {n_items} in issue #{summary.issue_id}")
+    not_sent = sum(summary.counts.get(k, 0) for k in ("failed", "bounced", "deferred"))
+    console.print(f"delivered: {summary.counts.get('sent', 0)}, failed: {not_sent}")
+    console.print(f"outbox: {outbox}/ ({handler.count} .eml files written by this run)")
+    console.print(f"preview: {files.html} and {files.text}")
+
+
+def _demo_secret(settings: Settings) -> Settings:
+    """The demo's stand-in signing key: generated once into var/secret.key, git-ignored."""
+    key_file = settings.path("var/secret.key")
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+        key_file.chmod(0o600)
+        console.print(
+            f"generated a demo signing key in {key_file} (set NEWSLETTER_SECRET_KEY for real use)"
+        )
+    env = dict(os.environ, **{config_mod.SECRET_FILE_ENV: str(key_file)})
+    return config_mod.load(settings.config_path, env=env)

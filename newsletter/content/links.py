@@ -1,0 +1,58 @@
+"""The one link builder: every URL a member is given, in mail, on the archive page and in previews.
+
+With a signer, links carry the member's signed token; without one (previews, a sample reader)
+they point at inert pages, so a preview can never act for anyone.
+"""
+
+from __future__ import annotations
+
+from newsletter.tokens import Kind, Signer
+
+
+class LinkBuilder:
+    def __init__(self, base_url: str, signer: Signer | None) -> None:
+        self.base = base_url.rstrip("/")
+        self.signer = signer
+
+    @property
+    def inert(self) -> bool:
+        return self.signer is None
+
+    def page(self, path: str) -> str:
+        """An absolute URL for a public page (path starts with "/")."""
+        return self.base + path
+
+    def archive(self, issue_id: int | None = None) -> str:
+        return self.page("/archive" if issue_id is None else f"/archive/{issue_id}")
+
+    def survey(self, survey_id: int) -> str:
+        return self.page(f"/survey/{survey_id}")
+
+    def subscribe(self) -> str:
+        return self.page("/subscribe")
+
+    def unsubscribe(self, member_id: int, issue_id: int) -> str:
+        if self.signer is None:
+            return self.page("/preview/unsubscribe")
+        return self.page(f"/u/{self.signer.make(Kind.UNSUBSCRIBE, member_id, issue_id)}")
+
+    def view(self, issue_id: int, member_id: int) -> str:
+        if self.signer is None:
+            return self.archive()
+        token = self.signer.make(Kind.VIEW, issue_id, member_id)
+        return f"{self.archive(issue_id)}?t={token}"
+
+    def trap(self, member_id: int, issue_id: int) -> str:
+        if self.signer is None:
+            return self.page("/preview/trap")
+        return self.page(f"/t/{self.signer.make(Kind.TRAP, member_id, issue_id)}")
+
+    def vote(self, survey_id: int, member_id: int, option: int) -> str:
+        if self.signer is None:
+            return self.page(f"/preview/vote/{option}")
+        return self.page(f"/v/{self.signer.make(Kind.VOTE, survey_id, member_id, option)}")
+
+    def confirm(self, member_id: int) -> str:
+        if self.signer is None:
+            return self.page("/preview/confirm")
+        return self.page(f"/c/{self.signer.make(Kind.CONFIRM, member_id)}")

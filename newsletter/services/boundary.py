@@ -1,0 +1,198 @@
+"""The one crossing from an event loop into the service layer, so no database or compile work runs on it.
+
+`Gateway.call` runs a use-case in a worker thread, in a transaction of its own (editors'
+actions, previews, sends). `Gateway.submit` hands a use-case to the batcher: one thread that
+runs every use-case waiting at that moment in ONE transaction and commits once, then wakes the
+requests that were waiting on it. That is how the member pages take the burst of clicks after a
+send: each hit and vote is durable before its page is answered, at the cost of one commit per
+batch rather than one per click (the delivery engine's recorder does the same with outcomes).
+
+A use-case in a batch that raises rolls the whole batch back; the batch is then re-run one
+use-case a transaction, so one bad request never costs the others their work, and a failure
+reaches only the request that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from newsletter.services.unit import Services, Unit
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+BATCH_MAX = 256  # use-cases in one transaction at most
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    actor: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.done():  # the request was cancelled meanwhile (client gone)
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class Batcher:
+    """One thread, one transaction per batch of waiting use-cases, one wake-up per batch."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.jobs = 0
+
+    def _ensure_started(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="newsletter-batcher", daemon=True
+                    )
+                    self._thread.start()
+
+    def submit(self, job: _Job) -> None:
+        self._ensure_started()
+        self._queue.put(job)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH_MAX:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(job)
+            self._work(batch)
+
+    def _work(self, batch: list[_Job]) -> None:
+        self.batches += 1
+        self.jobs += len(batch)
+        try:
+            results = self._together(batch)
+        except Exception:  # some use-case failed: none of the batch was stored; one by one
+            results = [self._alone(job) for job in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for job, (ok, value) in zip(batch, results, strict=True):
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, items)
+
+    def _together(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        services = self.services
+        units: list[Unit] = []
+        results: list[tuple[bool, Any]] = []
+        with services.sessions.begin() as session:
+            now = services.clock()
+            for job in batch:
+                unit = Unit(session, now, job.actor, services)
+                results.append((True, job.fn(unit, *job.args, **job.kwargs)))
+                units.append(unit)
+            # Every unit's hits and audit entries in one statement each, for the whole batch.
+            merged = Unit(session, now, "batch", services)
+            for unit in units:
+                merged.hits += unit.hits
+                merged.audits += unit.audits
+            merged.write()
+        for unit in units:
+            for effect in unit.effects:
+                effect()
+        return results
+
+    def _alone(self, job: _Job) -> tuple[bool, Any]:
+        try:
+            return True, self.services.run(job.actor, job.fn, *job.args, **job.kwargs)
+        except Exception as exc:
+            return False, exc
+
+
+class Gateway:
+    """Async doors reach the service layer only through here."""
+
+    def __init__(self, services: Services, threads: int = 4) -> None:
+        self.services = services
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix="newsletter-service"
+        )
+        self.batcher = Batcher(services)
+
+    async def call(
+        self,
+        actor: str,
+        fn: Callable[Concatenate[Unit, P], T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run a use-case in a worker thread, in its own transaction."""
+        loop = asyncio.get_running_loop()
+        work = functools.partial(self.services.run, actor, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._pool, work)
+
+    async def read(
+        self, fn: Callable[Concatenate[Unit, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a query in a worker thread (nothing it does is kept)."""
+        loop = asyncio.get_running_loop()
+        work = functools.partial(self.services.read, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._pool, work)
+
+    async def offload(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run plain blocking work (a compile, a password hash) in a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def submit(
+        self,
+        actor: str,
+        fn: Callable[Concatenate[Unit, P], T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run a short use-case in the next batch; returns once that batch has committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self.batcher.submit(_Job(fn, args, kwargs, actor, loop, future))
+        return await future
+
+    def close(self) -> None:
+        self.batcher.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,364 @@
+"""Issue use-cases: compile and release the next issue, pause, resume, cancel, retry, preview, test.
+
+Releasing stores the compiled issue, claims its items and snapshots its audience in one
+transaction with its audit entry; the delivery engine then works through the rows
+(newsletter/services/sending.py runs it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from newsletter.content import compiler
+from newsletter.content.addresses import normalize_address
+from newsletter.content.compiler import Compiled
+from newsletter.content.personalize import Personalizer
+from newsletter.content.results import Results
+from newsletter.errors import NewsletterError, NothingToSend
+from newsletter.services import mail, votes
+from newsletter.services.unit import Services, Unit, use_case
+from newsletter.storage import issues as rows
+from newsletter.storage import items as item_rows
+from newsletter.storage import ledger, search, surveys
+from newsletter.storage.ledger import Recipient, new_owner
+from newsletter.storage.models import (
+    UNFINISHED,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    SurveyStatus,
+)
+
+
+class NotFound(NewsletterError, LookupError):
+    """The issue, survey or member asked for does not exist."""
+
+
+class Conflict(NewsletterError):
+    """The action does not fit the issue's state (e.g. cancelling a sent issue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssueInfo:
+    """An issue and where its send stands."""
+
+    id: int
+    subject: str
+    status: IssueStatus
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+    pause_reason: str
+    counts: dict[str, int]  # delivery rows by status
+    total: int
+    done: int  # rows with a final outcome (sent, bounced, failed, skipped, cancelled)
+    percent: float  # done / total, 0–100
+
+    @property
+    def sent(self) -> int:
+        return self.counts.get(DeliveryStatus.SENT, 0)
+
+    @property
+    def summary(self) -> str:
+        """One line for people: status and how many messages went out."""
+        text = f"issue #{self.id} is {self.status}: {self.sent} of {self.total} sent"
+        if self.status == IssueStatus.CANCELLED:
+            text += f", {self.counts.get(DeliveryStatus.CANCELLED, 0)} not sent (cancelled)"
+        return text
+
+
+def _info(unit: Unit, row: Issue) -> IssueInfo:
+    counts = {str(k): v for k, v in rows.delivery_counts(unit.session, row.id).items()}
+    total = sum(counts.values())
+    done = total - sum(counts.get(s, 0) for s in UNFINISHED)
+    if total:
+        percent = round(100.0 * done / total, 1)
+    else:
+        percent = 100.0 if row.status in (IssueStatus.SENT, IssueStatus.CANCELLED) else 0.0
+    return IssueInfo(
+        id=row.id,
+        subject=row.subject,
+        status=row.status,
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+        pause_reason=row.pause_reason,
+        counts=counts,
+        total=total,
+        done=done,
+        percent=percent,
+    )
+
+
+def _row(unit: Unit, issue_id: int) -> Issue:
+    row = rows.get(unit.session, issue_id)
+    if row is None:
+        raise NotFound(f"there is no issue #{issue_id}")
+    return row
+
+
+def info(unit: Unit, issue_id: int) -> IssueInfo:
+    """One issue's progress; NotFound when there is no such issue."""
+    return _info(unit, _row(unit, issue_id))
+
+
+def newest(unit: Unit, limit: int = 100) -> list[IssueInfo]:
+    """The newest issues first, each with its delivery counts and progress."""
+    return [_info(unit, row) for row in rows.newest(unit.session, max(1, min(limit, 1000)))]
+
+
+def sending(unit: Unit) -> list[int]:
+    """The issues whose send is not over, oldest first."""
+    return [row.id for row in rows.sending(unit.session)]
+
+
+def has_work(unit: Unit) -> bool:
+    """Whether a send would do anything: an unfinished issue or new items."""
+    return bool(rows.sending(unit.session)) or item_rows.count_new_items(unit.session) > 0
+
+
+def item_titles(unit: Unit, issue_id: int) -> list[tuple[str, str]]:
+    """(section, title) of each item an issue carried, in its order."""
+    return [(i.section, i.title) for i in item_rows.issue_items(unit.session, issue_id)]
+
+
+# --- compiling --------------------------------------------------------------------------------
+
+
+def previous_results(unit: Unit) -> Results | None:
+    """The results of the survey the last issue carried, for the next issue's chart."""
+    survey_id = rows.last_survey_id(unit.session)
+    if survey_id is None:
+        return None
+    votes.settle(unit)
+    return votes.results(unit, survey_id)
+
+
+def gather(unit: Unit, *, with_survey: bool = True) -> tuple[list[compiler.ItemView], Any]:
+    """The next issue's content: new items (not held) and the open survey."""
+    settings = unit.settings
+    # The oldest waiting items go first into an issue; the issue shows the newest on top.
+    picked = sorted(
+        item_rows.new_items(unit.session, settings.issue.max_items),
+        key=lambda i: (i.published_at or i.created_at, i.id),
+        reverse=True,
+    )
+    survey = None
+    if settings.survey is not None and with_survey:
+        row = surveys.sync(unit.session, settings.survey, unit.now)
+        if row.status == SurveyStatus.OPEN:
+            options = [(o.position, o.label) for o in surveys.options(unit.session, row.id)]
+            survey = (row.id, row.question, options)
+    return compiler.item_views(picked), survey
+
+
+def compile_next(unit: Unit, *, with_survey: bool = True) -> Compiled:
+    """Compile the next issue from the new items; NothingToSend when there are none."""
+    items, survey = gather(unit, with_survey=with_survey)
+    if not items:
+        raise NothingToSend("no new items since the last issue: nothing to send")
+    return compiler.compile_issue(
+        unit.settings, unit.services.env, items, survey, previous=previous_results(unit)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    issue_id: int
+    subject: str
+    queued: int
+
+
+@use_case
+def release_next(
+    unit: Unit,
+    *,
+    schedule: str | None = None,
+    slot_at: dt.datetime | None = None,
+    with_survey: bool = True,
+) -> Released:
+    """Compile the next issue and release it: store it, claim its items, snapshot its audience.
+
+    A scheduled issue records its schedule and slot; the database keeps that pair unique, so
+    a second process releasing the same slot fails (IntegrityError) and stores nothing.
+    NothingToSend when there are no new items.
+    """
+    settings = unit.settings
+    settings.require_secret()  # fail before anything is stored, not halfway through
+    compiled = compile_next(unit, with_survey=with_survey)
+    issue = rows.add(
+        unit.session,
+        Issue(
+            subject=compiled.subject,
+            html=compiled.html,
+            text=compiled.text,
+            nonce=compiled.nonce,
+            survey_id=compiled.survey_id,
+            created_at=compiled.created,
+            schedule=schedule,
+            slot_at=slot_at,
+            retry_until=compiled.created
+            + dt.timedelta(hours=settings.delivery.retry_deadline_hours),
+        ),
+    )
+    item_rows.claim_for_issue(unit.session, issue.id, compiled.item_ids)
+    queued = rows.snapshot_audience(unit.session, issue.id, compiled.created)
+    where = f"schedule {schedule}, slot {slot_at:%Y-%m-%d %H:%M} UTC" if slot_at else "send"
+    unit.audit(
+        "release",
+        issue_id=issue.id,
+        detail=f"{where}: {len(compiled.item_ids)} items, {queued} members: {compiled.subject}",
+    )
+    unit.after_commit(lambda: unit.services.changed("issues"))
+    return Released(issue.id, compiled.subject, queued)
+
+
+# --- editors' actions on a running or finished issue -------------------------------------------
+
+
+@use_case
+def pause(unit: Unit, issue_id: int, *, reason: str = "") -> IssueInfo:
+    """Pause a sending issue: every worker stops within moments and keeps its place."""
+    row = _row(unit, issue_id)
+    if row.status != IssueStatus.SENDING:
+        raise Conflict(f"issue #{issue_id} is {row.status}, not sending: nothing to pause")
+    row.status, row.pause_reason = IssueStatus.PAUSED, reason or f"paused by {unit.actor}"
+    unit.session.flush()
+    result = _info(unit, row)
+    unit.audit("pause", issue_id=issue_id, detail=result.summary)
+    return result
+
+
+@use_case
+def resume(unit: Unit, issue_id: int) -> IssueInfo:
+    """Mark a paused issue sending again. The caller starts delivering it (sending.deliver)."""
+    row = _row(unit, issue_id)
+    if row.status != IssueStatus.PAUSED:
+        raise Conflict(f"issue #{issue_id} is {row.status}, not paused: nothing to resume")
+    row.status, row.pause_reason = IssueStatus.SENDING, ""
+    unit.session.flush()
+    result = _info(unit, row)
+    unit.audit("resume", issue_id=issue_id, detail=result.summary)
+    return result
+
+
+@use_case
+def cancel(unit: Unit, issue_id: int) -> IssueInfo:
+    """Stop an issue for good: no more messages go out; the result says how many were sent."""
+    row = _row(unit, issue_id)
+    if row.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
+        raise Conflict(f"issue #{issue_id} is already {row.status}: nothing to cancel")
+    ledger.cancel(unit.session, issue_id, new_owner(), unit.now)
+    unit.session.expire(row)
+    result = _info(unit, _row(unit, issue_id))
+    unit.audit("cancel", issue_id=issue_id, detail=result.summary)
+    return result
+
+
+@use_case
+def requeue_failed(unit: Unit, issue_id: int) -> int:
+    """Queue an issue's failed deliveries again, with a new retry deadline; how many."""
+    row = _row(unit, issue_id)
+    count = ledger.requeue_failed(unit.session, issue_id)
+    if not count:
+        raise NewsletterError(f"issue #{issue_id} has no failed deliveries to retry")
+    unit.session.expire(row)
+    row = _row(unit, issue_id)
+    row.retry_until = unit.now + dt.timedelta(hours=unit.settings.delivery.retry_deadline_hours)
+    unit.audit("retry", issue_id=issue_id, detail=f"{count} failed deliveries queued again")
+    return count
+
+
+# --- previews and tests -----------------------------------------------------------------------
+
+
+def _compiled(unit: Unit, issue_id: int | None) -> tuple[Compiled, int]:
+    """The next issue compiled (the caller stores nothing of it), or stored issue N as stored."""
+    if issue_id is None:
+        return compile_next(unit), 0
+    return compiler.from_row(_row(unit, issue_id)), issue_id
+
+
+def preview_html(unit: Unit, issue_id: int | None = None) -> str:
+    """The next issue's (or issue N's) HTML as a sample reader sees it; links are inert.
+    Run it with Services.read: compiling may create the survey row, which is not kept."""
+    compiled, number = _compiled(unit, issue_id)
+    sample = Recipient(member_id=0, email="reader@example.org", name="")
+    return Personalizer(compiled, unit.settings, None, number).fill_text(
+        compiled.html, sample, html_part=True
+    )
+
+
+def next_compiled(unit: Unit) -> Compiled:
+    """The next issue compiled, for files and previews (run with Services.read)."""
+    return compile_next(unit)
+
+
+def test_send(services: Services, actor: str, to: str, issue_id: int | None = None) -> int:
+    """Queue ONE copy of the next issue (or of stored issue N) to `to`, subject "[TEST] …".
+
+    The issue is compiled in a session that is rolled back (a compile may settle votes and
+    create the configured survey), then the copy is queued by its own use-case, audited.
+    Nothing counts as the issue's send: no issue, no delivery row, no item claimed. The mailer
+    sends it through the configured relays, DKIM-signed when [dkim] is set. ValueError for a
+    bad address, NothingToSend when there is no next issue. Returns the queued message's id.
+    """
+    address = normalize_address(to)
+    compiled, number = services.read(_compiled, issue_id)
+    return services.run(actor, mail.queue_test_copy, compiled, number, address)
+
+
+# --- the public archive -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveEntry:
+    id: int
+    subject: str
+    created_at: dt.datetime
+
+
+def archive_list(unit: Unit) -> list[ArchiveEntry]:
+    """Issues that have gone out (at least one message delivered), newest first."""
+    return [ArchiveEntry(r.id, r.subject, r.created_at) for r in rows.archived(unit.session)]
+
+
+def archived(unit: Unit, issue_id: int) -> Compiled | None:
+    """A gone-out issue's stored form, or None: an issue nobody has received is not public."""
+    if not rows.is_archived(unit.session, issue_id):
+        return None
+    row = rows.get(unit.session, issue_id)
+    return None if row is None else compiler.from_row(row)
+
+
+def search_archive(unit: Unit, q: str, limit: int = 20) -> list[search.Hit]:
+    """Items of gone-out issues matching every word of `q`, best first."""
+    return search.search(unit.session, q[:200], limit=limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A schedule's slot as the database has it: its issue (if made) and the new items."""
+
+    issue_id: int | None
+    status: IssueStatus | None
+    new_items: int
+
+
+def slot(unit: Unit, schedule: str, slot_at: dt.datetime) -> Slot:
+    row = rows.slot_issue(unit.session, schedule, slot_at)
+    return Slot(
+        row.id if row else None,
+        row.status if row else None,
+        item_rows.count_new_items(unit.session),
+    )
+
+
+def stored(unit: Unit, issue_id: int) -> Compiled:
+    """Issue N as it was stored when released (previews of past issues are never recompiled)."""
+    return compiler.from_row(_row(unit, issue_id))
+
+
+def new_item_count(unit: Unit) -> int:
+    """Items the next issue could carry (new, not held)."""
+    return item_rows.count_new_items(unit.session)

@@ -1,0 +1,170 @@
+"""Units of work: one transaction a use-case, its audit entries inside it, its effects after commit.
+
+A use-case is a plain function whose first argument is a `Unit`:
+
+    def unsubscribe(unit: Unit, member_id: int, ...) -> Result:
+        ...
+        unit.audit("unsubscribe", member_id=member_id, detail="one-click")
+
+`Services.run(actor, fn, ...)` opens a transaction, calls it, writes the audit entries it
+asked for in that same transaction, commits, and only then runs what it registered with
+`unit.after_commit` (waking the mailer, dropping a cache). Either the action and its audit entry
+are both stored or neither is. The doors (CLI, desk, API, scheduler, member pages) call the same
+function; async doors go through newsletter/services/boundary.py, so none of this runs on an
+event loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from jinja2 import Environment
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.config import Settings
+from newsletter.content.links import LinkBuilder
+from newsletter.site import environment
+from newsletter.storage import audit as audit_rows
+from newsletter.storage import hits as hit_rows
+from newsletter.storage.models import utcnow
+from newsletter.tokens import Signer
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Every use-case, by name: the doors' tests walk this to check each one is audited.
+USE_CASES: dict[str, Callable[..., Any]] = {}
+
+
+def use_case(fn: Callable[Concatenate[Unit, P], T]) -> Callable[Concatenate[Unit, P], T]:
+    """Mark a function as a use-case (a state change that writes its own audit entry)."""
+    USE_CASES[f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"] = fn
+    return fn
+
+
+@dataclass
+class Unit:
+    """One transaction of one use-case (or of a batch of them: see boundary.Batcher)."""
+
+    session: Session
+    now: dt.datetime
+    actor: str
+    services: Services
+    audits: list[dict[str, Any]] = field(default_factory=list)
+    hits: list[dict[str, Any]] = field(default_factory=list)
+    effects: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def audit(
+        self,
+        action: str,
+        *,
+        issue_id: int | None = None,
+        member_id: int | None = None,
+        detail: str = "",
+        actor: str | None = None,
+    ) -> None:
+        """Record the action in the audit log, in this unit's transaction."""
+        self.audits.append(
+            {
+                "at": self.now,
+                "actor": (actor or self.actor)[:200],
+                "action": action[:64],
+                "issue_id": issue_id,
+                "member_id": member_id,
+                "detail": detail[:2000],
+            }
+        )
+
+    def hit(self, **row: Any) -> None:
+        """A link hit (evidence for the vote rule), inserted with the unit's other rows."""
+        row.setdefault("at", self.now)
+        row["ip"] = str(row.get("ip", ""))[:64]
+        row["user_agent"] = str(row.get("user_agent", ""))[:300]
+        for key in ("issue_id", "survey_id", "option"):
+            row.setdefault(key, None)
+        self.hits.append(row)
+
+    def after_commit(self, effect: Callable[[], None]) -> None:
+        self.effects.append(effect)
+
+    def write(self) -> None:
+        """Write the rows collected so far (hits, audit entries) into the transaction."""
+        self.session.flush()
+        hit_rows.add(self.session, self.hits)
+        audit_rows.add(self.session, self.audits)
+        self.hits, self.audits = [], []
+
+
+class Services:
+    """What every use-case needs, built once per process: settings, sessions, clock, links."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.clock = clock
+        self._lock = threading.Lock()
+        # Listeners called after a commit that changed what the named thing shows
+        # ("issues", "members", "survey:<id>", "mail"): caches drop entries, the mailer wakes.
+        self._listeners: list[Callable[[str], None]] = []
+
+    @functools.cached_property
+    def signer(self) -> Signer:
+        return Signer(self.settings.require_secret())
+
+    @functools.cached_property
+    def links(self) -> LinkBuilder:
+        return LinkBuilder(self.settings.list.base_url, self.signer)
+
+    @functools.cached_property
+    def env(self) -> Environment:
+        return environment(self.settings.site_dir)
+
+    def listen(self, listener: Callable[[str], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def changed(self, what: str) -> None:
+        for listener in list(self._listeners):
+            listener(what)
+
+    def run(
+        self,
+        actor: str,
+        fn: Callable[Concatenate[Unit, P], T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Call a use-case as `actor` in a transaction of its own, with its audit entries."""
+        with self.sessions.begin() as session:
+            unit = Unit(session, self.clock(), actor, self)
+            result = fn(unit, *args, **kwargs)
+            unit.write()
+        for effect in unit.effects:
+            effect()
+        return result
+
+    def read(
+        self, fn: Callable[Concatenate[Unit, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Call a query in a session that is rolled back afterwards, whatever it did."""
+        with self.sessions() as session:
+            try:
+                return fn(Unit(session, self.clock(), "read", self), *args, **kwargs)
+            finally:
+                session.rollback()

@@ -1,0 +1,118 @@
+"""Queries on issues: the unfinished ones, one slot's issue, the archive, delivery counts, the audience."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, exists, func, insert, literal, select
+from sqlalchemy.orm import Session
+
+from newsletter.storage.models import (
+    UNFINISHED,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    Member,
+    MemberStatus,
+)
+
+
+def get(session: Session, issue_id: int) -> Issue | None:
+    return session.get(Issue, issue_id)
+
+
+def newest(session: Session, limit: int) -> Sequence[Issue]:
+    return session.scalars(select(Issue).order_by(Issue.id.desc()).limit(limit)).all()
+
+
+def sending(session: Session) -> Sequence[Issue]:
+    """Issues whose send is not over (rows queued, in flight or deferred), oldest first."""
+    return session.scalars(
+        select(Issue).where(Issue.status == IssueStatus.SENDING).order_by(Issue.id)
+    ).all()
+
+
+def slot_issue(session: Session, schedule: str, slot_at: dt.datetime) -> Issue | None:
+    return session.scalar(select(Issue).where(Issue.schedule == schedule, Issue.slot_at == slot_at))
+
+
+def last_survey_id(session: Session) -> int | None:
+    """The survey the newest issue with a survey carried."""
+    return session.scalar(
+        select(Issue.survey_id)
+        .where(Issue.survey_id.is_not(None))
+        .order_by(Issue.id.desc())
+        .limit(1)
+    )
+
+
+def _delivered(issue_id: Any) -> Any:
+    return exists().where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENT)
+
+
+def archived(session: Session, limit: int = 500) -> Sequence[Issue]:
+    """Issues that have gone out (a message delivered), newest first: the public archive."""
+    return session.scalars(
+        select(Issue).where(_delivered(Issue.id)).order_by(Issue.id.desc()).limit(limit)
+    ).all()
+
+
+def is_archived(session: Session, issue_id: int) -> bool:
+    return bool(session.scalar(select(_delivered(issue_id))))
+
+
+def delivery_counts(session: Session, issue_id: int) -> dict[DeliveryStatus, int]:
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)
+    ).all()
+    return {DeliveryStatus(status): int(n) for status, n in rows}
+
+
+def unfinished_count(session: Session, issue_id: int) -> int:
+    return (
+        session.scalar(
+            select(func.count()).where(
+                Delivery.issue_id == issue_id, Delivery.status.in_(UNFINISHED)
+            )
+        )
+        or 0
+    )
+
+
+def snapshot_audience(session: Session, issue_id: int, now: dt.datetime) -> int:
+    """One queued delivery row per active member, in one INSERT … SELECT."""
+    columns = [
+        "issue_id",
+        "member_id",
+        "status",
+        "attempts",
+        "last_message",
+        "message_id",
+        "created_at",
+    ]
+    query = select(
+        literal(issue_id),
+        Member.id,
+        literal(DeliveryStatus.QUEUED.value),
+        literal(0),
+        literal(""),
+        literal(""),
+        literal(now, type_=Delivery.created_at.type),
+    ).where(Member.status == MemberStatus.ACTIVE)
+    result = cast(CursorResult[Any], session.execute(insert(Delivery).from_select(columns, query)))
+    if result.rowcount is not None and result.rowcount >= 0:
+        return int(result.rowcount)
+    # Some drivers report -1 for INSERT … SELECT: count the rows instead.
+    return delivery_counts(session, issue_id).get(DeliveryStatus.QUEUED, 0)
+
+
+def add(session: Session, issue: Issue) -> Issue:
+    """Store a new issue; a second one for the same (schedule, slot) fails here."""
+    session.add(issue)
+    session.flush()
+    return issue

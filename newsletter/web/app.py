@@ -1,0 +1,125 @@
+"""The web app of one site: member pages, the desk, the API, static files, errors, headers.
+
+A Starlette application whose routes are values (MemberPages.routes, Desk.routes), with the
+API mounted as a FastAPI sub-application for its OpenAPI document. Every response carries the
+security headers (pages.SecurityHeaders); a member who reaches a wrong address or a broken
+page gets an HTML page in the site's style, an API client gets JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+
+from newsletter.config import Settings
+from newsletter.delivery.mailer import Mailer
+from newsletter.services.boundary import Gateway
+from newsletter.services.unit import Services
+from newsletter.site import defaults_dir
+from newsletter.storage import db
+from newsletter.storage.models import utcnow
+from newsletter.web.api import api_app
+from newsletter.web.desk import Desk
+from newsletter.web.jobs import Jobs
+from newsletter.web.members import MemberPages
+from newsletter.web.pages import Pages, SecurityHeaders, json_error
+
+log = logging.getLogger(__name__)
+
+
+def static_route(settings: Settings) -> Route:
+    folders = (settings.site_dir / "templates" / "static", defaults_dir() / "templates" / "static")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if "/" not in name and "\\" not in name and not name.startswith("."):
+            for folder in folders:
+                path = folder / name
+                if path.is_file():
+                    return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+        raise HTTPException(404)
+
+    return Route("/static/{name}", static, methods=["GET", "HEAD"])
+
+
+def create_app(
+    settings: Settings,
+    sessions: sessionmaker[Session] | None = None,
+    *,
+    clock: Callable[[], dt.datetime] = utcnow,
+    mailer: bool = True,
+) -> Starlette:
+    """The web app for one site. `clock` is a seam for tests; `mailer` runs the system mail
+    queue in the background while the app runs (its lifespan)."""
+    services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
+    gateway = Gateway(services)
+    pages = Pages(services.env, settings.list.name, settings.list.base_url.rstrip("/"))
+    jobs = Jobs(gateway)
+    member_pages = MemberPages(services, gateway, pages)
+    desk = Desk(gateway, pages, jobs)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        if status == 405:
+            return pages.message(
+                "Not here", f"{request.method} is not what this address takes.", 405
+            )
+        return pages.message("Not found", "There is nothing at this address.", status)
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+        if request.url.path.startswith("/api"):
+            return json_error(500, "internal error; the server log has the details")
+        return pages.message(
+            "Something went wrong",
+            "The page could not be shown. Nothing you sent was lost; try again in a moment.",
+            500,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = None
+        if mailer:
+            import asyncio
+
+            queue = Mailer(settings, services.sessions, clock=clock)
+            services.listen(queue.wake)
+            task = asyncio.create_task(queue.run())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            gateway.close()
+
+    app = Starlette(
+        routes=[
+            *member_pages.routes(),
+            static_route(settings),
+            *desk.routes(),
+            Mount("/api", app=api_app(gateway, jobs)),
+        ],
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={404: not_found, 405: not_found, 500: crashed, Exception: crashed},
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.gateway = gateway
+    app.state.desk_jobs = jobs
+    app.state.desk = desk
+    return app
+
+
+__all__ = ["create_app"]
