@@ -302,8 +302,8 @@ def next_runs(proc: Watched) -> list[dt.datetime]:
 
 @contextlib.contextmanager
 def job_table(database_url: str) -> Iterator[SQLAlchemyJobStore]:
-    """The scheduler's job table, through a job store of the test's own and no scheduler (a
-    stopping APScheduler 3 scheduler may still run a due job once, and so move it on)."""
+    """The scheduler's job table, through a job store of the test's own and no scheduler: a
+    stopping BackgroundScheduler still looks at due jobs once, and moves their next run on."""
     store = SQLAlchemyJobStore(url=database_url, tablename="apscheduler_jobs")
     try:
         yield store
