@@ -256,6 +256,13 @@ STANDBY = "scheduler: standby, another process holds the lock"
 JOB = schedule.JOB_PREFIX + "weekly"
 
 
+def stop_all(procs: list[Watched]) -> None:
+    """Stop the standbys before the leader: a leader that stops hands the lead back at once,
+    and a standby still running would take it over."""
+    for w in sorted(procs, key=lambda w: LEADER in w.out):
+        w.stop()
+
+
 def statuses(sessions: sessionmaker[Session]) -> list[str]:
     with sessions() as s:
         return list(s.scalars(select(Issue.status).order_by(Issue.id)))
@@ -398,8 +405,7 @@ def test_two_processes_on_one_slot_make_one_issue(
             # The slots after it make nothing more.
             wait_until(lambda: EMPTY in leader.out.partition(fired(issue))[2], 30, about)
         finally:
-            for w in procs:
-                w.stop()
+            stop_all(procs)
         # Only the elected leader runs the scheduler (test_election.py and the SIGKILL test
         # below); two processes firing one slot at once: the "cron" case and the in-process test.
         assert FIRING not in standby.out and LEADER not in standby.out, standby.out
@@ -452,8 +458,7 @@ def test_one_of_two_serve_processes_fires_and_the_other_takes_over_when_it_is_ki
         assert second.slot_at > first.slot_at
         wait_until(lambda: fired(second) in standby.out, 30, about)
     finally:
-        for w in procs:
-            w.stop()
+        stop_all(procs)
     before, took_over, after = standby.out.partition(LEADER)
     assert took_over and FIRING not in before  # the standby fired nothing until it led ...
     assert fired(second) in after  # ... and then fired the next slot
