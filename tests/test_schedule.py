@@ -214,6 +214,13 @@ def wait_until(
         time.sleep(0.05)
 
 
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    """Stop a process that nothing reads from as it runs; its whole output."""
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
 class Watched:
     """A running `newsletter` process whose output is read as it comes."""
 
