@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from newsletter.content.sources import import_source
@@ -35,6 +36,7 @@ def start_send(site: Path) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume(
     site: Path, tmp_path: Path, smtp_server: RecordingHandler, database_url: str
 ) -> None:

@@ -62,6 +62,7 @@ def send_all(settings: Settings, sessions: sessionmaker[Session]) -> Any:
     return asyncio.run(publish.send(settings, sessions))[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelined"])
 def test_faults_lose_nobody_and_mail_nobody_twice(
     settings: Settings,

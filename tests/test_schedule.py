@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -12,10 +13,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -155,9 +158,23 @@ def test_fewer_new_items_than_min_items_makes_nothing(
 
 
 # --- the real processes -----------------------------------------------------------------
+#
+# These run `newsletter serve` (or `send --scheduled`) as real processes, but none waits for
+# a slot picked ahead on the wall clock. Either a schedule fires every second and makes no
+# issue until the test imports the items, or the test sets the stored job's next run in the
+# past, as it is after the service was down at its slot. Every wait polls for what it waits
+# for, with a deadline.
 
 
-def scheduled_site(site: Path, database_url: str, smtp_port: int, cron: str) -> Path:
+def scheduled_site(
+    site: Path,
+    database_url: str,
+    smtp_port: int,
+    cron: str,
+    *,
+    grace: int | None = None,
+    check_seconds: float = 2.0,
+) -> Path:
     config = site / "config.toml"
     text = config.read_text()
     text = text.replace("port = 8025", f"port = {smtp_port}")
@@ -165,9 +182,11 @@ def scheduled_site(site: Path, database_url: str, smtp_port: int, cron: str) -> 
     text = text.replace('cron = "0 8 * * mon"', f'cron = "{cron}"').replace(
         'timezone = "Asia/Shanghai"', 'timezone = "UTC"'
     )
+    if grace is not None:
+        text = text.replace("misfire_grace_seconds = 3600", f"misfire_grace_seconds = {grace}")
     text = text.replace("port = 8000", f"port = {free_port()}")
-    # Standbys try for the lead every 2 s (a SQLite lease lasts 6 s).
-    text = text.replace("check_seconds = 5.0", "check_seconds = 2.0")
+    # Standbys try for the lead this often (a SQLite lease lasts three times as long).
+    text = text.replace("check_seconds = 5.0", f"check_seconds = {check_seconds}")
     config.write_text(text)
     return config
 
@@ -185,112 +204,21 @@ def newsletter(site: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_until(condition: object, timeout: float) -> None:
+def wait_until(
+    condition: Callable[[], object], timeout: float, about: Callable[[], str] = str
+) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds, saying `about()`."""
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s\n{about()}"
+        time.sleep(0.05)
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    """Stop a process that nothing reads from as it runs; its whole output."""
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     return out
-
-
-def test_serve_fires_a_seconds_schedule_and_then_waits_for_items(
-    site: Path,
-    database_url: str,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    smtp_server: RecordingHandler,
-) -> None:
-    load(sessions, site)
-    scheduled_site(site, database_url, smtp_server.port, "*/2 * * * * *")
-    serve = newsletter(site, "serve")
-    try:
-        wait_until(lambda: smtp_server.count() == 5, 60)
-        time.sleep(4.5)  # two more slots pass with no new items
-    finally:
-        out = stop(serve)
-    assert "fewer than min_items" in out
-    with sessions() as s:
-        (issue,) = s.scalars(select(Issue)).all()
-        assert issue.schedule == "weekly" and issue.slot_at is not None and issue.status == "sent"
-    assert smtp_server.count() == 5
-
-
-def test_a_slot_missed_while_down_fires_once_at_restart(
-    site: Path,
-    database_url: str,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    smtp_server: RecordingHandler,
-) -> None:
-    load(sessions, site)
-    slot = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).replace(microsecond=0)
-    scheduled_site(
-        site, database_url, smtp_server.port, f"{slot.second} {slot.minute} {slot.hour} * * *"
-    )
-    serve = newsletter(site, "serve")
-    wait_until(
-        lambda: serve.stdout is not None and "next run" in (serve.stdout.readline() or ""), 30
-    )
-    stop(serve, signal.SIGKILL)  # killed before its slot
-    wait_until(lambda: dt.datetime.now(dt.UTC) > slot + dt.timedelta(seconds=2), 30)
-    assert smtp_server.count() == 0
-    serve = newsletter(site, "serve")
-    try:
-        wait_until(lambda: smtp_server.count() == 5, 60)
-        time.sleep(2)
-    finally:
-        stop(serve)
-    with sessions() as s:
-        (issue,) = s.scalars(select(Issue)).all()
-        assert issue.slot_at == slot
-    received = smtp_server.by_recipient()
-    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
-
-
-@pytest.mark.parametrize("launcher", ["serve", "cron"])
-def test_two_processes_on_one_slot_make_one_issue(
-    launcher: str,
-    site: Path,
-    database_url: str,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    smtp_server: RecordingHandler,
-) -> None:
-    load(sessions, site)
-    smtp_server.delay_seconds = 0.05  # so the two really overlap
-    if launcher == "serve":
-        # Far enough ahead that both processes are up (and have stored the job) before it.
-        slot = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=25)).replace(microsecond=0)
-        scheduled_site(
-            site, database_url, smtp_server.port, f"{slot.second} {slot.minute} {slot.hour} * * *"
-        )
-        procs = [
-            newsletter(site, "serve", "--port", str(free_port())),
-            newsletter(site, "serve", "--port", str(free_port())),
-        ]
-        try:
-            wait_until(lambda: smtp_server.count() >= 5, 90)
-            time.sleep(3)
-        finally:
-            outs = [stop(p) for p in procs]
-        # Only the elected leader runs the scheduler (test_election.py and the SIGKILL test
-        # below); two processes firing one slot at once: the "cron" case and the in-process test.
-        assert sum(f"slot {slot.isoformat()}" in out for out in outs) == 1, outs
-    else:
-        scheduled_site(site, database_url, smtp_server.port, "* * * * *")
-        procs = [newsletter(site, "send", "--scheduled", "weekly") for _ in range(2)]
-        outs = [p.communicate(timeout=120)[0] for p in procs]
-        assert all(p.returncode == 0 for p in procs), outs
-    with sessions() as s:
-        issues = s.scalars(select(Issue)).all()
-    assert len(issues) == 1
-    received = smtp_server.by_recipient()
-    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
 
 
 class Watched:
@@ -320,12 +248,187 @@ class Watched:
             self.proc.stdout.close()
 
 
+def serve(site: Path) -> Watched:
+    return Watched(newsletter(site, "serve", "--port", str(free_port())))
+
+
+def outputs(*procs: Watched) -> Callable[[], str]:
+    return lambda: "\n\n".join(f"--- pid {w.proc.pid}:\n{w.out}" for w in procs)
+
+
 FIRING = "schedule weekly, slot "  # what the scheduler's job logs for every slot it fires
+EMPTY = "fewer than min_items"  # ... and adds for a slot with too few new items
+LEADER = "scheduler: leader (pid"
+STANDBY = "scheduler: standby, another process holds the lock"
+JOB = schedule.JOB_PREFIX + "weekly"
+
+
+def stop_all(procs: list[Watched]) -> None:
+    """Stop the standbys before the leader: a leader that stops hands the lead back at once,
+    and a standby still running would take it over."""
+    for w in sorted(procs, key=lambda w: LEADER in w.out):
+        w.stop()
 
 
 def statuses(sessions: sessionmaker[Session]) -> list[str]:
     with sessions() as s:
         return list(s.scalars(select(Issue.status).order_by(Issue.id)))
+
+
+def fired(issue: Issue) -> str:
+    """The line the job logs once it has delivered `issue`, its slot's issue."""
+    assert issue.slot_at is not None
+    return f"{FIRING}{issue.slot_at.isoformat()}: issue #{issue.id}"
+
+
+def only_issue(sessions: sessionmaker[Session]) -> Issue:
+    with sessions() as s:
+        return s.scalars(select(Issue)).one()
+
+
+def test_serve_fires_a_seconds_schedule_and_then_waits_for_items(
+    site: Path,
+    database_url: str,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: RecordingHandler,
+) -> None:
+    load(sessions, site)
+    scheduled_site(site, database_url, smtp_server.port, "* * * * * *")
+    proc = serve(site)
+    try:
+        wait_until(lambda: statuses(sessions) == ["sent"], 60, outputs(proc))
+        issue = only_issue(sessions)
+        wait_until(lambda: fired(issue) in proc.out, 30, outputs(proc))
+        # The next slot comes with no new items, and makes nothing.
+        wait_until(lambda: EMPTY in proc.out.partition(fired(issue))[2], 30, outputs(proc))
+    finally:
+        proc.stop()
+    assert issue.schedule == "weekly" and statuses(sessions) == ["sent"]
+    assert smtp_server.count() == 5
+
+
+def next_runs(proc: Watched) -> list[dt.datetime]:
+    """The next run of the weekly job, as the scheduler logs it when it starts."""
+    found = re.findall(rf"{JOB}: next run (\S+ \S+)", proc.out)
+    return [dt.datetime.fromisoformat(t) for t in found]
+
+
+@contextlib.contextmanager
+def job_table(database_url: str) -> Iterator[SQLAlchemyJobStore]:
+    """The scheduler's job table, through a job store of the test's own and no scheduler: a
+    stopping BackgroundScheduler still looks at due jobs once, and moves their next run on."""
+    store = SQLAlchemyJobStore(url=database_url, tablename="apscheduler_jobs")
+    try:
+        yield store
+    finally:
+        store.shutdown()
+
+
+def test_a_slot_missed_while_down_fires_once_at_restart(
+    site: Path,
+    database_url: str,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: RecordingHandler,
+) -> None:
+    load(sessions, site)
+    # A daily slot that came six hours ago, within its twelve hours' grace; the next one is
+    # eighteen hours away, so no slot comes due while the test runs.
+    missed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=6)).replace(second=0, microsecond=0)
+    following = missed + dt.timedelta(days=1)
+    cron = f"{missed.minute} {missed.hour} * * *"
+    scheduled_site(site, database_url, smtp_server.port, cron, grace=12 * 3600)
+
+    first = serve(site)
+    try:
+        wait_until(lambda: next_runs(first), 60, outputs(first))  # the job is stored
+    finally:
+        first.stop()
+    # A new job waits for its next slot: it does not fire one from before it existed.
+    assert next_runs(first) == [following] and FIRING not in first.out
+    assert smtp_server.count() == 0
+    # As if that run had been before the slot and the service then down until now: the job's
+    # stored next run is the slot, which passed with no scheduler running.
+    with job_table(database_url) as jobs:
+        job = jobs.lookup_job(JOB)
+        assert job is not None
+        job.next_run_time = missed
+        jobs.update_job(job)
+
+    second = serve(site)
+    try:
+        wait_until(
+            lambda: f"{FIRING}{missed.isoformat()}: issue #" in second.out, 60, outputs(second)
+        )
+    finally:
+        second.stop()
+    assert next_runs(second) == [missed]
+    assert second.out.count(FIRING) == 1, second.out
+    with job_table(database_url) as jobs:
+        job = jobs.lookup_job(JOB)
+        assert job is not None and job.next_run_time == following
+
+    third = serve(site)  # restarted again: the slot is done with
+    try:
+        wait_until(lambda: next_runs(third), 60, outputs(third))
+    finally:
+        third.stop()
+    assert next_runs(third) == [following] and FIRING not in third.out
+
+    issue = only_issue(sessions)
+    assert (issue.slot_at, issue.status) == (missed, "sent")
+    received = smtp_server.by_recipient()
+    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
+
+
+@pytest.mark.parametrize("launcher", ["serve", "cron"])
+def test_two_processes_on_one_slot_make_one_issue(
+    launcher: str,
+    site: Path,
+    database_url: str,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: RecordingHandler,
+) -> None:
+    import_csv(sessions, site / "subscribers" / "example.csv")
+    smtp_server.delay_seconds = 0.05  # so the two really overlap
+    if launcher == "serve":
+        # A slot every second, each making nothing until the items are there; they come only
+        # once both processes are up and one of them leads.
+        scheduled_site(site, database_url, smtp_server.port, "* * * * * *")
+        procs = [serve(site), serve(site)]
+        about = outputs(*procs)
+        try:
+            wait_until(lambda: all(LEADER in w.out or STANDBY in w.out for w in procs), 60, about)
+            leaders = [w for w in procs if LEADER in w.out]
+            assert len(leaders) == 1, about()
+            (leader,) = leaders
+            (standby,) = [w for w in procs if w is not leader]
+            import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+            wait_until(lambda: statuses(sessions) == ["sent"], 60, about)
+            issue = only_issue(sessions)
+            wait_until(lambda: fired(issue) in leader.out, 30, about)
+            # The slots after it make nothing more.
+            wait_until(lambda: EMPTY in leader.out.partition(fired(issue))[2], 30, about)
+        finally:
+            stop_all(procs)
+        # Only the elected leader runs the scheduler (test_election.py and the SIGKILL test
+        # below); two processes firing one slot at once: the "cron" case and the in-process test.
+        assert FIRING not in standby.out and LEADER not in standby.out, standby.out
+        assert issue.slot_at is not None
+        assert sum(f"slot {issue.slot_at.isoformat()}" in w.out for w in procs) == 1
+    else:
+        import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+        scheduled_site(site, database_url, smtp_server.port, "* * * * *")
+        cron = [newsletter(site, "send", "--scheduled", "weekly") for _ in range(2)]
+        outs = [p.communicate(timeout=120)[0] for p in cron]
+        assert all(p.returncode == 0 for p in cron), outs
+    with sessions() as s:
+        issues = s.scalars(select(Issue)).all()
+    assert len(issues) == 1
+    received = smtp_server.by_recipient()
+    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
 
 
 def test_one_of_two_serve_processes_fires_and_the_other_takes_over_when_it_is_killed(
@@ -336,18 +439,16 @@ def test_one_of_two_serve_processes_fires_and_the_other_takes_over_when_it_is_ki
     smtp_server: RecordingHandler,
 ) -> None:
     load(sessions, site)
-    scheduled_site(site, database_url, smtp_server.port, "*/2 * * * * *")
-    procs = [Watched(newsletter(site, "serve", "--port", str(free_port()))) for _ in range(2)]
+    scheduled_site(site, database_url, smtp_server.port, "* * * * * *", check_seconds=1.0)
+    procs = [serve(site), serve(site)]
+    about = outputs(*procs)
     try:
-        wait_until(lambda: statuses(sessions) == ["sent"], 60)
-        with sessions() as s:
-            first = s.scalars(select(Issue)).one()
-        assert first.slot_at is not None
-        (leader,) = [w for w in procs if "scheduler: leader (pid" in w.out]
+        wait_until(lambda: statuses(sessions) == ["sent"], 60, about)
+        first = only_issue(sessions)
+        (leader,) = [w for w in procs if LEADER in w.out]
         (standby,) = [w for w in procs if w is not leader]
-        fired_first = f"{FIRING}{first.slot_at.isoformat()}: issue #{first.id}"
-        wait_until(lambda: fired_first in leader.out, 30)  # logged just after the last commit
-        wait_until(lambda: "scheduler: standby, another process holds the lock" in standby.out, 30)
+        wait_until(lambda: fired(first) in leader.out, 30, about)  # logged after the last commit
+        wait_until(lambda: STANDBY in standby.out, 30, about)
         assert FIRING not in standby.out, standby.out
         leader.stop(signal.SIGKILL)
         # New items for the next slot, only now: no slot of the dead leader's can use them.
@@ -357,19 +458,17 @@ def test_one_of_two_serve_processes_fires_and_the_other_takes_over_when_it_is_ki
             "---\ntitle: A later report\nsection: Comprehensive Reports\n---\nNews for the next slot.\n"
         )
         import_source(sessions, str(more))
-        wait_until(lambda: statuses(sessions) == ["sent", "sent"], 60)
+        wait_until(lambda: statuses(sessions) == ["sent", "sent"], 60, about)
         with sessions() as s:
             second = s.scalars(select(Issue).order_by(Issue.id.desc())).first()
-        assert second is not None and second.slot_at is not None
+        assert second is not None and second.slot_at is not None and first.slot_at is not None
         assert second.slot_at > first.slot_at
-        fired_second = f"{FIRING}{second.slot_at.isoformat()}: issue #{second.id}"
-        wait_until(lambda: fired_second in standby.out, 30)
+        wait_until(lambda: fired(second) in standby.out, 30, about)
     finally:
-        for w in procs:
-            w.stop()
-    before, took_over, after = standby.out.partition("scheduler: leader (pid")
+        stop_all(procs)
+    before, took_over, after = standby.out.partition(LEADER)
     assert took_over and FIRING not in before  # the standby fired nothing until it led ...
-    assert fired_second in after  # ... and then fired the next slot
+    assert fired(second) in after  # ... and then fired the next slot
     received = smtp_server.by_recipient()
     assert len(received) == 5
     for address, messages in received.items():

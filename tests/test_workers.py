@@ -209,6 +209,7 @@ class Ledger:
             return {status: int(n) for status, n in rows}
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_three_workers_one_killed_mid_send(
     site: Path,
