@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import math
 import os
 import re
 import tomllib
@@ -10,9 +12,13 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
+
+import jinja2
+import jinja2.meta
 
 from newsletter.errors import ConfigError, MissingSecret
+from newsletter.storage.db import url_problem
 
 ENV_PREFIX = "NEWSLETTER_"
 SECRET_ENV = "NEWSLETTER_SECRET_KEY"
@@ -21,6 +27,39 @@ OLD_SECRETS_ENV = "NEWSLETTER_OLD_SECRET_KEYS"
 SMTP_PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 API_TOKEN_ENV = "NEWSLETTER_API_TOKEN"
 DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
+
+T = TypeVar("T")
+KB, MB = 1024, 1024 * 1024
+DAY = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The values a numeric key may take: low to high, both included (low excluded if `above`)."""
+
+    low: float
+    high: float
+    above: bool = False
+
+    def allows(self, value: float) -> bool:
+        # NaN compares false with everything, so it fails here too.
+        low_ok = value > self.low if self.above else value >= self.low
+        return low_ok and value <= self.high
+
+    def describe(self) -> str:
+        if self.above:
+            return f"more than {_number(self.low)} and at most {_number(self.high)}"
+        return f"between {_number(self.low)} and {_number(self.high)}"
+
+
+def between(default: T, low: float, high: float, *, above: bool = False) -> T:
+    """A numeric field's default and its allowed range, checked when config.toml is loaded."""
+    result: T = field(default=default, metadata={"range": Range(low, high, above)})
+    return result
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +82,7 @@ class DatabaseSettings:
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
     host: str
-    port: int = 25
+    port: int = between(25, 1, 65535)
     security: Literal["none", "starttls", "tls"] = "none"
     user: str = ""
     password: str = field(default="", repr=False)
@@ -56,15 +95,15 @@ class RelaySettings:
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
     host: str = "127.0.0.1"
-    port: int = 8025
+    port: int = between(8025, 1, 65535)
     security: Literal["none", "starttls", "tls"] = "none"
     user: str = ""
-    timeout: float = 30.0
-    connections: int = 4
-    rate_per_second: float = 0.0
-    rate_per_hour: int = 0
-    idle_timeout: float = 30.0
-    messages_per_connection: int = 0
+    timeout: float = between(30.0, 0.1, 3600)
+    connections: int = between(4, 1, 1000)
+    rate_per_second: float = between(0.0, 0, 100_000)  # 0: no limit
+    rate_per_hour: int = between(0, 0, 1_000_000_000)  # 0: no limit
+    idle_timeout: float = between(30.0, 0, DAY)
+    messages_per_connection: int = between(0, 0, 10_000_000)  # 0: never reopen
     fallback: list[RelaySettings] = field(default_factory=list)
     password: str = field(default="", repr=False)
 
@@ -77,25 +116,27 @@ class SmtpSettings:
 
 @dataclass(frozen=True, slots=True)
 class DeliverySettings:
-    in_flight: int = 200
-    commit_every: int = 50
-    recheck_ms: int = 50
-    retry_base_seconds: float = 60.0
-    retry_max_seconds: float = 6 * 3600.0
-    retry_deadline_hours: float = 72.0
-    linger_seconds: float = 120.0
-    bounce_threshold: int = 2
-    pause_after: int = 10
-    lease_seconds: float = 300.0
+    in_flight: int = between(200, 1, 100_000)
+    commit_every: int = between(50, 1, 100_000)
+    recheck_ms: int = between(50, 1, 60_000)
+    # Small values are for tests; below 0.01 s a retry would spin (and 2**n of a huge base
+    # overflows a float).
+    retry_base_seconds: float = between(60.0, 0.01, DAY)
+    retry_max_seconds: float = between(6 * 3600.0, 0.01, 30 * DAY)
+    retry_deadline_hours: float = between(72.0, 0.01, 366 * 24)
+    linger_seconds: float = between(120.0, 0, DAY)
+    bounce_threshold: int = between(2, 1, 1000)
+    pause_after: int = between(10, 1, 1_000_000)
+    lease_seconds: float = between(300.0, 0.1, DAY)
     verp: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class WebSettings:
     host: str = "127.0.0.1"
-    port: int = 8000
-    vote_window_seconds: float = 30.0
-    delivery_grace_seconds: float = 60.0
+    port: int = between(8000, 1, 65535)
+    vote_window_seconds: float = between(30.0, 0, DAY)
+    delivery_grace_seconds: float = between(60.0, 0, DAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +144,7 @@ class DkimSettings:
     domain: str
     selector: str
     key_file: str
-    processes: int = 0  # signing processes; 0 means one per CPU core
+    processes: int = between(0, 0, 256)  # signing processes; 0 means one per CPU core
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +154,17 @@ class SinkSettings:
 
 @dataclass(frozen=True, slots=True)
 class IssueSettings:
-    max_items: int = 50
-    size_limit: int = 100 * 1024
+    max_items: int = between(50, 1, 10_000)
+    size_limit: int = between(100 * KB, 1 * KB, 10 * MB)
     preview_dir: str = "var/preview"
     sections: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsSettings:
+    # The largest body one item may have, in bytes of sanitised HTML (a Markdown file: also
+    # its size on disk). An item larger than an issue could carry would block every issue.
+    size_limit: int = between(64 * KB, 1 * KB, 10 * MB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,16 +178,17 @@ class SurveySettings:
 class ScheduleSettings:
     cron: str
     timezone: str = "UTC"
-    min_items: int = 1
+    min_items: int = between(1, 0, 10_000)
     survey: Literal["open", "none"] = "open"
-    misfire_grace_seconds: int = 3600
+    # APScheduler wants a positive number of seconds.
+    misfire_grace_seconds: int = between(3600, 1, 7 * DAY)
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerSettings:
     # How often (seconds) a standby `serve` tries to become the leader, and the leader checks
     # that it still is; a SQLite lease lasts three times this.
-    check_seconds: float = 5.0
+    check_seconds: float = between(5.0, 0, 3600, above=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +216,7 @@ class Settings:
     editor: Editors = field(default_factory=_no_editors)
     sink: SinkSettings = field(default_factory=SinkSettings)
     issue: IssueSettings = field(default_factory=IssueSettings)
+    items: ItemsSettings = field(default_factory=ItemsSettings)
     survey: SurveySettings | None = None
     schedule: dict[str, ScheduleSettings] = field(default_factory=dict)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
@@ -206,21 +256,15 @@ def load(
     """Read config.toml (plus overrides, a nested dict) and the environment into Settings."""
     path = Path(path)
     env = os.environ if env is None else env
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            str(path), "config file not found (use --config PATH or `newsletter init`)"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    raw = _read_toml(path)
     if overrides:
         raw = _merge(raw, overrides)
     for dotted, var in _ENV_ONLY.items():
         section, key = dotted.split(".")
         if key in raw.get(section, {}):
             raise ConfigError(dotted, f"secrets do not belong in config.toml; set {var} instead")
-    if DATABASE_URL_ENV in env:
+    url_from_env = DATABASE_URL_ENV in env
+    if url_from_env:
         raw.setdefault("database", {})["url"] = env[DATABASE_URL_ENV]
     password = env.get(SMTP_PASSWORD_ENV, "")
     raw.setdefault("smtp", {})
@@ -248,7 +292,38 @@ def load(
         api_token=env.get(API_TOKEN_ENV, ""),
     )
     _validate(settings)
+    problem = url_problem(settings.database.url)
+    if problem:
+        where = f" (from {DATABASE_URL_ENV})" if url_from_env else ""
+        raise ConfigError("database.url", problem + where)
     return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed file; a file that is missing, not UTF-8 or not TOML says where."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path), "config file not found (use --config PATH or `newsletter init`)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the file: {exc.strerror}") from None
+    try:
+        # A BOM (as Windows editors write) is not part of TOML; it is dropped.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            str(path),
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, column {column}; "
+            "save the file as UTF-8",
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -305,10 +380,7 @@ def _validate(s: Settings) -> None:
     for key in ("name", "subject"):
         if re.search(r"[\r\n\x00]", getattr(s.list, key)):
             raise ConfigError(f"list.{key}", "must not contain line breaks")
-    if not 1 <= s.smtp.port <= 65535:
-        raise ConfigError("smtp.port", "must be between 1 and 65535")
-    if s.smtp.connections < 1:
-        raise ConfigError("smtp.connections", "must be at least 1")
+    check_subject(s.list.subject)
     if s.smtp.user and not s.smtp.password:
         raise MissingSecret("smtp.password", SMTP_PASSWORD_ENV, f"smtp.user is {s.smtp.user!r}")
     for i, relay in enumerate(s.smtp.fallback):
@@ -318,19 +390,14 @@ def _validate(s: Settings) -> None:
                 f"{SMTP_PASSWORD_ENV}_{i + 1}",
                 f"the relay's user is {relay.user!r}",
             )
-    if s.smtp.rate_per_second < 0 or s.smtp.rate_per_hour < 0:
-        raise ConfigError("smtp.rate_per_second", "rates must not be negative (0 means unlimited)")
-    d = s.delivery
-    if d.in_flight < 1 or d.commit_every < 1:
-        raise ConfigError("delivery.in_flight", "in_flight and commit_every must be at least 1")
-    if d.bounce_threshold < 1:
-        raise ConfigError("delivery.bounce_threshold", "must be at least 1")
-    if s.dkim is not None and s.dkim.processes < 0:
-        raise ConfigError("dkim.processes", "must be 0 (one per core) or more")
     if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
         raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
-    if s.issue.max_items < 1:
-        raise ConfigError("issue.max_items", "must be at least 1")
+    if s.items.size_limit > s.issue.size_limit:
+        raise ConfigError(
+            "items.size_limit",
+            f"must not be more than issue.size_limit ({s.issue.size_limit}), since a larger "
+            f"item could never go out, got {s.items.size_limit}",
+        )
     if s.survey is not None:
         if not s.survey.options or len(s.survey.options) > 20:
             raise ConfigError("survey.options", "needs between 1 and 20 options")
@@ -349,10 +416,34 @@ def _validate(s: Settings) -> None:
                 f"schedule.{name}.cron",
                 "needs 5 fields (min hour day month weekday) or 6 (with seconds first)",
             )
-        if sched.min_items < 0:
-            raise ConfigError(f"schedule.{name}.min_items", "must not be negative")
-    if not 0 < s.scheduler.check_seconds <= 3600:
-        raise ConfigError("scheduler.check_seconds", "must be more than 0 and at most 3600")
+
+
+# The names a Subject template may use; compiler.render_subject passes exactly these.
+SUBJECT_NAMES = ("list_name", "first_title", "item_count", "date")
+
+
+def check_subject(source: str) -> None:
+    """Refuse a Subject template that would fail at send time: bad syntax, unknown names."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    try:
+        unknown = jinja2.meta.find_undeclared_variables(env.parse(source)) - set(SUBJECT_NAMES)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            "list.subject", f"not a valid Jinja2 template: {exc.message} (line {exc.lineno})"
+        ) from None
+    if unknown:
+        raise ConfigError(
+            "list.subject",
+            f"unknown name {sorted(unknown)[0]!r} (a subject may use {', '.join(SUBJECT_NAMES)})",
+        )
+    sample = {"list_name": "List", "first_title": "Title", "item_count": 1, "date": dt.date.today()}
+    try:
+        env.from_string(source).render(sample)
+    # A template is code: whatever it raises on sample values, it would raise when sending.
+    except Exception as exc:
+        raise ConfigError(
+            "list.subject", f"the template fails: {exc.__class__.__name__}: {exc}"
+        ) from None
 
 
 # --- a small typed builder: dict from TOML → frozen dataclasses, naming the key on any error ---
@@ -377,7 +468,17 @@ def _build(cls: type[Any], data: Any, where: str, skip: set[str] | None = None) 
                 raise ConfigError(dotted, "missing")
             continue
         kwargs[name] = _coerce(hints[name], data[name], dotted)
+        allowed = f.metadata.get("range")
+        if allowed is not None:
+            _check_range(allowed, kwargs[name], data[name], dotted)
     return cls(**kwargs)
+
+
+def _check_range(allowed: Range, value: float, raw: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(where, f"must be a finite number {allowed.describe()}, got {raw!r}")
+    if not allowed.allows(value):
+        raise ConfigError(where, f"must be {allowed.describe()}, got {raw!r}")
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

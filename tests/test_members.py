@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
+import idna
 import pytest
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
+from newsletter.cli.main import app
 from newsletter.content.addresses import clean_name, normalize_address
+from newsletter.content.roster import csv_problem
 from newsletter.errors import NewsletterError
 from newsletter.storage.models import Member
+from tests.snapshot import added, snapshot
 from tests.steps import import_csv
 
 
@@ -30,6 +40,8 @@ def all_members(sessions: sessionmaker[Session]) -> dict[str, tuple[str, str]]:
         ("<a@example.org>", "a@example.org"),
         ("user@bücher.example", "user@xn--bcher-kva.example"),
         ("user@例子.中国", "user@xn--fsqu00a.xn--fiqs8s"),
+        ("user@faß.de", "user@xn--fa-hia.de"),  # IDNA 2003 would say fass.de: another domain
+        ("user@Σίσυφος.gr", "user@xn--kxa6ajbbmh.gr"),  # final ς kept (2003: xn--kxa6akbbkh)
     ],
 )
 def test_addresses_are_normalised(raw: str, expected: str) -> None:
@@ -78,13 +90,19 @@ def test_import_reports_bad_rows_and_keeps_good_ones(
         "keep@example.org,,\n",
     )
     report = import_csv(sessions, path)
+    # Line by line: the quote left open on line 4 is line 4's error, and line 5 is read
+    # (and refused) on its own instead of being swallowed into line 4's name.
     assert [(e.line, e.reason.split(" ")[0]) for e in report.errors] == [
         (3, "'not-an-address'"),
-        (4, "the"),
+        (4, "column"),
+        (5, "expected"),
         (6, "expected"),
         (7, "'用户@example.org'"),
     ]
-    assert "line break" in str(report.errors[1])
+    assert str(report.errors[1]) == (
+        "line 4: column 2 ('name'): the quote at character 19 is not closed on this line "
+        "(a field cannot span lines)"
+    )
     assert str(report.errors[0]).startswith("line 3:")
     members = all_members(sessions)
     assert members == {
@@ -144,3 +162,147 @@ def test_example_csv_imports_cleanly(sessions: sessionmaker[Session], site: Path
     members = all_members(sessions)
     assert len(members) >= 5
     assert sum(1 for _, status in members.values() if status == "unsubscribed") == 1
+
+
+# --- domains: IDNA 2008 with UTS 46, never the stdlib's IDNA 2003 ------------------------------
+
+label = st.text(st.sampled_from("abxz09-ßςΣüÜéÅ例子中国\u200d"), min_size=1, max_size=10)
+
+
+@hypothesis_settings(max_examples=500)
+@example(domain="faß.de")
+@example(domain="straße.example")
+@example(domain="ς.gr")
+@given(domain=st.lists(label, min_size=2, max_size=4).map(".".join))
+def test_domains_are_encoded_by_idna_2008(domain: str) -> None:
+    try:
+        expected = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        with pytest.raises(ValueError, match="has an invalid domain"):
+            normalize_address(f"user@{domain}")
+        return
+    assert normalize_address(f"User@{domain}") == f"user@{expected}"
+    # The stored form names the very domain written, once mapped (case, width): not a
+    # look-alike, as faß.de → fass.de was.
+    assert idna.decode(expected) == idna.uts46_remap(domain, transitional=False)
+
+
+# --- CSV: one line is one row; a bad line names its line and column -------------------------
+
+LIMIT = csv.field_size_limit()
+
+
+@hypothesis_settings(max_examples=1000)
+@example(line='a@example.org,"Ann')
+@example(line='a@example.org,"Ann"x')
+@example(line='"a""b",c')
+@given(line=st.text(st.sampled_from('ab, "\t\\é'), max_size=20))
+def test_the_diagnosis_agrees_with_the_csv_module(line: str) -> None:
+    try:
+        list(csv.reader([line], strict=True))
+        refused = False
+    except csv.Error:
+        refused = True
+    assert (csv_problem(line) is not None) == refused
+
+
+def test_a_field_over_the_csv_limit_is_named() -> None:
+    problem = csv_problem("a@example.org," + "x" * (LIMIT + 1))
+    assert problem == (
+        2,
+        f"the field is {LIMIT + 1:,} characters long, over the limit of {LIMIT:,}",
+    )
+    assert csv_problem("a@example.org," + "x" * LIMIT) is None
+
+
+BAD_KINDS = {
+    # kind: (how the line is written, what its error says)
+    "unclosed": (lambda e, n: f'{e},"{n.replace(chr(34), "")}', "column 2 ('name'): the quote"),
+    "after quote": (lambda e, n: f'{e},"{n.replace(chr(34), "")}"x', "column 2 ('name'): 'x'"),
+    "oversize": (lambda e, n: f"{e},{'x' * (LIMIT + 1)}", "column 2 ('name'): the field is"),
+    "address": (lambda e, n: csv_line([e.replace("@", ""), n]), "is not an email address"),
+}
+
+
+def csv_line(fields: list[str]) -> str:
+    """One row as a spreadsheet writes it (quoted where needed), without its line break."""
+    out = io.StringIO()
+    csv.writer(out).writerow(fields)
+    return out.getvalue().removesuffix("\r\n")
+
+
+names = st.text(
+    st.characters(categories=("L", "N", "P", "Zs")) | st.sampled_from(",\"'[/b]"), max_size=20
+)
+
+
+@hypothesis_settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+# The issue's case: an unbalanced quote used to swallow the next row, reported as a line break.
+@example(rows=[("good", "Ann"), ("unclosed", "Bob"), ("good", "Cy")])
+@example(rows=[("oversize", ""), ("good", "Dee")])
+@given(rows=st.lists(st.tuples(st.sampled_from(["good", *BAD_KINDS]), names), max_size=8))
+def test_bad_lines_are_named_and_the_rest_imports(
+    tmp_path_factory: pytest.TempPathFactory,
+    sessions: sessionmaker[Session],
+    rows: list[tuple[str, str]],
+) -> None:
+    folder = tmp_path_factory.mktemp("csv")
+    # The addresses are new in every example, so each one's good rows are all additions.
+    prefix = folder.name.replace("_", "-")
+    out = io.StringIO()
+    out.write("email,name\r\n")
+    expected_errors: dict[int, str] = {}
+    good: dict[str, tuple[str, str]] = {}
+    for line, (kind, name) in enumerate(rows, start=2):
+        email = f"{prefix}-{line}@example.org"
+        if kind == "good":
+            out.write(csv_line([email, name]) + "\r\n")
+            good[email] = (" ".join(name.split()), "active")
+        else:
+            write, says = BAD_KINDS[kind]
+            out.write(write(email, name) + "\r\n")
+            expected_errors[line] = says
+    path = folder / "members.csv"
+    path.write_text(out.getvalue(), encoding="utf-8")
+
+    before = snapshot(sessions)
+    report = import_csv(sessions, path)
+    assert {e.line: e for e in report.errors}.keys() == expected_errors.keys()
+    for error in report.errors:
+        assert str(error).startswith(f"line {error.line}: ")
+        assert expected_errors[error.line] in str(error)
+    new = added(before, snapshot(sessions))
+    assert set(new) <= {"members", "audit_log"}  # the good rows, and the import's own entry
+    assert len(new["audit_log"]) == 1 and "import-members" in new["audit_log"][0]
+    assert {row[1]: (row[2], row[3]) for row in new.get("members", [])} == good
+    assert all_members(sessions).items() >= good.items()
+
+
+def test_subscribers_import_exits_1_naming_lines(
+    tmp_path: Path, site: Path, database_url: str
+) -> None:
+    path = write_csv(
+        tmp_path,
+        "email,name\n"
+        "good@example.org,Good\n"
+        'open@example.org,"[/b] never closed\n'
+        "next@example.org,Next\n"
+        "bad-[/b],[red]Eve[/red]\n",
+    )
+    result = CliRunner().invoke(
+        app,
+        ["--config", str(site / "config.toml"), "subscribers", "import", str(path)],
+        env={"NEWSLETTER_DATABASE_URL": database_url, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.splitlines() == [
+        f"{path}:line 3: column 2 ('name'): the quote at character 18 is not closed on this "
+        "line (a field cannot span lines)",
+        f"{path}:line 5: 'bad-[/b]' is not an email address (it needs exactly one @)",
+    ]
+    assert "4 rows, 2 added" in result.stdout and "2 rejected" in result.stdout

@@ -33,8 +33,10 @@ from newsletter.storage import db
 
 # soft_wrap: a line of text is never broken by Rich (a terminal wraps it; a cron log keeps it
 # whole, where Rich would otherwise break it at 80 columns). Tables still fit the width.
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: what is printed quotes files and feeds ("[/b]" in a CSV row, a title), and
+# Rich would read it as markup: swallow "[red]", or stop with a MarkupError traceback.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 app = typer.Typer(
     no_args_is_help=True,

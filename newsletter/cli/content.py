@@ -75,13 +75,21 @@ def items_import(
         typer.Option(help="Put every item in this section (default: the feed's category)."),
     ] = None,
 ) -> None:
-    """Import items; an item already known by its GUID is left as it is."""
-    report = sources.import_source(state.sessions(), source, section=section)
+    """Import items; an item already known by its GUID is left as it is.
+
+    Exits 1 when an entry or file was refused or a GUID repeated (each is named on stderr);
+    the good entries are stored all the same.
+    """
+    limit = state.settings().items.size_limit
+    report = sources.import_source(state.sessions(), source, section=section, size_limit=limit)
     for problem in report.problems:
         err.print(problem)
     console.print(
-        f"{source}: {report.found} items, {report.added} new, {report.known} already known"
+        f"{source}: {report.found} items, {report.added} new, {report.known} already known, "
+        f"{report.duplicates} duplicates, {report.rejected} rejected"
     )
+    if report.rejected or report.duplicates:
+        raise typer.Exit(1)
 
 
 @items_app.command("list")

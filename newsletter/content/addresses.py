@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import re
 
+import idna
+
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 NAME_MAX = 200
+# Longer than any address can be even before IDNA encoding; refused before any work on it.
+LONGEST_INPUT = 1000
 
 
 def normalize_address(raw: str) -> str:
     """Return the canonical form of an address, or raise ValueError saying what is wrong.
 
-    The domain is lower-cased and IDNA-encoded, so an internationalised domain is stored in
-    its ASCII form. A non-ASCII local part would need SMTPUTF8 end to end (RFC 6531); it is
-    refused here, clearly, rather than failing later at some relay.
+    The domain is mapped and encoded by IDNA 2008 with UTS 46 (as browsers and registries
+    do), so an internationalised domain is stored in its ASCII form. The stdlib's "idna"
+    codec is IDNA 2003, which maps faß.de to fass.de: another domain, someone else's mail.
+    A non-ASCII local part would need SMTPUTF8 end to end (RFC 6531); it is refused here,
+    clearly, rather than failing later at some relay.
     """
     addr = raw.strip()
+    if len(addr) > LONGEST_INPUT:
+        raise ValueError(f"the email address is longer than {LONGEST_INPUT} characters")
     if addr.startswith("<") and addr.endswith(">"):
         addr = addr[1:-1].strip()
     if not addr:
@@ -37,9 +45,9 @@ def normalize_address(raw: str) -> str:
     if len(local) > 64:
         raise ValueError(f"{addr!r} has a local part longer than 64 characters")
     try:
-        ascii_domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        raise ValueError(f"{addr!r} has an invalid domain") from None
+        ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise ValueError(f"{addr!r} has an invalid domain: {exc}") from None
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         raise ValueError(f"{addr!r} has an invalid domain")

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from newsletter.config import Settings
 from newsletter.content.results import Results
 from newsletter.content.sources import html_to_text
-from newsletter.errors import HeaderError, IssueTooLarge
+from newsletter.errors import ConfigError, HeaderError, IssueTooLarge
 from newsletter.storage.models import Issue as IssueRow
 from newsletter.storage.models import Item, utcnow
 
@@ -128,13 +128,23 @@ def group_sections(items: Sequence[ItemView], order: Sequence[str]) -> list[Sect
 def render_subject(
     env: Environment, settings: Settings, items: Sequence[ItemView], date: dt.date
 ) -> str:
-    template = env.from_string(settings.list.subject)
-    subject = template.render(
-        list_name=settings.list.name,
-        first_title=items[0].title if items else "",
-        item_count=len(items),
-        date=date,
-    )
+    """The Subject as plain text. A header is not HTML: nothing here is escaped, and every
+    page that shows the stored subject escapes it once, as it does any text."""
+    # The site's environment autoescapes templates made from strings; this one must not.
+    template = env.overlay(autoescape=False).from_string(settings.list.subject)
+    try:
+        subject = template.render(
+            list_name=settings.list.name,
+            first_title=items[0].title if items else "",
+            item_count=len(items),
+            date=date,
+        )
+    # config.check_subject tried the template on sample values; these values may still
+    # break it (an index past a short title): name the key, as a config error does.
+    except Exception as exc:
+        raise ConfigError(
+            "list.subject", f"the template fails on this issue: {exc.__class__.__name__}: {exc}"
+        ) from None
     if re.search(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f]", subject):
         raise HeaderError("Subject", subject)
     return " ".join(subject.split())

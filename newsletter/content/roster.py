@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -45,24 +45,36 @@ class ImportReport:
 
 
 def read_rows(text: str, report: ImportReport) -> Iterator[Row]:
-    """Parse CSV text into valid rows; a bad row becomes an ImportRowError in the report."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    """Parse CSV text into valid rows; a bad row becomes an ImportRowError in the report.
+
+    Each physical line is one row. No field of a member list may hold a line break (names
+    and attributes refuse them), so a quote left open is that line's error alone: it cannot
+    swallow the rows below it, as it would if the csv module read on to the next quote.
+    """
+    lines = _LINE_BREAK.split(text)
+    if not any(line.strip() for line in lines):
+        raise NewsletterError("the file is empty: it needs a header row with an 'email' column")
+    header_line = next(i for i, line in enumerate(lines, start=1) if line.strip())
     try:
-        header = next(reader)
-    except StopIteration:
-        raise NewsletterError(
-            "the file is empty: it needs a header row with an 'email' column"
-        ) from None
+        header = split_line(lines[header_line - 1], [])
+    except ValueError as exc:
+        raise NewsletterError(f"line {header_line}: {exc}") from None
     columns = [h.strip().lower() for h in header]
     if "email" not in columns:
         raise NewsletterError(
-            f"line 1: the header has no 'email' column (found: {', '.join(columns)})"
+            f"line {header_line}: the header has no 'email' column (found: {', '.join(columns)})"
         )
     if len(set(columns)) != len(columns):
-        raise NewsletterError("line 1: the header repeats a column name")
-    start = reader.line_num + 1
-    for values in reader:
-        line, start = start, reader.line_num + 1
+        raise NewsletterError(f"line {header_line}: the header repeats a column name")
+    for line, raw in enumerate(lines[header_line:], start=header_line + 1):
+        if not raw.strip():
+            continue
+        try:
+            values = split_line(raw, columns)
+        except ValueError as exc:
+            report.rows += 1
+            report.errors.append(ImportRowError(line, str(exc)))
+            continue
         if not any(v.strip() for v in values):
             continue
         report.rows += 1
@@ -85,6 +97,64 @@ def read_rows(text: str, report: ImportReport) -> Iterator[Row]:
             report.errors.append(ImportRowError(line, str(exc)))
             continue
         yield Row(line, email, name, _STATUS_WORDS[status_word], attributes)
+
+
+# csv's own idea of a line end: CR LF, CR or LF (not str.splitlines' form feeds and U+2028).
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def split_line(line: str, columns: list[str]) -> list[str]:
+    """One line's fields, or ValueError naming the column and character that break it."""
+    try:
+        return next(csv.reader([line], strict=True), [])
+    except csv.Error as exc:
+        field, why = csv_problem(line) or (0, str(exc))
+        if not field:
+            raise ValueError(why) from None
+        name = f" ({columns[field - 1]!r})" if field <= len(columns) else ""
+        raise ValueError(f"column {field}{name}: {why}") from None
+
+
+def csv_problem(line: str) -> tuple[int, str] | None:
+    """Where and why strict csv refuses one line: (field number from 1, reason), or None."""
+    limit = csv.field_size_limit()
+    field, i, end = 1, 0, len(line)
+    while True:
+        start = i
+        if i < end and line[i] == '"':
+            length, i = 0, i + 1
+            while True:
+                close = line.find('"', i)
+                if close < 0:
+                    return field, (
+                        f"the quote at character {start + 1} is not closed on this line "
+                        "(a field cannot span lines)"
+                    )
+                length += close - i
+                if line.startswith('"', close + 1):  # "" is a quote inside the field
+                    length, i = length + 1, close + 2
+                    continue
+                i = close + 1
+                break
+            if length > limit:
+                return field, _too_long(length, limit)
+            if i < end and line[i] != ",":
+                return field, (
+                    f"{line[i]!r} at character {i + 1} follows the closing quote; a quoted "
+                    'field ends at a comma (write "" for a quote inside it)'
+                )
+        else:
+            comma = line.find(",", i)
+            i = end if comma < 0 else comma
+            if i - start > limit:
+                return field, _too_long(i - start, limit)
+        if i >= end:
+            return None
+        field, i = field + 1, i + 1
+
+
+def _too_long(length: int, limit: int) -> str:
+    return f"the field is {length:,} characters long, over the limit of {limit:,}"
 
 
 def merge_duplicates(rows: Iterator[Row], report: ImportReport) -> dict[str, Row]:
