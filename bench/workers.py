@@ -44,8 +44,9 @@ from deliver import (
 )
 from sqlalchemy import insert
 
-from newsletter.content import sources
-from newsletter.services import sending as publish
+from newsletter import config
+from newsletter.services import issues, items
+from newsletter.services.unit import Services
 from newsletter.storage import db
 from newsletter.storage.models import Member
 
@@ -187,7 +188,9 @@ def prepare_template(server: Server, name: str, dsn: str, members: int) -> None:
     with engine.begin() as conn:
         for start in range(0, members, CHUNK):
             conn.execute(insert(Member), member_rows(start, min(start + CHUNK, members), now))
-    sources.import_source(sessions, str(FEED))
+    # The sample site's settings: the import needs none of its own.
+    sample = config.load(FEED.parent.parent / "config.toml", env={config.SECRET_ENV: "b" * 32})
+    items.import_source(Services(sample, sessions), str(FEED), actor="bench")
     engine.dispose()
     server.quiet(name)
 
@@ -241,7 +244,7 @@ def run_workers(
     site_config = make_site(folder, url, args, sink.port)
     settings = load_settings(site_config)
     sessions = db.open_database(settings.database_url)
-    prepared = publish.release_next(settings, sessions)
+    released = Services(settings, sessions).run("bench", issues.release_next)
     sessions.kw["bind"].dispose()
     server.quiet(name)
     before = server.counters(name)
@@ -286,7 +289,7 @@ def run_workers(
             say(f"  {log.name} exited {code}:\n{log.read_text(errors='replace')[-2000:]}")
     result = Result(
         n,
-        prepared.queued,
+        released.queued,
         counts.get("sent", 0),
         wall,
         codes,

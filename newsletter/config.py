@@ -16,9 +16,37 @@ from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get
 
 import jinja2
 import jinja2.meta
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from newsletter.errors import ConfigError, MissingSecret
-from newsletter.storage.db import url_problem
+
+SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, before any driver is imported; None if nothing.
+
+    Only the two databases the migrations are written for, through the drivers this package
+    installs: anything else would fail later with a driver's ImportError.
+    """
+    try:
+        parsed = make_url(url)
+        port = parsed.port
+    except (ArgumentError, ValueError):
+        return f"not a database URL; use {SUPPORTED}"
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and (backend, driver) != ("postgresql", "psycopg"):
+        return (
+            "PostgreSQL is reached through psycopg 3, so the URL must start with "
+            f"postgresql+psycopg://, not {parsed.drivername}://"
+        )
+    if (backend, driver) not in (("sqlite", ""), ("sqlite", "pysqlite"), ("postgresql", "psycopg")):
+        return f"{parsed.drivername!r} databases are not supported; use {SUPPORTED}"
+    if port is not None and not 1 <= port <= 65535:
+        return f"the port must be between 1 and 65535, got {port}"
+    return None
+
 
 ENV_PREFIX = "NEWSLETTER_"
 SECRET_ENV = "NEWSLETTER_SECRET_KEY"
@@ -181,7 +209,7 @@ class ScheduleSettings:
     min_items: int = between(1, 0, 10_000)
     survey: Literal["open", "none"] = "open"
     # APScheduler wants a positive number of seconds.
-    misfire_grace_seconds: int = between(3600, 1, 7 * DAY)
+    misfire_grace_seconds: int = between(3600, 1, 31 * DAY)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import config
 from newsletter.config import Settings
+from newsletter.content import sources
 from newsletter.content.roster import ImportReport
 from newsletter.delivery.engine import Summary
-from newsletter.services import issues, members, sending
+from newsletter.services import issues, items, members, sending
 from newsletter.services.unit import Services
 from newsletter.storage import items as item_rows
 from newsletter.storage.models import Issue
@@ -40,6 +41,12 @@ def services(settings: Settings | None, sessions: sessionmaker[Session]) -> Serv
 
 def import_csv(sessions: sessionmaker[Session], path: Path, **options: Any) -> ImportReport:
     return members.import_file(services(None, sessions), path, actor=ACTOR, **options)
+
+
+def import_source(
+    sessions: sessionmaker[Session], source: str, **options: Any
+) -> sources.SourceReport:
+    return items.import_source(services(None, sessions), source, actor=ACTOR, **options)
 
 
 @dataclass

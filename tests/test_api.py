@@ -192,7 +192,7 @@ def test_pause_resume_cancel_and_send_through_the_api(
     # A new item makes a second issue; cancel it before anything goes out.
     (site / "posts").mkdir()
     (site / "posts" / "late.md").write_text("---\ntitle: A late report\n---\nBody.\n")
-    from newsletter.content.sources import import_source
+    from tests.steps import import_source
 
     import_source(sessions, str(site / "posts"))
     publish.release_next(settings, sessions)

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from newsletter.content.sources import import_source
 from newsletter.storage import db
 from newsletter.storage.models import Delivery
 from tests.conftest import SECRET, make_settings
 from tests.smtpd import RecordingHandler
-from tests.steps import import_csv
+from tests.steps import import_csv, import_source
 
 MEMBERS = 5000
 IN_FLIGHT = 50

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import config
 from newsletter.config import Settings
-from newsletter.content.sources import import_source
 from newsletter.services import editors as desk
 from newsletter.storage.models import (
     AuditEntry,
@@ -30,7 +29,7 @@ from tests import steps as publish
 from tests import steps as store
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
-from tests.steps import import_csv
+from tests.steps import import_csv, import_source
 
 EDITOR, PASSWORD = "ed", "correct horse battery staple"
 HASH = desk.hash_password(PASSWORD)
@@ -188,7 +187,7 @@ def test_concurrent_wrong_passwords_are_counted_before_they_are_checked(
     from newsletter.storage import db
 
     settings = desk_settings(site, database_url, smtp_server.port)
-    app = create_app(settings, db.open_database(settings.database_url), mailer=False)
+    app = create_app(settings, db.open_database(settings.database_url), background=False)
 
     async def storm() -> list[int]:
         transport = httpx.ASGITransport(app=app, client=("198.51.100.9", 5000))

@@ -20,13 +20,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from newsletter.content.sources import import_source
 from newsletter.errors import NewsletterError
 from newsletter.storage.models import Delivery, Issue, Member, utcnow
 from tests import steps as publish
 from tests.checks import check_message
 from tests.smtpd import RecordingHandler
-from tests.steps import import_csv
+from tests.steps import import_csv, import_source
 
 
 def add_members(sessions: sessionmaker[Session], tmp_path: Path, n: int) -> list[str]:

@@ -31,12 +31,11 @@ from sqlalchemy import select
 
 from newsletter import config, schedule
 from newsletter.config import ScheduleSettings
-from newsletter.content.sources import import_source
 from newsletter.storage import db
 from newsletter.storage.models import Issue, utcnow
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
-from tests.steps import import_csv
+from tests.steps import import_csv, import_source
 from tests.test_cli import free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,11 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import schedule
 from newsletter.config import ScheduleSettings, Settings
-from newsletter.content.sources import import_source
 from newsletter.storage.models import Issue
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
-from tests.steps import import_csv
+from tests.steps import import_csv, import_source
 from tests.test_cli import free_port
 
 

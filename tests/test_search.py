@@ -11,7 +11,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, delete, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.content.sources import import_source
 from newsletter.storage import db
 from newsletter.storage.models import (
     Base,
@@ -33,6 +32,7 @@ from newsletter.storage.search import (
     search,
     words,
 )
+from tests.steps import import_source
 
 XIAOMI = "Xiaomi and Nokia Signs Patent Licensing Agreement to Explore Artificial Intelligence"
 SILK = "IP-Silk Road Russian-Chinese IP Center Established in December 17"

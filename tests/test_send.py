@@ -14,13 +14,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from newsletter.content.sources import import_source
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
 from newsletter.storage.models import Delivery, Issue, IssueItem, Member, utcnow
 from tests import steps as publish
 from tests.checks import check_message, seed_titles
 from tests.smtpd import RecordingHandler
-from tests.steps import import_csv
+from tests.steps import import_csv, import_source
 
 
 def load_sample(sessions: sessionmaker[Session], site: Path) -> None:

@@ -22,7 +22,6 @@ from newsletter.cli.main import app
 from newsletter.content.sources import (
     FETCH_LIMIT,
     SourceReport,
-    import_source,
     parse_feed,
     sanitize,
 )
@@ -30,6 +29,7 @@ from newsletter.errors import SourceError
 from newsletter.storage.models import Item
 from tests.checks import seed_titles
 from tests.snapshot import added, snapshot
+from tests.steps import import_source
 from tests.test_front_matter import ALIAS_BOMB
 
 ATOM = """<?xml version="1.0" encoding="utf-8"?>
@@ -248,7 +248,8 @@ def test_bad_markdown_files_are_named_and_the_rest_imports(
         (line,) = [p for p in report.problems if p.startswith(path_name + ":")]
         assert says in line and "\n" not in line, line
     new = added(before, snapshot(sessions))
-    assert set(new) <= {"items"}
+    assert set(new) <= {"items", "audit_log"}  # the good items, and the import's own entry
+    assert len(new["audit_log"]) == 1
     with sessions() as s:
         stored = {
             i.guid: i.title for i in s.scalars(select(Item).where(Item.source == str(folder)))
@@ -344,7 +345,8 @@ def test_feed_entries_are_counted_and_named(
         assert f"{first} and" in line or f"{first}, " in line
         assert all(str(n) in line for n in repeats)
     new = added(before, snapshot(sessions))
-    assert len(new.get("items", [])) == expected["added"] and set(new) <= {"items"}
+    assert len(new.get("items", [])) == expected["added"]
+    assert set(new) <= {"items", "audit_log"} and len(new["audit_log"]) == 1
 
 
 def test_duplicate_guid_message_reads_well(sessions: sessionmaker[Session], tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from tests import steps as publish
 from newsletter.storage.models import Issue, Item, Member
 from newsletter.web.app import create_app
+from tests import steps as publish
 from tests.smtpd import RecordingHandler
 
 # What feeds carry in titles: markup characters, quotes, accents, CJK, symbols.

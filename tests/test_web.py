@@ -17,12 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from newsletter.content.sources import import_source
 from newsletter.storage.models import LinkHit, Member, Survey, SystemMail, Vote, utcnow
 from newsletter.web.app import create_app
 from tests import steps as publish
 from tests.smtpd import RecordingHandler
-from tests.steps import import_csv
+from tests.steps import import_csv, import_source
 
 LINK = re.compile(r'https?://[^\s"\'<>]+/(v|u|t|archive)/[^\s"\'<>]+')
 

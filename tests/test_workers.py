@@ -25,12 +25,12 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.content.sources import import_source
 from newsletter.delivery.sink import ServerThread
 from newsletter.storage import db
 from newsletter.storage.models import Delivery, Member, utcnow
 from tests import steps as publish
 from tests.conftest import SECRET, make_settings, postgres_schema
+from tests.steps import import_source
 
 MEMBERS = 50_000
 WORKERS = 3

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from newsletter.cli.app import actor, console, err, group, progress_bar, state
-from newsletter.content import sources
 from newsletter.services import items, members
 from newsletter.storage.models import MemberStatus
 
@@ -80,8 +79,7 @@ def items_import(
     Exits 1 when an entry or file was refused or a GUID repeated (each is named on stderr);
     the good entries are stored all the same.
     """
-    limit = state.settings().items.size_limit
-    report = sources.import_source(state.sessions(), source, section=section, size_limit=limit)
+    report = items.import_source(state.services(), source, actor=actor(), section=section)
     for problem in report.problems:
         err.print(problem)
     console.print(

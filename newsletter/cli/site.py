@@ -15,10 +15,9 @@ from newsletter import config as config_mod
 from newsletter.cli.app import actor, app, console, err, group, safe_url, state
 from newsletter.cli.sending import run_send
 from newsletter.config import Settings
-from newsletter.content import sources
 from newsletter.content.preview import write_preview
 from newsletter.delivery.sink import DiscardHandler, OutboxHandler, ServerThread, serve_forever
-from newsletter.services import issues, members
+from newsletter.services import issues, items, members
 from newsletter.site import scaffold
 from newsletter.storage import db
 from newsletter.storage.models import MemberStatus
@@ -156,7 +155,7 @@ def demo() -> None:
     for problem in report.errors:
         err.print(f"{csv_path}:{problem}")
     feed = settings.path("examples/seed-feed.xml")
-    items_report = sources.import_source(services.sessions, str(feed))
+    items_report = items.import_source(services, str(feed), actor=actor())
     console.print(
         f"members: {report.added} added from {csv_path.name}; items: {items_report.added} new from {feed.name}"
     )

@@ -18,13 +18,10 @@ import feedparser
 import html2text
 import nh3
 from markdown_it import MarkdownIt
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import ItemsSettings
 from newsletter.content import frontmatter
 from newsletter.errors import SourceError
-from newsletter.storage.models import Item
 
 DEFAULT_SECTION = "News"
 FETCH_TIMEOUT = 30.0
@@ -120,16 +117,13 @@ class SourceReport:
         self.problems.append(problem)
 
 
-def import_source(
-    sessions: sessionmaker[Session],
-    source: str,
-    *,
-    section: str | None = None,
-    size_limit: int = ITEM_LIMIT,
-) -> SourceReport:
-    """Import every entry of a feed (path or URL) or Markdown folder; known GUIDs are left alone.
+def read_source(
+    source: str, *, section: str | None = None, size_limit: int = ITEM_LIMIT
+) -> tuple[dict[str, NewItem], SourceReport]:
+    """Every entry of a feed (path or URL) or Markdown folder, one per GUID, and the report.
 
-    An entry (or Markdown file) that is bad is reported and skipped; the rest still imports.
+    An entry (or Markdown file) that is bad is reported and skipped; the rest still counts.
+    Nothing is stored here: services/items.py stores what this returns.
     """
     report = SourceReport(source)
     path = Path(source)
@@ -143,13 +137,13 @@ def import_source(
     else:
         raise SourceError(source, "no such file or folder, and not an http(s) URL")
     report.found = len(entries) + report.rejected
-    store_items(sessions, entries, source, report)
-    return report
+    return unique_entries(entries, source, report), report
 
 
-def store_items(
-    sessions: sessionmaker[Session], entries: Iterable[NewItem], source: str, report: SourceReport
-) -> None:
+def unique_entries(
+    entries: Iterable[NewItem], source: str, report: SourceReport
+) -> dict[str, NewItem]:
+    """One entry per GUID, the first; the others are reported as duplicates."""
     groups: dict[str, list[NewItem]] = {}
     for entry in entries:
         groups.setdefault(entry.guid, []).append(entry)
@@ -164,30 +158,7 @@ def store_items(
                 f"{wheres[0]} is imported, {_listing(wheres[1:])} skipped as "
                 + ("duplicates" if len(wheres) > 2 else "a duplicate")
             )
-    with sessions.begin() as session:
-        known: set[str] = set()
-        guids = list(unique)
-        for start in range(0, len(guids), 500):
-            known.update(
-                session.scalars(select(Item.guid).where(Item.guid.in_(guids[start : start + 500])))
-            )
-        for guid, entry in unique.items():
-            if guid in known:
-                report.known += 1
-                continue
-            session.add(
-                Item(
-                    guid=guid,
-                    source=source[:1024],
-                    section=entry.section,
-                    title=entry.title,
-                    url=entry.url,
-                    body_html=entry.body_html,
-                    body_text=html_to_text(entry.body_html),
-                    published_at=entry.published_at,
-                )
-            )
-            report.added += 1
+    return unique
 
 
 def read_feed_file(path: Path) -> bytes:

@@ -106,7 +106,9 @@ class Batcher:
         self.jobs += len(batch)
         try:
             results = self._together(batch)
-        except Exception:  # some use-case failed: none of the batch was stored; one by one
+        # Whatever one use-case raised, none of the batch was stored: each runs again alone,
+        # and the exception reaches only the request that caused it (re-raised there).
+        except Exception:
             results = [self._alone(job) for job in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(batch, results, strict=True):
@@ -139,6 +141,7 @@ class Batcher:
     def _alone(self, job: _Job) -> tuple[bool, Any]:
         try:
             return True, self.services.run(job.actor, job.fn, *job.args, **job.kwargs)
+        # Handed to the waiting request, which raises it: nothing is swallowed here.
         except Exception as exc:
             return False, exc
 

@@ -1,12 +1,13 @@
-"""Item use-cases: list, hold back, release and remove items that have not gone out."""
+"""Item use-cases: import a source, list, hold back, release and remove items not yet gone out."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 
+from newsletter.content.sources import NewItem, SourceReport, html_to_text, read_source
 from newsletter.errors import NewsletterError
-from newsletter.services.unit import Unit, use_case
+from newsletter.services.unit import Services, Unit, use_case
 from newsletter.storage import items as rows
 from newsletter.storage.models import Item
 
@@ -42,6 +43,52 @@ def _info(item: Item) -> ItemInfo:
     )
 
 
+@use_case
+def add(unit: Unit, entries: dict[str, NewItem], report: SourceReport) -> SourceReport:
+    """Store a source's entries (one per GUID); a GUID stored already is left as it is."""
+    known = rows.known_guids(unit.session, list(entries))
+    fresh = []
+    for guid, entry in entries.items():
+        if guid in known:
+            report.known += 1
+            continue
+        fresh.append(
+            Item(
+                guid=guid,
+                source=report.source[:1024],
+                section=entry.section,
+                title=entry.title,
+                url=entry.url,
+                body_html=entry.body_html,
+                body_text=html_to_text(entry.body_html),
+                published_at=entry.published_at,
+            )
+        )
+    rows.add_items(unit.session, fresh)
+    report.added += len(fresh)
+    unit.audit(
+        "import-items",
+        detail=f"{report.source[:300]}: {report.found} entries, {report.added} new, "
+        f"{report.known} known, {report.duplicates} duplicates, {report.rejected} refused",
+    )
+    return report
+
+
+def import_source(
+    services: Services,
+    source: str,
+    *,
+    actor: str,
+    section: str | None = None,
+    size_limit: int | None = None,
+) -> SourceReport:
+    """Read a feed (file or URL) or Markdown folder, then store its new items (one use-case).
+    Reading and parsing happen before the transaction: a slow feed holds no lock."""
+    limit = services.settings.items.size_limit if size_limit is None else size_limit
+    entries, report = read_source(source, section=section, size_limit=limit)
+    return services.run(actor, add, entries, report)
+
+
 def listing(unit: Unit, *, new_only: bool = False) -> list[ItemInfo]:
     """Items in the order they were added; with new_only, those in no issue yet."""
     return [_info(i) for i in rows.all_items(unit.session, new_only=new_only)]
@@ -51,7 +98,7 @@ def _find(unit: Unit, ref: str) -> Item:
     """An item by GUID, or by its number (as `items list` shows it)."""
     item = rows.by_guid(unit.session, ref)
     if item is None and ref.isdigit() and len(ref) < 10:
-        item = unit.session.get(Item, int(ref))
+        item = rows.get(unit.session, int(ref))
     if item is None:
         raise NoSuchItem(f"no item has the GUID or number {ref!r} (see `newsletter items list`)")
     return item

@@ -15,34 +15,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from newsletter.config import url_problem
 from newsletter.errors import DatabaseError
 
 MIGRATIONS = str(Path(__file__).with_name("migrations"))
-SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
-
-
-def url_problem(url: str) -> str | None:
-    """What is wrong with a database URL, before any driver is imported; None if nothing.
-
-    Only the two databases the migrations are written for, through the drivers this package
-    installs: anything else would fail later with a driver's ImportError.
-    """
-    try:
-        parsed = make_url(url)
-        port = parsed.port
-    except (ArgumentError, ValueError):
-        return f"not a database URL; use {SUPPORTED}"
-    backend, _, driver = parsed.drivername.partition("+")
-    if backend in ("postgresql", "postgres") and (backend, driver) != ("postgresql", "psycopg"):
-        return (
-            "PostgreSQL is reached through psycopg 3, so the URL must start with "
-            f"postgresql+psycopg://, not {parsed.drivername}://"
-        )
-    if (backend, driver) not in (("sqlite", ""), ("sqlite", "pysqlite"), ("postgresql", "psycopg")):
-        return f"{parsed.drivername!r} databases are not supported; use {SUPPORTED}"
-    if port is not None and not 1 <= port <= 65535:
-        return f"the port must be between 1 and 65535, got {port}"
-    return None
 
 
 def make_engine(url: str) -> Engine:

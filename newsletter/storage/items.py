@@ -64,6 +64,10 @@ def add_items(session: Session, items: Iterable[Item]) -> None:
     session.flush()
 
 
+def get(session: Session, item_id: int) -> Item | None:
+    return session.get(Item, item_id)
+
+
 def by_guid(session: Session, guid: str) -> Item | None:
     return session.scalar(select(Item).where(Item.guid == guid))
 

@@ -8,6 +8,7 @@ page gets an HTML page in the site's style, an API client gets JSON.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -23,6 +24,7 @@ from starlette.routing import Mount, Route
 
 from newsletter.config import Settings
 from newsletter.delivery.mailer import Mailer
+from newsletter.services import evidence, votes
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Services
 from newsletter.site import defaults_dir
@@ -57,10 +59,11 @@ def create_app(
     sessions: sessionmaker[Session] | None = None,
     *,
     clock: Callable[[], dt.datetime] = utcnow,
-    mailer: bool = True,
+    background: bool = True,
 ) -> Starlette:
-    """The web app for one site. `clock` is a seam for tests; `mailer` runs the system mail
-    queue in the background while the app runs (its lifespan)."""
+    """The web app for one site. `clock` is a seam for tests. With `background`, while the app
+    runs (its lifespan) it delivers the system mail queue, and every few seconds settles the
+    votes whose quiet period has passed and folds old link hits into counts."""
     services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
     gateway = Gateway(services)
     pages = Pages(services.env, settings.list.name, settings.list.base_url.rstrip("/"))
@@ -86,21 +89,31 @@ def create_app(
             500,
         )
 
+    async def maintain() -> None:
+        # Settling here keeps the burst after a send from paying for it in its requests.
+        interval = min(60.0, max(1.0, settings.web.vote_window_seconds / 3))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await gateway.call("system", votes.settle)
+                await gateway.call("system", evidence.fold)
+            except Exception:
+                log.exception("maintenance failed; trying again in %.0f s", interval)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = None
-        if mailer:
-            import asyncio
-
+        tasks = []
+        if background:
             queue = Mailer(settings, services.sessions, clock=clock)
             services.listen(queue.wake)
-            task = asyncio.create_task(queue.run())
+            tasks = [asyncio.create_task(queue.run()), asyncio.create_task(maintain())]
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
-                with contextlib.suppress(BaseException):
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
             gateway.close()
 

@@ -16,6 +16,8 @@ from html import escape as html_escape
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -124,7 +126,7 @@ class Desk:
                 return self.to_login()
             try:
                 form = await request.form(max_part_size=MAX_UPLOAD)
-            except Exception:  # a malformed multipart body
+            except (MultiPartException, HTTPException):  # a malformed or oversized body
                 return self.refused(editor)
             try:
                 if not self.auth.csrf_ok(editor, form.get("csrf")):
@@ -164,7 +166,7 @@ class Desk:
     async def login(self, request: Request) -> Response:
         try:
             form = await request.form(max_part_size=64 * 1024)
-        except Exception:
+        except (MultiPartException, HTTPException):
             return self.page("login.html", None, 400, error="The form could not be read.", name="")
         name, password = str(form.get("name", ""))[:200], str(form.get("password", ""))[:1000]
         await form.close()

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -55,7 +57,7 @@ async def form_fields(request: Request) -> dict[str, str] | None:
     if kind == "multipart/form-data":
         try:
             form = await request.form(max_files=0, max_fields=50, max_part_size=FORM_LIMIT)
-        except Exception:  # a malformed multipart body
+        except (MultiPartException, HTTPException):  # a malformed or oversized body
             return None
         return {k: v for k, v in form.items() if isinstance(v, str)}
     body = b""
@@ -157,6 +159,14 @@ class MemberPages:
             Route("/search", self.search, methods=read),
         ]
 
+    def check(self, token: str, kind: Kind, *, max_age_days: int | None = None) -> tuple[int, ...]:
+        """A token's values; TokenError for a bad token, and for a genuine one whose ids no
+        row can have (the database's ids are 32-bit), so it gets the same clear page."""
+        values = self.signer.check(token, kind, max_age_days=max_age_days)
+        if any(v > MAX_ID for v in values):
+            raise TokenError("the link names something that does not exist")
+        return values
+
     def _static(self, template: str) -> HTMLResponse:
         html = self.static_pages.get(template)
         if html is None:
@@ -207,7 +217,7 @@ class MemberPages:
     async def vote_page(self, request: Request) -> Response:
         token = request.path_params["token"]
         try:
-            survey_id, member_id, option = self.signer.check(token, Kind.VOTE)
+            survey_id, member_id, option = self.check(token, Kind.VOTE)
         except TokenError as exc:
             return self.pages.bad_link(str(exc))
         click = await self.gateway.submit(
@@ -227,7 +237,7 @@ class MemberPages:
         """The vote page's own form: choose again, or the person field set by its script."""
         token = request.path_params["token"]
         try:
-            survey_id, member_id, _ = self.signer.check(token, Kind.VOTE)
+            survey_id, member_id, _ = self.check(token, Kind.VOTE)
         except TokenError as exc:
             return self.pages.bad_link(str(exc))
         form = await form_fields(request) or {}
@@ -258,9 +268,7 @@ class MemberPages:
     async def vote_person(self, request: Request) -> Response:
         """The vote page's script reports a trusted pointer, key or touch event."""
         try:
-            survey_id, member_id, option = self.signer.check(
-                request.path_params["token"], Kind.VOTE
-            )
+            survey_id, member_id, option = self.check(request.path_params["token"], Kind.VOTE)
         except TokenError:
             return empty(400)
         counted = await self.gateway.submit(
@@ -288,7 +296,7 @@ class MemberPages:
 
     async def trap(self, request: Request) -> Response:
         try:
-            member_id, issue_id = self.signer.check(request.path_params["token"], Kind.TRAP)
+            member_id, issue_id = self.check(request.path_params["token"], Kind.TRAP)
         except TokenError:
             return self.pages.message("Not found", "There is nothing at this address.", 404)
         await self.gateway.submit(
@@ -317,7 +325,7 @@ class MemberPages:
     async def unsubscribe_page(self, request: Request) -> Response:
         token = request.path_params["token"]
         try:
-            member_id, issue_id = self.signer.check(token, Kind.UNSUBSCRIBE)
+            member_id, issue_id = self.check(token, Kind.UNSUBSCRIBE)
         except TokenError as exc:
             return self.pages.bad_link(str(exc))
         page = await self.gateway.submit(
@@ -338,7 +346,7 @@ class MemberPages:
     async def unsubscribe_form(self, request: Request) -> Response:
         token = request.path_params["token"]
         try:
-            member_id, issue_id = self.signer.check(token, Kind.UNSUBSCRIBE)
+            member_id, issue_id = self.check(token, Kind.UNSUBSCRIBE)
         except TokenError as exc:
             return self.pages.bad_link(str(exc))
         form = await form_fields(request)
@@ -401,7 +409,7 @@ class MemberPages:
         return self.pages.page("subscribed.html")
 
     def _confirm_token(self, token: str) -> int:
-        (member_id,) = self.signer.check(token, Kind.CONFIRM, max_age_days=CONFIRM_DAYS)
+        (member_id,) = self.check(token, Kind.CONFIRM, max_age_days=CONFIRM_DAYS)
         return member_id
 
     async def confirm_page(self, request: Request) -> Response:
@@ -462,7 +470,7 @@ class MemberPages:
         token = request.query_params.get("t", "")
         if token:
             try:
-                token_issue, member_id = self.signer.check(token, Kind.VIEW)
+                token_issue, member_id = self.check(token, Kind.VIEW)
             except TokenError:
                 token_issue = member_id = 0
             if token_issue == issue_id:
