@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -78,28 +77,37 @@ def test_aliases_depth_and_size_are_refused_where_they_are() -> None:
 PEAK_LIMIT = 200 * 1024 * 1024
 
 
+# The child reports its own peak (VmHWM) as it exits. Not ru_maxrss from wait4: Linux carries
+# the parent's high-water mark over fork and exec into the child's, so after a long test run
+# the child would "peak" at pytest's own size.
+CHILD = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 * 1024**3, 4 * 1024**3))  # a regression must fail
+try:
+    sys.argv = ["newsletter", *sys.argv[2:]]
+    runpy.run_module("newsletter", run_name="__main__")
+finally:
+    with open("/proc/self/status") as status, open(sys.argv_peak, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")))
+"""
+
+
 def import_in_child(site: Path, folder: Path) -> tuple[int, int, str]:
     """`newsletter items import FOLDER` in a child process: exit code, peak RSS bytes, stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-
-    def cap() -> None:  # a regression must fail this test, not eat the machine
-        resource.setrlimit(resource.RLIMIT_AS, (4 * 1024**3, 4 * 1024**3))
-
-    child = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "items", "import", str(folder)],
+    peak_file = folder.parent / "peak.txt"
+    code = CHILD.replace("sys.argv_peak", repr(str(peak_file)))
+    child = subprocess.run(
+        [sys.executable, "-c", code, "-", "items", "import", str(folder)],
         cwd=site,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=cap,
+        timeout=120,
+        check=False,
     )
-    assert child.stderr is not None
-    with child.stderr:
-        stderr = child.stderr.read().decode()
-    # wait4, not wait: it hands back this child's own resource usage, peak RSS included.
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, usage.ru_maxrss * 1024, stderr  # ru_maxrss is in KB on Linux
+    kilobytes = int(peak_file.read_text().split()[1])  # "VmHWM:   96000 kB"
+    return child.returncode, kilobytes * 1024, child.stderr.decode()
 
 
 @pytest.mark.parametrize("limits", ["default", "raised"])

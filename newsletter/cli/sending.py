@@ -269,3 +269,5 @@ def retry(
     summary = with_progress(lambda run: sending.retry(services, issue_id, run, actor=actor()))
     print_summary(summary)
     exit_if_stopped()
+    if failed([summary]):
+        raise typer.Exit(1)  # as `send` does

@@ -279,8 +279,7 @@ class Engine:
                     self.in_flight -= 1
                     continue
                 if job.recipient.member_id in self.left:
-                    self._signed.pop(job.delivery_id, None)
-                if job.recipient.member_id in self.left:
+                    self._signed.pop(job.delivery_id, None)  # its signature goes unused
                     outcome = Outcome(
                         job.delivery_id,
                         job.recipient.member_id,

@@ -120,11 +120,14 @@ class Mailer:
         """Send every message due now; returns what happened. Never raises for one message."""
         result = Drained()
         conn = Connection(self.relays, self.settings.smtp.idle_timeout, 0)
+        untried: list[int] = []
         try:
             while batch := await asyncio.to_thread(self._claim):
+                untried = [row.id for row in batch]
                 for row in batch:
                     status, code, text = await self._send(conn, row)
                     await asyncio.to_thread(self._record, row, status, code, text)
+                    untried.remove(row.id)
                     if status == MailStatus.SENT:
                         result.sent += 1
                     else:
@@ -136,8 +139,14 @@ class Mailer:
                 if result.deferred and not result.sent:
                     break  # the relay is out of reach: the rest waits for the next pass
         finally:
+            if untried:  # stopped mid-batch: hand back what was claimed and not tried
+                await asyncio.shield(asyncio.to_thread(self._release, untried))
             await conn.release(polite=True)
         return result
+
+    def _release(self, mail_ids: list[int]) -> None:
+        with self.sessions.begin() as session:
+            rows.release(session, mail_ids, self.owner)
 
     async def _send(self, conn: Connection, row: SystemMail) -> tuple[MailStatus, int | None, str]:
         try:

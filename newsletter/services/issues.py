@@ -22,12 +22,14 @@ from newsletter.services.unit import Services, Unit, use_case
 from newsletter.storage import issues as rows
 from newsletter.storage import items as item_rows
 from newsletter.storage import ledger, search, surveys
+from newsletter.storage import members as member_rows
 from newsletter.storage.ledger import Recipient, new_owner
 from newsletter.storage.models import (
     UNFINISHED,
     DeliveryStatus,
     Issue,
     IssueStatus,
+    MemberStatus,
     SurveyStatus,
 )
 
@@ -185,6 +187,9 @@ def release_next(
     """
     settings = unit.settings
     settings.require_secret()  # fail before anything is stored, not halfway through
+    if not member_rows.counts(unit.session).get(MemberStatus.ACTIVE):
+        # An issue nobody receives would take the items and never reach the archive.
+        raise NothingToSend("no active members: nothing to send (the items stay new)")
     compiled = compile_next(unit, with_survey=with_survey)
     issue = rows.add(
         unit.session,
@@ -259,6 +264,10 @@ def cancel(unit: Unit, issue_id: int) -> IssueInfo:
 def requeue_failed(unit: Unit, issue_id: int) -> int:
     """Queue an issue's failed deliveries again, with a new retry deadline; how many."""
     row = _row(unit, issue_id)
+    if row.status not in (IssueStatus.SENT, IssueStatus.SENDING):
+        raise Conflict(
+            f"issue #{issue_id} is {row.status}: only a sent or sending issue is retried"
+        )
     count = ledger.requeue_failed(unit.session, issue_id)
     if not count:
         raise NewsletterError(f"issue #{issue_id} has no failed deliveries to retry")

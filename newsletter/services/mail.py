@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from newsletter.content import layout
 from newsletter.content.compiler import Compiled
 from newsletter.content.layout import system_message
 from newsletter.content.personalize import Personalizer
@@ -99,7 +100,10 @@ def queue_test_copy(unit: Unit, compiled: Compiled, number: int, to_address: str
     (no issue row, no delivery row, no item claimed). Returns the queued message's id."""
     compiled = dataclasses.replace(compiled, subject=TEST_PREFIX + compiled.subject)
     personalizer = Personalizer(compiled, unit.settings, unit.services.signer, number)
-    message_id, data = personalizer.message(Recipient(0, to_address, ""))
+    shared, data = personalizer.message(Recipient(0, to_address, ""))
+    # Every copy its own Message-ID: two tests of one issue must not look like one message.
+    message_id = layout.message_id(unit.settings.list.from_address.rsplit("@", 1)[1])
+    data = data.replace(f"Message-ID: {shared}".encode(), f"Message-ID: {message_id}".encode(), 1)
     row = queue(
         unit, kind=TEST, to_address=to_address, message_id=message_id, message=data, retry_hours=1
     )

@@ -156,7 +156,8 @@ def unsubscribe(unit: Unit, member_id: int, *, issue_id: int | None = None, via:
     """Stop all mail to the member at once, including rows of sends already released.
     False when the member had already left (nothing changes then)."""
     member = rows.get(unit.session, member_id)
-    if member is None or member.status == MemberStatus.UNSUBSCRIBED:
+    # A bounced address stays bounced (resubscribing must not revive it); it gets no mail.
+    if member is None or member.status in OPTED_OUT:
         return False
     now = unit.now
     member.status, member.unsubscribed_at, member.updated_at = MemberStatus.UNSUBSCRIBED, now, now

@@ -106,13 +106,13 @@ def click(
     vote = surveys.member_vote(unit.session, survey_id, member_id)
     before = vote.option if vote is not None else None
     _choose(unit, survey_id, member_id, option, vote, person=person)
-    unit.audit(
-        "vote",
-        member_id=member_id,
-        detail=f"survey {survey_id}, option {option}: "
-        + ("counted (a person used the page)" if person else f"held ({method})"),
-    )
-    unit.after_commit(lambda: unit.services.changed(f"survey:{survey_id}"))
+    if person:  # counted: a vote cast. A held click is evidence, decided (and audited) by settle
+        unit.audit(
+            "vote",
+            member_id=member_id,
+            detail=f"survey {survey_id}, option {option}: counted (a person used the page)",
+        )
+        unit.after_commit(lambda: unit.services.changed(f"survey:{survey_id}"))
     return Click(Outcome.RECORDED, survey_id, option, before)
 
 

@@ -10,7 +10,6 @@ from sqlalchemy import CursorResult, exists, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from newsletter.storage.models import (
-    UNFINISHED,
     Delivery,
     DeliveryStatus,
     Issue,
@@ -71,17 +70,6 @@ def delivery_counts(session: Session, issue_id: int) -> dict[DeliveryStatus, int
         .group_by(Delivery.status)
     ).all()
     return {DeliveryStatus(status): int(n) for status, n in rows}
-
-
-def unfinished_count(session: Session, issue_id: int) -> int:
-    return (
-        session.scalar(
-            select(func.count()).where(
-                Delivery.issue_id == issue_id, Delivery.status.in_(UNFINISHED)
-            )
-        )
-        or 0
-    )
 
 
 def snapshot_audience(session: Session, issue_id: int, now: dt.datetime) -> int:

@@ -342,11 +342,6 @@ class Ledger:
                 return IssueStatus.SENT
             return str(status)
 
-    def requeue_failed(self) -> int:
-        """Give an issue's failed rows another round (`newsletter retry`)."""
-        with self.sessions.begin() as session:
-            return requeue_failed(session, self.issue_id)
-
 
 def cancel(session: Session, issue_id: int, owner: str, now: dt.datetime) -> int:
     """Stop the issue for good: every row not sent yet becomes "cancelled".
@@ -362,6 +357,9 @@ def cancel(session: Session, issue_id: int, owner: str, now: dt.datetime) -> int
             or_(
                 D.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)),
                 and_(D.c.status == DeliveryStatus.SENDING, D.c.lease_owner == owner),
+                # A claim whose lease lapsed belongs to a sender that is gone: no one else
+                # will ever finish it, since no sender works on a cancelled issue.
+                and_(D.c.status == DeliveryStatus.SENDING, D.c.lease_until < now),
             ),
         )
         .values(status=DeliveryStatus.CANCELLED, lease_owner=None, lease_until=None, updated_at=now)

@@ -270,7 +270,7 @@ class LinkHit(Base):
     __table_args__ = (Index("ix_link_hits_member_at", "member_id", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # vote, unsubscribe, view, trap, human
+    kind: Mapped[str] = mapped_column(String(16))  # vote, unsubscribe, view, trap, person
     method: Mapped[str] = mapped_column(String(8))  # GET, HEAD, POST
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -19,6 +19,11 @@ COOKIE = "desk_session"
 SESSION_SECONDS = 12 * 3600
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of text from a request (any characters) with a MAC."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class Editor:
     name: str
@@ -49,7 +54,7 @@ class DeskAuth:
     def editor(self, request: Request) -> Editor | None:
         value = request.cookies.get(COOKIE, "")
         body, _, sig = value.partition(".")
-        if not body or not hmac.compare_digest(sig, self._sign(b"session", body.encode())):
+        if not body or not _same(sig, self._sign(b"session", body.encode())):
             return None
         try:
             data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
@@ -64,7 +69,7 @@ class DeskAuth:
         return self._sign(b"csrf", editor.sid.encode())
 
     def csrf_ok(self, editor: Editor, token: object) -> bool:
-        return isinstance(token, str) and hmac.compare_digest(token, self.csrf(editor))
+        return isinstance(token, str) and _same(token, self.csrf(editor))
 
     def notice_query(self, text: str, error: bool = False) -> str:
         """A redirect's query string carrying a message the page shows; signed, so a link
@@ -76,6 +81,6 @@ class DeskAuth:
 
     def notice(self, request: Request) -> tuple[str, str]:
         text, kind, sig = (request.query_params.get(k, "") for k in ("n", "k", "s"))
-        if text and hmac.compare_digest(sig, self._sign(b"notice", f"{kind}:{text}".encode())):
+        if text and _same(sig, self._sign(b"notice", f"{kind}:{text}".encode())):
             return text, kind
         return "", ""
