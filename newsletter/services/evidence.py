@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from newsletter.services.unit import Unit, use_case
+from sqlalchemy.orm import Session
+
+from newsletter.services.unit import Unit, prefetch, use_case
 from newsletter.services.votes import VoteRule
 from newsletter.storage import hits, surveys
 from newsletter.storage import members as member_rows
@@ -31,6 +34,11 @@ class Visitor:
     status: MemberStatus
 
 
+def _load_members(session: Session, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    member_rows.load(session, {args[0] for args, _ in calls})
+
+
+@prefetch(_load_members)
 def visit(
     unit: Unit,
     member_id: int,
@@ -57,6 +65,7 @@ def visit(
     return Visitor(member.id, member.email, member.name, member.status)
 
 
+@prefetch(_load_members)
 def member(unit: Unit, member_id: int) -> Visitor | None:
     found = member_rows.get(unit.session, member_id)
     if found is None:
@@ -81,8 +90,11 @@ def fold_cutoff(unit: Unit) -> dt.datetime:
     return cutoff
 
 
+FOLD_CHUNK = 5000  # raw hits folded in one call
+
+
 @use_case
-def fold(unit: Unit, limit: int = 10_000) -> int:
+def fold(unit: Unit, limit: int = FOLD_CHUNK) -> int:
     """Fold old raw hits into counts (up to `limit` a call); how many were folded."""
     folded = hits.fold_before(unit.session, fold_cutoff(unit), limit)
     if folded:

@@ -132,7 +132,7 @@ def previous_results(unit: Unit) -> Results | None:
     survey_id = rows.last_survey_id(unit.session)
     if survey_id is None:
         return None
-    votes.settle(unit)
+    votes.settle_all(unit)
     return votes.results(unit, survey_id)
 
 

@@ -10,12 +10,15 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from newsletter.content.addresses import clean_name, normalize_address
 from newsletter.content.roster import ImportReport, Row, merge_duplicates, read_rows
 from newsletter.errors import NewsletterError
 from newsletter.services import mail
-from newsletter.services.unit import Services, Unit, use_case
+from newsletter.services.unit import Services, Unit, prefetch, use_case
 from newsletter.storage import members as rows
 from newsletter.storage import signups
 from newsletter.storage.models import Member, MemberStatus
@@ -245,7 +248,12 @@ class UnsubscribePage:
     ask_again: bool  # scanner signs around: the person must press once more
 
 
+def _load_links(session: Session, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    rows.load(session, {args[0] for args, _ in calls})
+
+
 @use_case
+@prefetch(_load_links)
 def unsubscribe_link(
     unit: Unit,
     member_id: int,

@@ -47,6 +47,24 @@ def use_case(fn: Callable[Concatenate[Unit, P], T]) -> Callable[Concatenate[Unit
     return fn
 
 
+# A batch's loader: given the session and every (args, kwargs) of one use-case in the batch,
+# it brings what they will read into the session in a few queries instead of one each.
+Prefetch = Callable[[Session, list[tuple[tuple[Any, ...], dict[str, Any]]]], None]
+PREFETCH: dict[Callable[..., Any], Prefetch] = {}
+
+
+def prefetch(
+    loader: Prefetch,
+) -> Callable[[Callable[Concatenate[Unit, P], T]], Callable[Concatenate[Unit, P], T]]:
+    """Give a use-case a loader the batcher runs once for all its calls in one batch."""
+
+    def mark(fn: Callable[Concatenate[Unit, P], T]) -> Callable[Concatenate[Unit, P], T]:
+        PREFETCH[fn] = loader
+        return fn
+
+    return mark
+
+
 @dataclass
 class Unit:
     """One transaction of one use-case (or of a batch of them: see boundary.Batcher)."""

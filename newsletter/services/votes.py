@@ -16,11 +16,14 @@ import datetime as dt
 import functools
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
 from newsletter.content.results import Results, tally
 from newsletter.errors import NewsletterError
-from newsletter.services.unit import Unit, use_case
+from newsletter.services.unit import Unit, prefetch, use_case
 from newsletter.storage import hits, surveys
 from newsletter.storage import members as member_rows
 from newsletter.storage.models import SurveyStatus, Vote
@@ -71,7 +74,14 @@ def _open_survey(unit: Unit, survey_id: int, member_id: int, option: int) -> Out
     return None
 
 
+def _load_clicks(session: Session, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    """A batch of clicks: their members and votes in two queries."""
+    member_rows.load(session, {args[1] for args, _ in calls})
+    surveys.load_votes(session, {(args[0], args[1]) for args, _ in calls})
+
+
 @use_case
+@prefetch(_load_clicks)
 def click(
     unit: Unit,
     survey_id: int,
@@ -106,13 +116,15 @@ def click(
     vote = surveys.member_vote(unit.session, survey_id, member_id)
     before = vote.option if vote is not None else None
     _choose(unit, survey_id, member_id, option, vote, person=person)
-    if person:  # counted: a vote cast. A held click is evidence, decided (and audited) by settle
+    # A vote counted (a person used the page) is audited; a held click is evidence, decided
+    # and audited by settle. The shared results catch up within their cache's lifetime (the
+    # member's own page shows their choice at once), so a burst does not recount per vote.
+    if person:
         unit.audit(
             "vote",
             member_id=member_id,
             detail=f"survey {survey_id}, option {option}: counted (a person used the page)",
         )
-        unit.after_commit(lambda: unit.services.changed(f"survey:{survey_id}"))
     return Click(Outcome.RECORDED, survey_id, option, before)
 
 
@@ -140,6 +152,7 @@ def _choose(
 
 
 @use_case
+@prefetch(_load_clicks)
 def person(
     unit: Unit, survey_id: int, member_id: int, option: int, *, ip: str = "", user_agent: str = ""
 ) -> bool:
@@ -167,39 +180,72 @@ def person(
         member_id=member_id,
         detail=f"survey {survey_id}, option {chosen}: counted (a person used the page)",
     )
-    unit.after_commit(lambda: unit.services.changed(f"survey:{survey_id}"))
     return True
 
 
-def scanner_signs(
-    unit: Unit, member_id: int, survey_id: int, option: int, at: dt.datetime, rule: VoteRule
+def _machine_sign(
+    hits: list[tuple[dt.datetime, str, str, int | None, int | None]],
+    sent: list[dt.datetime],
+    survey_id: int,
+    option: int,
+    at: dt.datetime,
+    rule: VoteRule,
 ) -> str | None:
     """Why a click at `at` looks like a machine, or None if nothing does."""
-    for kind, method, hit_survey, hit_option in hits.around(
-        unit.session, member_id, at - rule.window, at + rule.window
-    ):
+    for hit_at, kind, method, hit_survey, hit_option in hits:
+        if abs(hit_at - at) > rule.window:
+            continue
         if method == "HEAD":
             return "a HEAD request for the member's links"
         if kind == "trap":
             return "the hidden link was fetched"
         if kind == "vote" and hit_survey == survey_id and hit_option != option:
             return "several options fetched together"
-    delivered = hits.last_delivery_for_survey(unit.session, member_id, survey_id, at)
+    delivered = max((t for t in sent if t <= at), default=None)
     if delivered is not None and at - delivered < rule.delivery_grace:
         return f"within {int(rule.delivery_grace.total_seconds())} s of delivery"
     return None
 
 
+SETTLE_CHUNK = 500  # pending clicks decided in one call
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    counted: int
+    decided: int  # counted or dropped; SETTLE_CHUNK means more may be due
+
+
 @use_case
-def settle(unit: Unit) -> int:
-    """Count or drop every pending click whose window has passed. Returns how many were counted."""
+def settle(unit: Unit, limit: int = SETTLE_CHUNK) -> Settled:
+    """Count or drop the pending clicks whose window has passed, the oldest first, up to
+    `limit` of them (call it again while it decides that many).
+
+    The evidence for all of them is read in two queries (the members' hits around their
+    clicks, and when they were sent the survey), so settling after a burst stays cheap."""
     rule = VoteRule.from_settings(unit.settings)
-    counted = dropped = 0
-    changed: set[int] = set()
-    for vote in surveys.pending_before(unit.session, unit.now - rule.window):
+    due = surveys.pending_before(unit.session, unit.now - rule.window, limit)
+    if not due:
+        return Settled(0, 0)
+    members = {v.member_id for v in due}
+    clicked = [v.pending_at for v in due if v.pending_at is not None]
+    around = hits.around_many(
+        unit.session, members, min(clicked) - rule.window, max(clicked) + rule.window
+    )
+    sent: dict[tuple[int, int], list[dt.datetime]] = {}
+    for survey_id in {v.survey_id for v in due}:
+        for member_id, when in hits.deliveries_for_survey(unit.session, members, survey_id).items():
+            sent[(survey_id, member_id)] = when
+    counted = 0
+    for vote in due:
         assert vote.pending_at is not None and vote.pending_option is not None
-        reason = scanner_signs(
-            unit, vote.member_id, vote.survey_id, vote.pending_option, vote.pending_at, rule
+        reason = _machine_sign(
+            around.get(vote.member_id, []),
+            sent.get((vote.survey_id, vote.member_id), []),
+            vote.survey_id,
+            vote.pending_option,
+            vote.pending_at,
+            rule,
         )
         if reason is None:
             vote.option, vote.counted_at = vote.pending_option, unit.now
@@ -207,14 +253,22 @@ def settle(unit: Unit) -> int:
             counted += 1
         else:
             vote.evidence = f"not counted: {reason}"
-            dropped += 1
         vote.pending_option, vote.pending_at = None, None
-        changed.add(vote.survey_id)
-    if counted or dropped:
-        unit.audit("settle-votes", detail=f"{counted} counted, {dropped} not counted")
-        for survey_id in changed:
-            unit.after_commit(functools.partial(unit.services.changed, f"survey:{survey_id}"))
-    return counted
+    unit.audit("settle-votes", detail=f"{counted} counted, {len(due) - counted} not counted")
+    for survey_id in {v.survey_id for v in due}:
+        unit.after_commit(functools.partial(unit.services.changed, f"survey:{survey_id}"))
+    return Settled(counted, len(due))
+
+
+def settle_all(unit: Unit) -> int:
+    """Settle every click that is due, chunk after chunk; how many were counted."""
+    counted = 0
+    while True:
+        done = settle(unit)
+        counted += done.counted
+        if done.decided < SETTLE_CHUNK:
+            return counted
+        unit.session.flush()
 
 
 def results(unit: Unit, survey_id: int) -> Results:
@@ -229,7 +283,7 @@ def results(unit: Unit, survey_id: int) -> Results:
 
 def settled_results(unit: Unit, survey_id: int | None = None) -> Results:
     """Settle what is due, then the results of `survey_id` (default: the newest survey)."""
-    settle(unit)
+    settle_all(unit)
     if survey_id is None:
         survey_id = surveys.newest_id(unit.session)
         if survey_id is None:
@@ -244,7 +298,7 @@ def close(unit: Unit, key: str | None) -> str:
     survey = surveys.find(unit.session, key)
     if survey is None:
         raise NoSuchSurvey(f"no survey {key!r}" if key else "there is no survey yet")
-    settle(unit)
+    settle_all(unit)
     survey.status, survey.closed_at = SurveyStatus.CLOSED, unit.now
     unit.audit("close-survey", detail=f"survey {survey.id} ({survey.key})")
     unit.after_commit(lambda: unit.services.changed(f"survey:{survey.id}"))

@@ -21,16 +21,48 @@ def add(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
         session.execute(insert(H), list(rows))
 
 
-def around(
-    session: Session, member_id: int, start: dt.datetime, end: dt.datetime
-) -> Sequence[tuple[str, str, int | None, int | None]]:
-    """(kind, method, survey_id, option) of the member's hits between start and end."""
+def around_many(
+    session: Session, member_ids: set[int], start: dt.datetime, end: dt.datetime
+) -> dict[int, list[tuple[dt.datetime, str, str, int | None, int | None]]]:
+    """Per member: (at, kind, method, survey_id, option) of their hits between start and end."""
+    found: dict[int, list[tuple[dt.datetime, str, str, int | None, int | None]]] = {}
+    if not member_ids:
+        return found
     rows = session.execute(
-        select(LinkHit.kind, LinkHit.method, LinkHit.survey_id, LinkHit.option).where(
-            LinkHit.member_id == member_id, LinkHit.at >= start, LinkHit.at <= end
+        select(
+            LinkHit.member_id,
+            LinkHit.at,
+            LinkHit.kind,
+            LinkHit.method,
+            LinkHit.survey_id,
+            LinkHit.option,
+        ).where(LinkHit.member_id.in_(member_ids), LinkHit.at >= start, LinkHit.at <= end)
+    ).all()
+    for member_id, at, kind, method, survey_id, option in rows:
+        found.setdefault(int(member_id), []).append((at, str(kind), str(method), survey_id, option))
+    return found
+
+
+def deliveries_for_survey(
+    session: Session, member_ids: set[int], survey_id: int
+) -> dict[int, list[dt.datetime]]:
+    """Per member: when they were sent an issue carrying the survey."""
+    found: dict[int, list[dt.datetime]] = {}
+    if not member_ids:
+        return found
+    rows = session.execute(
+        select(Delivery.member_id, Delivery.sent_at)
+        .join(Issue, Issue.id == Delivery.issue_id)
+        .where(
+            Delivery.member_id.in_(member_ids),
+            Issue.survey_id == survey_id,
+            Delivery.sent_at.is_not(None),
         )
     ).all()
-    return [(str(k), str(m), s, o) for k, m, s, o in rows]
+    for member_id, sent_at in rows:
+        if sent_at is not None:
+            found.setdefault(int(member_id), []).append(sent_at)
+    return found
 
 
 def machine_signs_since(session: Session, member_id: int, since: dt.datetime) -> int:
@@ -47,22 +79,6 @@ def machine_signs_since(session: Session, member_id: int, since: dt.datetime) ->
         )
         or 0
     )
-
-
-def last_delivery_for_survey(
-    session: Session, member_id: int, survey_id: int, before: dt.datetime
-) -> dt.datetime | None:
-    """When the member was last sent an issue carrying the survey, up to `before`."""
-    sent: dt.datetime | None = session.scalar(
-        select(func.max(Delivery.sent_at))
-        .join(Issue, Issue.id == Delivery.issue_id)
-        .where(
-            Delivery.member_id == member_id,
-            Issue.survey_id == survey_id,
-            Delivery.sent_at <= before,
-        )
-    )
-    return sent
 
 
 def count(session: Session) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import SurveySettings
@@ -13,7 +13,10 @@ from newsletter.storage.models import Member, Survey, SurveyOption, SurveyStatus
 
 
 def get(session: Session, survey_id: int) -> Survey | None:
-    return session.get(Survey, survey_id)
+    survey = session.get(Survey, survey_id)
+    # Kept for the session's life: a batch of clicks on one survey asks for it once.
+    session.info.setdefault("keep", []).append(survey)
+    return survey
 
 
 def sync(session: Session, conf: SurveySettings, now: dt.datetime) -> Survey:
@@ -35,11 +38,15 @@ def sync(session: Session, conf: SurveySettings, now: dt.datetime) -> Survey:
 
 
 def options(session: Session, survey_id: int) -> Sequence[SurveyOption]:
-    return session.scalars(
-        select(SurveyOption)
-        .where(SurveyOption.survey_id == survey_id)
-        .order_by(SurveyOption.position)
-    ).all()
+    """The survey's options in order (asked once per session: options never change)."""
+    known: dict[int, Sequence[SurveyOption]] = session.info.setdefault("survey_options", {})
+    if survey_id not in known:
+        known[survey_id] = session.scalars(
+            select(SurveyOption)
+            .where(SurveyOption.survey_id == survey_id)
+            .order_by(SurveyOption.position)
+        ).all()
+    return known[survey_id]
 
 
 def newest_id(session: Session) -> int | None:
@@ -65,14 +72,46 @@ def counted(session: Session, survey_id: int) -> dict[int, int]:
     return {int(option or 0): int(n) for option, n in rows}
 
 
+def _votes(session: Session) -> dict[tuple[int, int], Vote | None]:
+    # (survey, member) → the vote as this session knows it, None when known to be absent:
+    # what load_votes fetched for a batch, and every vote added since.
+    known: dict[tuple[int, int], Vote | None] = session.info.setdefault("votes", {})
+    return known
+
+
+# Statements of the vote pages' hot path, built once (see storage/members.py).
+_VOTE = select(Vote).where(Vote.survey_id == bindparam("s"), Vote.member_id == bindparam("m"))
+_VOTES = select(Vote).where(
+    Vote.survey_id == bindparam("s"), Vote.member_id.in_(bindparam("ms", expanding=True))
+)
+
+
 def member_vote(session: Session, survey_id: int, member_id: int) -> Vote | None:
-    return session.scalar(
-        select(Vote).where(Vote.survey_id == survey_id, Vote.member_id == member_id)
-    )
+    known = _votes(session)
+    key = (survey_id, member_id)
+    if key not in known:
+        known[key] = session.scalar(_VOTE, {"s": survey_id, "m": member_id})
+    return known[key]
+
+
+def load_votes(session: Session, pairs: set[tuple[int, int]]) -> None:
+    """The votes of these (survey, member) pairs in one query, for a batch of clicks."""
+    known = _votes(session)
+    wanted = {pair for pair in pairs if pair not in known}
+    by_survey: dict[int, set[int]] = {}
+    for survey_id, member_id in wanted:
+        by_survey.setdefault(survey_id, set()).add(member_id)
+    for survey_id, member_ids in by_survey.items():
+        found = session.scalars(_VOTES, {"s": survey_id, "ms": list(member_ids)})
+        for vote in found:
+            known[(vote.survey_id, vote.member_id)] = vote
+    for pair in wanted:
+        known.setdefault(pair, None)
 
 
 def add_vote(session: Session, vote: Vote) -> Vote:
     session.add(vote)
+    _votes(session)[(vote.survey_id, vote.member_id)] = vote
     return vote
 
 

@@ -186,12 +186,17 @@ class MemberPages:
         return result
 
     async def _vote_answer(
-        self, request: Request, token: str, click: votes.Click, *, wrong_option: Response
+        self,
+        request: Request,
+        token: str,
+        click: votes.Click,
+        *,
+        wrong_option: Callable[[], Response],
     ) -> Response:
         if click.outcome == votes.Outcome.UNKNOWN:
             return self.pages.bad_link("the link names a survey or member that does not exist")
         if click.outcome == votes.Outcome.NO_OPTION:
-            return wrong_option
+            return wrong_option()
         if click.outcome == votes.Outcome.CLOSED:
             results = await self.results(click.survey_id)
             return self.pages.page("results.html", results=results, closed=True)
@@ -230,8 +235,12 @@ class MemberPages:
             ip=client_ip(request),
             user_agent=agent(request),
         )
-        wrong = self.pages.bad_link(f"the survey has no option {option}")
-        return await self._vote_answer(request, token, click, wrong_option=wrong)
+        return await self._vote_answer(
+            request,
+            token,
+            click,
+            wrong_option=lambda: self.pages.bad_link(f"the survey has no option {option}"),
+        )
 
     async def vote_form(self, request: Request) -> Response:
         """The vote page's own form: choose again, or the person field set by its script."""
@@ -260,10 +269,14 @@ class MemberPages:
             ip=client_ip(request),
             user_agent=agent(request),
         )
-        wrong = self.pages.message(
-            "Choose an option", f"There is no option {option} in this survey.", 400
+        return await self._vote_answer(
+            request,
+            token,
+            click,
+            wrong_option=lambda: self.pages.message(
+                "Choose an option", f"There is no option {option} in this survey.", 400
+            ),
         )
-        return await self._vote_answer(request, token, click, wrong_option=wrong)
 
     async def vote_person(self, request: Request) -> Response:
         """The vote page's script reports a trusted pointer, key or touch event."""
