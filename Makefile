@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check newsletter tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy newsletter
+	$(BIN)/mypy newsletter tests bench
 
 check: lint typecheck test
 
