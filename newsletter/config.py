@@ -287,27 +287,12 @@ def load(
     raw = _read_toml(path)
     if overrides:
         raw = _merge(raw, overrides)
-    for dotted, var in _ENV_ONLY.items():
-        section, key = dotted.split(".")
-        if key in raw.get(section, {}):
-            raise ConfigError(dotted, f"secrets do not belong in config.toml; set {var} instead")
+    _refuse_secrets(raw)
     url_from_env = DATABASE_URL_ENV in env
     if url_from_env:
         raw.setdefault("database", {})["url"] = env[DATABASE_URL_ENV]
-    password = env.get(SMTP_PASSWORD_ENV, "")
     raw.setdefault("smtp", {})
-    if password:
-        raw["smtp"]["password"] = password
-
-    for index, relay in enumerate(raw["smtp"].get("fallback", []), start=1):
-        if isinstance(relay, dict):
-            if "password" in relay:
-                raise ConfigError(
-                    f"smtp.fallback[{index - 1}].password",
-                    f"secrets do not belong in config.toml; set {SMTP_PASSWORD_ENV}_{index} instead",
-                )
-            if env.get(f"{SMTP_PASSWORD_ENV}_{index}"):
-                relay["password"] = env[f"{SMTP_PASSWORD_ENV}_{index}"]
+    _add_smtp_passwords(raw["smtp"], env)
 
     settings: Settings = _build(
         Settings, raw, "", skip={"site_dir", "config_path", "secret_keys", "api_token"}
@@ -325,6 +310,29 @@ def load(
         where = f" (from {DATABASE_URL_ENV})" if url_from_env else ""
         raise ConfigError("database.url", problem + where)
     return settings
+
+
+def _refuse_secrets(raw: dict[str, Any]) -> None:
+    for dotted, var in _ENV_ONLY.items():
+        section, key = dotted.split(".")
+        if key in raw.get(section, {}):
+            raise ConfigError(dotted, f"secrets do not belong in config.toml; set {var} instead")
+
+
+def _add_smtp_passwords(smtp: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The relays' passwords from the environment: the primary's, then fallback N's from _N."""
+    password = env.get(SMTP_PASSWORD_ENV, "")
+    if password:
+        smtp["password"] = password
+    for index, relay in enumerate(smtp.get("fallback", []), start=1):
+        if isinstance(relay, dict):
+            if "password" in relay:
+                raise ConfigError(
+                    f"smtp.fallback[{index - 1}].password",
+                    f"secrets do not belong in config.toml; set {SMTP_PASSWORD_ENV}_{index} instead",
+                )
+            if env.get(f"{SMTP_PASSWORD_ENV}_{index}"):
+                relay["password"] = env[f"{SMTP_PASSWORD_ENV}_{index}"]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -395,50 +403,76 @@ _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 
 
 def _validate(s: Settings) -> None:
-    if not s.list.base_url.startswith(("http://", "https://")):
+    """What the types alone do not say, table by table; the first problem found is raised."""
+    _check_list(s.list)
+    _check_smtp(s.smtp)
+    if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
+        raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
+    _check_sizes(s.items, s.issue)
+    if s.survey is not None:
+        _check_survey(s.survey)
+    if s.api_token and len(s.api_token) < 24:
+        raise ConfigError("api_token", f"{API_TOKEN_ENV} must be at least 24 characters long")
+    _check_editors(s.editor)
+    _check_schedules(s.schedule)
+
+
+def _check_list(lst: ListSettings) -> None:
+    if not lst.base_url.startswith(("http://", "https://")):
         raise ConfigError("list.base_url", "must start with http:// or https://")
-    if not _ADDRESS.match(s.list.from_address):
-        raise ConfigError("list.from_address", f"not an email address: {s.list.from_address!r}")
+    if not _ADDRESS.match(lst.from_address):
+        raise ConfigError("list.from_address", f"not an email address: {lst.from_address!r}")
     for key in ("return_path", "reply_to"):
-        value = getattr(s.list, key)
+        value = getattr(lst, key)
         if value and not _ADDRESS.match(value):
             raise ConfigError(f"list.{key}", f"not an email address: {value!r}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", s.list.id):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", lst.id):
         raise ConfigError("list.id", "must be a dotted name such as news.example.org (RFC 2919)")
     for key in ("name", "subject"):
-        if re.search(r"[\r\n\x00]", getattr(s.list, key)):
+        if re.search(r"[\r\n\x00]", getattr(lst, key)):
             raise ConfigError(f"list.{key}", "must not contain line breaks")
-    check_subject(s.list.subject)
-    if s.smtp.user and not s.smtp.password:
-        raise MissingSecret("smtp.password", SMTP_PASSWORD_ENV, f"smtp.user is {s.smtp.user!r}")
-    for i, relay in enumerate(s.smtp.fallback):
+    check_subject(lst.subject)
+
+
+def _check_smtp(smtp: SmtpSettings) -> None:
+    """A relay with a user needs its password (from the environment)."""
+    if smtp.user and not smtp.password:
+        raise MissingSecret("smtp.password", SMTP_PASSWORD_ENV, f"smtp.user is {smtp.user!r}")
+    for i, relay in enumerate(smtp.fallback):
         if relay.user and not relay.password:
             raise MissingSecret(
                 f"smtp.fallback[{i}].password",
                 f"{SMTP_PASSWORD_ENV}_{i + 1}",
                 f"the relay's user is {relay.user!r}",
             )
-    if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
-        raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
-    if s.items.size_limit > s.issue.size_limit:
+
+
+def _check_sizes(items: ItemsSettings, issue: IssueSettings) -> None:
+    if items.size_limit > issue.size_limit:
         raise ConfigError(
             "items.size_limit",
-            f"must not be more than issue.size_limit ({s.issue.size_limit}), since a larger "
-            f"item could never go out, got {s.items.size_limit}",
+            f"must not be more than issue.size_limit ({issue.size_limit}), since a larger "
+            f"item could never go out, got {items.size_limit}",
         )
-    if s.survey is not None:
-        if not s.survey.options or len(s.survey.options) > 20:
-            raise ConfigError("survey.options", "needs between 1 and 20 options")
-        if len(set(s.survey.options)) != len(s.survey.options):
-            raise ConfigError("survey.options", "options must be distinct")
-    if s.api_token and len(s.api_token) < 24:
-        raise ConfigError("api_token", f"{API_TOKEN_ENV} must be at least 24 characters long")
-    for i, editor in enumerate(s.editor):
+
+
+def _check_survey(survey: SurveySettings) -> None:
+    if not survey.options or len(survey.options) > 20:
+        raise ConfigError("survey.options", "needs between 1 and 20 options")
+    if len(set(survey.options)) != len(survey.options):
+        raise ConfigError("survey.options", "options must be distinct")
+
+
+def _check_editors(editors: Editors) -> None:
+    for i, editor in enumerate(editors):
         if not editor.password_hash.startswith("scrypt$"):
             raise ConfigError(
                 f"editor[{i}].password_hash", "make one with `newsletter editor hash-password`"
             )
-    for name, sched in s.schedule.items():
+
+
+def _check_schedules(schedules: dict[str, ScheduleSettings]) -> None:
+    for name, sched in schedules.items():
         if len(sched.cron.split()) not in (5, 6):
             raise ConfigError(
                 f"schedule.{name}.cron",
@@ -468,7 +502,7 @@ def check_subject(source: str) -> None:
     try:
         env.from_string(source).render(sample)
     # A template is code: whatever it raises on sample values, it would raise when sending.
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error of the template's is the config's error
         raise ConfigError(
             "list.subject", f"the template fails: {exc.__class__.__name__}: {exc}"
         ) from None
@@ -515,24 +549,37 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         return _coerce(args[0], value, where)
     if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ConfigError(
-                where, f"must be one of {', '.join(map(repr, choices))}, got {value!r}"
-            )
-        return value
+        return _choice(get_args(tp), value, where)
     if origin is list:
         (item_tp,) = get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(where, f"expected a list, got {value!r}")
-        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return _list_of(item_tp, value, where)
     if origin is dict:
         _, val_tp = get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(where, "expected a table")
-        return {k: _coerce(val_tp, v, _join(where, k)) for k, v in value.items()}
+        return _table_of(val_tp, value, where)
     if dataclasses.is_dataclass(tp):
         return _build(cast(type[Any], tp), value, where)
+    return _scalar(tp, value, where)
+
+
+def _choice(choices: tuple[Any, ...], value: Any, where: str) -> Any:
+    if value not in choices:
+        raise ConfigError(where, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _list_of(item_tp: Any, value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(where, f"expected a list, got {value!r}")
+    return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _table_of(val_tp: Any, value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(where, "expected a table")
+    return {k: _coerce(val_tp, v, _join(where, k)) for k, v in value.items()}
+
+
+def _scalar(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in _TYPE_WORDS:
