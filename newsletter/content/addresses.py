@@ -23,6 +23,17 @@ def normalize_address(raw: str) -> str:
     A non-ASCII local part would need SMTPUTF8 end to end (RFC 6531); it is refused here,
     clearly, rather than failing later at some relay.
     """
+    addr = _bare(raw)
+    local, domain = addr.split("@")
+    _check_local(addr, local)
+    full = f"{local.lower()}@{_ascii_domain(addr, domain)}"
+    if len(full) > 254:
+        raise ValueError(f"{addr!r} is longer than 254 characters")
+    return full
+
+
+def _bare(raw: str) -> str:
+    """The address without surrounding spaces or <>, if it is one word with exactly one @."""
     addr = raw.strip()
     if len(addr) > LONGEST_INPUT:
         raise ValueError(f"the email address is longer than {LONGEST_INPUT} characters")
@@ -34,7 +45,10 @@ def normalize_address(raw: str) -> str:
         raise ValueError(f"the email address {addr!r} contains spaces or control characters")
     if addr.count("@") != 1:
         raise ValueError(f"{addr!r} is not an email address (it needs exactly one @)")
-    local, domain = addr.split("@")
+    return addr
+
+
+def _check_local(addr: str, local: str) -> None:
     if not local.isascii():
         raise ValueError(
             f"{addr!r} has a non-ASCII local part; internationalised mailboxes need SMTPUTF8 "
@@ -44,6 +58,10 @@ def normalize_address(raw: str) -> str:
         raise ValueError(f"{addr!r} has an invalid local part")
     if len(local) > 64:
         raise ValueError(f"{addr!r} has a local part longer than 64 characters")
+
+
+def _ascii_domain(addr: str, domain: str) -> str:
+    """The domain by IDNA 2008 with UTS 46 mapping, in lower case, checked label by label."""
     try:
         ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii").lower()
     except (idna.IDNAError, UnicodeError) as exc:
@@ -51,10 +69,7 @@ def normalize_address(raw: str) -> str:
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         raise ValueError(f"{addr!r} has an invalid domain")
-    full = f"{local.lower()}@{ascii_domain}"
-    if len(full) > 254:
-        raise ValueError(f"{addr!r} is longer than 254 characters")
-    return full
+    return ascii_domain
 
 
 def clean_name(raw: str) -> str:

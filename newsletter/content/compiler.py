@@ -141,7 +141,7 @@ def render_subject(
         )
     # config.check_subject tried the template on sample values; these values may still
     # break it (an index past a short title): name the key, as a config error does.
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a template may raise anything; all are config errors
         raise ConfigError(
             "list.subject", f"the template fails on this issue: {exc.__class__.__name__}: {exc}"
         ) from None

@@ -63,12 +63,24 @@ class _Loader(yaml.SafeLoader):
 
 def split(text: str) -> FrontMatter:
     """The front matter and body of a Markdown file's text, or ValueError saying where not."""
+    block_start, block_end, body_start = _find_block(text)
+    root = _compose(text[block_start:block_end])
+    body = text[body_start:]
+    if root is None:
+        return FrontMatter({}, {}, frozenset(), body)
+    if not isinstance(root, MappingNode):
+        raise ValueError(f"{_place(root.start_mark)}: the front matter must be 'key: value' lines")
+    return _read_keys(root, body)
+
+
+def _find_block(text: str) -> tuple[int, int, int]:
+    """Where the block's lines start and end, and where the body starts: after the line
+    ('---' or '...') that closes the block, which must come within FRONT_MATTER_LIMIT."""
     first_end = text.find("\n")
     first = text if first_end < 0 else text[:first_end]
     if first.rstrip() != "---":
         raise ValueError("line 1: no front matter: start the file with a '---' line")
     block_start = pos = first_end + 1 if first_end >= 0 else len(text)
-    line = 2
     while True:
         if pos >= len(text):
             raise ValueError("line 1: the front matter is not closed by a '---' line")
@@ -80,16 +92,15 @@ def split(text: str) -> FrontMatter:
                 "without a closing '---' line"
             )
         if text[pos:end].rstrip() in ("---", "..."):
-            break
-        pos, line = end + 1, line + 1
-    root = _compose(text[block_start:pos])
+            return block_start, pos, end + 1
+        pos = end + 1
+
+
+def _read_keys(root: MappingNode, body: str) -> FrontMatter:
+    """The top-level keys: plain words, each given once; values kept as text, places noted."""
     values: dict[str, str] = {}
     places: dict[str, str] = {}
     nested: set[str] = set()
-    if root is None:
-        return FrontMatter(values, places, frozenset(), text[end + 1 :])
-    if not isinstance(root, MappingNode):
-        raise ValueError(f"{_place(root.start_mark)}: the front matter must be 'key: value' lines")
     for key_node, value_node in root.value:
         if not isinstance(key_node, ScalarNode):
             raise ValueError(f"{_place(key_node.start_mark)}: a key must be a plain word")
@@ -103,7 +114,7 @@ def split(text: str) -> FrontMatter:
             nested.add(key)  # a list or a table: only an error if the key is one we read
         elif value_node.tag != _NULL:
             values[key] = str(value_node.value)
-    return FrontMatter(values, places, frozenset(nested), text[end + 1 :])
+    return FrontMatter(values, places, frozenset(nested), body)
 
 
 def _compose(block: str) -> Node | None:

@@ -52,6 +52,29 @@ def read_rows(text: str, report: ImportReport) -> Iterator[Row]:
     swallow the rows below it, as it would if the csv module read on to the next quote.
     """
     lines = _LINE_BREAK.split(text)
+    header_line, columns = _read_header(lines)
+    for line, raw in enumerate(lines[header_line:], start=header_line + 1):
+        if not raw.strip():
+            continue
+        try:
+            values = split_line(raw, columns)
+        except ValueError as exc:
+            report.rows += 1
+            report.errors.append(ImportRowError(line, str(exc)))
+            continue
+        if not any(v.strip() for v in values):
+            continue
+        report.rows += 1
+        try:
+            row = _row(line, columns, values)
+        except ValueError as exc:
+            report.errors.append(ImportRowError(line, str(exc)))
+            continue
+        yield row
+
+
+def _read_header(lines: list[str]) -> tuple[int, list[str]]:
+    """The header's line number (the first line that is not blank) and its column names."""
     if not any(line.strip() for line in lines):
         raise NewsletterError("the file is empty: it needs a header row with an 'email' column")
     header_line = next(i for i, line in enumerate(lines, start=1) if line.strip())
@@ -66,37 +89,26 @@ def read_rows(text: str, report: ImportReport) -> Iterator[Row]:
         )
     if len(set(columns)) != len(columns):
         raise NewsletterError(f"line {header_line}: the header repeats a column name")
-    for line, raw in enumerate(lines[header_line:], start=header_line + 1):
-        if not raw.strip():
-            continue
-        try:
-            values = split_line(raw, columns)
-        except ValueError as exc:
-            report.rows += 1
-            report.errors.append(ImportRowError(line, str(exc)))
-            continue
-        if not any(v.strip() for v in values):
-            continue
-        report.rows += 1
-        try:
-            if len(values) != len(columns):
-                raise ValueError(f"expected {len(columns)} fields, found {len(values)}")
-            record = dict(zip(columns, values, strict=True))
-            email = normalize_address(record.pop("email"))
-            name = clean_name(record.pop("name", ""))
-            status_word = record.pop("status", "").strip().lower()
-            if status_word not in _STATUS_WORDS:
-                raise ValueError(f"unknown status {status_word!r} (use active or unsubscribed)")
-            attributes = {}
-            for k, v in record.items():
-                if CONTROL.search(v.replace("\t", " ")):
-                    raise ValueError(f"column {k!r} contains a line break or control character")
-                if v.strip():
-                    attributes[k] = v.strip()
-        except ValueError as exc:
-            report.errors.append(ImportRowError(line, str(exc)))
-            continue
-        yield Row(line, email, name, _STATUS_WORDS[status_word], attributes)
+    return header_line, columns
+
+
+def _row(line: int, columns: list[str], values: list[str]) -> Row:
+    """One line's member, or ValueError saying what is wrong with it."""
+    if len(values) != len(columns):
+        raise ValueError(f"expected {len(columns)} fields, found {len(values)}")
+    record = dict(zip(columns, values, strict=True))
+    email = normalize_address(record.pop("email"))
+    name = clean_name(record.pop("name", ""))
+    status_word = record.pop("status", "").strip().lower()
+    if status_word not in _STATUS_WORDS:
+        raise ValueError(f"unknown status {status_word!r} (use active or unsubscribed)")
+    attributes = {}
+    for k, v in record.items():
+        if CONTROL.search(v.replace("\t", " ")):
+            raise ValueError(f"column {k!r} contains a line break or control character")
+        if v.strip():
+            attributes[k] = v.strip()
+    return Row(line, email, name, _STATUS_WORDS[status_word], attributes)
 
 
 # csv's own idea of a line end: CR LF, CR or LF (not str.splitlines' form feeds and U+2028).
