@@ -251,7 +251,8 @@ class _Child:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         self.stdin, self.stdout = proc.stdin, proc.stdout
         self.waiting: collections.deque[list[asyncio.Future[bytes]]] = collections.deque()
         self.reader = asyncio.create_task(self._read())
@@ -269,7 +270,8 @@ class _Child:
                         future.set_result(header)
         except asyncio.IncompleteReadError:
             pass
-        except Exception as exc:  # a garbled answer: the process is no use any more
+        # A garbled answer (unpickling can raise anything): the process is no use any more.
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the waiting futures must hear
             error = f"failed: {exc}"
         code = await self.proc.wait()
         failure = SigningFailed(f"a DKIM signing process {error} (exit code {code})")

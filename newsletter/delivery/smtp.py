@@ -13,6 +13,7 @@ import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import SMTPStatus
+from typing_extensions import override
 
 from newsletter.config import RelaySettings, SmtpSettings
 from newsletter.content.layout import Wire, unwire
@@ -145,7 +146,7 @@ class Connection:
         if polite:
             try:
                 await asyncio.wait_for(client.quit(), timeout=2)
-            except Exception:  # leaving anyway: a failed QUIT changes nothing
+            except Exception:  # noqa: BLE001 - leaving anyway: however QUIT fails, we close
                 client.close()
         else:
             client.close()
@@ -166,6 +167,7 @@ class _FastProtocol(SMTPProtocol):
     _batch_want = 0
     _batch_replies: list[SMTPResponse]
 
+    @override  # aiosmtplib's signature, `timeout` and all
     async def execute_data_command(
         self, message: bytes, timeout: float | None = None
     ) -> SMTPResponse:
@@ -181,19 +183,20 @@ class _FastProtocol(SMTPProtocol):
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             return await self._send_wire(message, timeout)
 
-    async def _send_wire(self, message: bytes, timeout: float | None) -> SMTPResponse:
+    async def _send_wire(self, message: bytes, reply_timeout: float | None) -> SMTPResponse:
         self._response_pending = True
         self.write(message)
-        response = await self.read_response(timeout=timeout)
+        response = await self.read_response(timeout=reply_timeout)
         if response.code != SMTPStatus.completed:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
 
     async def pipelined(
-        self, envelope: tuple[str, str], message: Wire, size: bool, timeout: float | None
+        self, envelope: tuple[str, str], message: Wire, size: bool, reply_timeout: float | None
     ) -> SMTPResponse:
         """MAIL, RCPT and DATA in one write, then the message: one transaction, one recipient.
 
+        Each reply is waited for up to `reply_timeout` seconds, as aiosmtplib waits for one.
         Raises what aiosmtplib's own calls would: SMTPSenderRefused, SMTPRecipientRefused,
         SMTPDataError, SMTPServerDisconnected or SMTPReadTimeoutError.
         """
@@ -205,7 +208,7 @@ class _FastProtocol(SMTPProtocol):
                 b"MAIL " + _mail_arguments(sender, message, size) + b"\r\n"
                 b"RCPT TO:<" + recipient.encode() + b">\r\nDATA\r\n",
                 3,
-                timeout,
+                reply_timeout,
             )
             if data_reply.code == SMTPStatus.start_input and (
                 mail_reply.code != SMTPStatus.completed
@@ -213,7 +216,7 @@ class _FastProtocol(SMTPProtocol):
             ):
                 # A server that accepts DATA with no valid recipient gets an empty message,
                 # which it must then refuse (RFC 2920 §3.1); the caller's RSET follows.
-                await self._exchange(b".\r\n", 1, timeout)
+                await self._exchange(b".\r\n", 1, reply_timeout)
             if mail_reply.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, sender)
             if rcpt_reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
@@ -222,10 +225,10 @@ class _FastProtocol(SMTPProtocol):
                 )
             if data_reply.code != SMTPStatus.start_input:
                 raise aiosmtplib.SMTPDataError(data_reply.code, data_reply.message)
-            return await self._send_wire(message, timeout)
+            return await self._send_wire(message, reply_timeout)
 
     async def _exchange(
-        self, data: bytes, replies: int, timeout: float | None
+        self, data: bytes, replies: int, reply_timeout: float | None
     ) -> list[SMTPResponse]:
         if self._response_waiter is None or self.transport is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -233,7 +236,7 @@ class _FastProtocol(SMTPProtocol):
         self._batch_want, self._batch_replies = replies, []
         self.write(data)
         try:
-            return await asyncio.wait_for(batch, timeout)
+            return await asyncio.wait_for(batch, reply_timeout)
         except TimeoutError as exc:
             raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
         finally:
@@ -251,7 +254,10 @@ class _FastProtocol(SMTPProtocol):
                 if len(self._batch_replies) == self._batch_want:
                     batch.set_result(self._batch_replies)
                     return
-        except Exception as exc:  # a malformed or oversized reply, as aiosmtplib raises it
+        # A malformed or oversized reply, as aiosmtplib raises it. Like aiosmtplib's own
+        # data_received, any error goes to the waiting command: raised here, it would only
+        # reach the event loop's log, and the command would wait for its timeout.
+        except Exception as exc:  # noqa: BLE001 - a protocol callback hands every error on
             batch.set_exception(exc)
 
     def _fail_batch(self, exc: Exception) -> None:
