@@ -214,63 +214,88 @@ async def run_elected(settings: Settings, elector: election.Elector | None = Non
     """
     interval = settings.scheduler.check_seconds
     elector = elector or election.for_database(settings.database_url, interval)
-    # One thread for the elector's blocking calls, so they never overlap; a call that hangs
-    # (a dead network) is given up on after `timeout` and counts as a failure.
-    thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="newsletter-election")
-    timeout = max(2 * interval, 1.0)
-    loop = asyncio.get_running_loop()
-
-    async def call(fn: Callable[[], T]) -> T:
-        return await asyncio.wait_for(loop.run_in_executor(thread, fn), timeout)
-
-    jobs: AsyncIOScheduler | None = None
-    said_standby = False
+    candidate = _Candidate(settings, elector, timeout=max(2 * interval, 1.0))
     try:
         while True:
-            if jobs is None:
-                try:
-                    won = await call(elector.try_acquire)
-                except Exception as exc:  # the database is out of reach: try again later
-                    log.warning("scheduler: cannot take part in the election: %r", exc)
-                    thread.submit(elector.drop)
-                    won = said_standby = False
-                if won:
-                    log.info("scheduler: leader (pid %d, %s)", os.getpid(), elector.description)
-                    said_standby = False
-                    try:
-                        jobs = start(settings)
-                    except Exception:
-                        log.exception("scheduler: cannot start; handing the lead back")
-                        try:
-                            await call(elector.close)
-                        except Exception as exc:
-                            log.warning("scheduler: could not hand the lead back: %r", exc)
-                    else:
-                        for job in jobs.get_jobs():
-                            log.info("%s: next run %s", job.id, job.next_run_time)
-                elif not said_standby:
-                    log.info(
-                        "scheduler: standby, another process holds the lock (pid %d, %s)",
-                        os.getpid(),
-                        elector.description,
-                    )
-                    said_standby = True
+            if candidate.jobs is None:
+                await candidate.stand()
             else:
-                try:
-                    held, why = await call(elector.confirm), "another process took over"
-                except Exception as exc:
-                    held, why = False, f"the check failed: {exc!r}"
-                if not held:
-                    log.warning("scheduler: no longer the leader (%s); standing by", why)
-                    jobs.shutdown(wait=False)
-                    jobs = None
-                    thread.submit(elector.drop)
+                await candidate.check(candidate.jobs)
             await asyncio.sleep(interval)
     finally:
-        if jobs is not None:
-            jobs.shutdown(wait=False)
+        await candidate.retire()
+
+
+class _Candidate:
+    """One process in the election: its elector, and its scheduler while it is the leader."""
+
+    def __init__(self, settings: Settings, elector: election.Elector, timeout: float) -> None:
+        self.settings = settings
+        self.elector = elector
+        # One thread for the elector's blocking calls, so they never overlap; a call that hangs
+        # (a dead network) is given up on after `timeout` and counts as a failure.
+        self.thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="newsletter-election"
+        )
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.jobs: AsyncIOScheduler | None = None
+        self.said_standby = False
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wait_for(self.loop.run_in_executor(self.thread, fn), self.timeout)
+
+    async def stand(self) -> None:
+        """A standby's turn: try to take the lead, and start the scheduler if it is won."""
         try:
-            await call(elector.close)
-        except Exception as exc:
+            won = await self.call(self.elector.try_acquire)
+        except Exception as exc:  # noqa: BLE001 - the database is out of reach: try again later
+            log.warning("scheduler: cannot take part in the election: %r", exc)
+            self.thread.submit(self.elector.drop)
+            won = self.said_standby = False
+        if won:
+            log.info("scheduler: leader (pid %d, %s)", os.getpid(), self.elector.description)
+            self.said_standby = False
+            await self._lead()
+        elif not self.said_standby:
+            log.info(
+                "scheduler: standby, another process holds the lock (pid %d, %s)",
+                os.getpid(),
+                self.elector.description,
+            )
+            self.said_standby = True
+
+    async def _lead(self) -> None:
+        try:
+            self.jobs = start(self.settings)
+        except Exception:
+            log.exception("scheduler: cannot start; handing the lead back")
+            await self.hand_back()
+        else:
+            for job in self.jobs.get_jobs():
+                log.info("%s: next run %s", job.id, job.next_run_time)
+
+    async def check(self, jobs: AsyncIOScheduler) -> None:
+        """A leader's turn: make sure the lead is still held; if not, stop and stand by."""
+        try:
+            held, why = await self.call(self.elector.confirm), "another process took over"
+        except Exception as exc:  # noqa: BLE001 - any failure to confirm means the lead is lost
+            held, why = False, f"the check failed: {exc!r}"
+        if not held:
+            log.warning("scheduler: no longer the leader (%s); standing by", why)
+            jobs.shutdown(wait=False)
+            self.jobs = None
+            self.thread.submit(self.elector.drop)
+
+    async def hand_back(self) -> None:
+        try:
+            await self.call(self.elector.close)
+        except Exception as exc:  # noqa: BLE001 - best effort, on the way out: log and go on
             log.warning("scheduler: could not hand the lead back: %r", exc)
-        thread.shutdown(wait=False)
+
+    async def retire(self) -> None:
+        """Stop the scheduler, if running, and hand the lead back at once, if held."""
+        if self.jobs is not None:
+            self.jobs.shutdown(wait=False)
+        await self.hand_back()
+        self.thread.shutdown(wait=False)
