@@ -168,7 +168,17 @@ def api_app(gateway: Gateway, jobs: Jobs) -> FastAPI:
             422: {"model": ErrorOut},
         },
     )
-    token = settings.api_token.encode()
+    _require_token(api, settings.api_token.encode())
+    _answer_request_errors(api)
+    _answer_service_errors(api)
+    # Routes straight on the app: app.routes lists every endpoint.
+    _issue_routes(api, gateway, jobs)
+    _survey_and_member_routes(api, gateway)
+    return api
+
+
+def _require_token(api: FastAPI, token: bytes) -> None:
+    """Every request but the OpenAPI document's needs the bearer token; no token, no API."""
 
     @api.middleware("http")
     async def require_token(
@@ -187,6 +197,10 @@ def api_app(gateway: Gateway, jobs: Jobs) -> FastAPI:
             return json_error(401, "wrong token")
         return await call_next(request)
 
+
+def _answer_request_errors(api: FastAPI) -> None:
+    """A request the API cannot take (no such endpoint, a bad parameter or body) as JSON."""
+
     @api.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return json_error(422, validation_message(exc))
@@ -200,6 +214,10 @@ def api_app(gateway: Gateway, jobs: Jobs) -> FastAPI:
         else:
             message = str(exc.detail)
         return json_error(exc.status_code, message)
+
+
+def _answer_service_errors(api: FastAPI) -> None:
+    """What a service call raised, as JSON with its status; anything else is a bare 500."""
 
     @api.exception_handler(issues.NotFound)
     async def on_not_found(request: Request, exc: issues.NotFound) -> JSONResponse:
@@ -225,7 +243,8 @@ def api_app(gateway: Gateway, jobs: Jobs) -> FastAPI:
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         return json_error(500, "internal error; the server log has the details")
 
-    router = api  # routes straight on the app: app.routes lists every endpoint
+
+def _issue_routes(router: FastAPI, gateway: Gateway, jobs: Jobs) -> None:
     issue_path = Path(ge=1, le=MAX_ID, description="the issue's number")
 
     @router.get("/issues", response_model=IssueList)
@@ -274,6 +293,8 @@ def api_app(gateway: Gateway, jobs: Jobs) -> FastAPI:
         info = await gateway.call(API_ACTOR, issues.cancel, issue_id)
         return ActionOut(message=info.summary, issue=issue_out(info))
 
+
+def _survey_and_member_routes(router: FastAPI, gateway: Gateway) -> None:
     @router.get("/surveys/{survey_id}/results", response_model=ResultsOut)
     async def survey_results(survey_id: int = Path(ge=1, le=MAX_ID)) -> ResultsOut:
         r = await gateway.call(API_ACTOR, votes.settled_results, survey_id)
@@ -305,8 +326,6 @@ def api_app(gateway: Gateway, jobs: Jobs) -> FastAPI:
                 for m in found
             ]
         )
-
-    return api
 
 
 __all__ = ["api_app"]
