@@ -9,6 +9,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 
+from jinja2 import Environment
 from markupsafe import Markup
 
 from newsletter import config, site
@@ -24,7 +25,11 @@ ASCII_NAMES = ["Alice Smith", "Bob O'Neil", "Carol Jones", "Dan Brown"]
 CHINESE_NAMES = ["王芳", "李伟", "张静", "刘洋"]
 
 
-def load_inputs():
+# (survey id, question, [(position, label), ...]), as compile_issue takes it.
+Survey = tuple[int, str, list[tuple[int, str]]]
+
+
+def load_inputs() -> tuple[config.Settings, Environment, list[issue.ItemView], Survey]:
     """Settings, Jinja2 environment, item views and survey, all without the database."""
     settings = config.load("config.toml", env=SECRET)
     env = site.environment(Path(".").resolve())
@@ -57,7 +62,14 @@ def recipients(count: int) -> list[Recipient]:
     ]
 
 
-def naive_message(settings, env, items, survey, p: Personalizer, r: Recipient) -> bytes:
+def naive_message(
+    settings: config.Settings,
+    env: Environment,
+    items: list[issue.ItemView],
+    survey: Survey,
+    p: Personalizer,
+    r: Recipient,
+) -> bytes:
     """The naive way: Jinja2 render, premailer and a MIME message built per member."""
     v = p.values(r)  # the same signed links as the personalised message
     survey_id, question, opts = survey

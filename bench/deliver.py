@@ -189,7 +189,7 @@ def prepare_database(path: Path, members: int) -> None:
     with engine.begin() as conn:
         for start in range(0, members, CHUNK):
             rows = member_rows(start, min(start + CHUNK, members), now)
-            conn.execute(insert(Member.__table__), rows)
+            conn.execute(insert(Member), rows)
     # The sample site's settings: the import needs none of its own.
     sample = config.load(FEED.parent.parent / "config.toml", env={config.SECRET_ENV: "b" * 32})
     items.import_source(Services(sample, sessions), str(FEED), actor="bench")
@@ -233,7 +233,8 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+            program = cast(list[str], proc.args)[0]  # every process here starts from a list
+            raise RuntimeError(f"{program} exited with {proc.returncode} before listening")
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
             return
         time.sleep(0.1)
@@ -745,7 +746,7 @@ class Bench:
             return
         try:
             step()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one failed measurement must not end the run
             traceback.print_exc()
             self.add(item, "error", f"{exc.__class__.__name__}: {exc}"[:90], "", False)
 
@@ -769,7 +770,7 @@ class Bench:
         with contextlib.ExitStack() as stack:
             self.start_sinks(stack)
             for name in self.sinks:
-                self.section("1-3", lambda name=name: self.throughput(name))
+                self.section("1-3", functools.partial(self.throughput, name))
             self.section("4", self.naive)
             self.section("8", self.processes)
             self.section("7", self.dkim)
