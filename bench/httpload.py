@@ -247,51 +247,63 @@ class Connection(asyncio.Protocol):
         return self.busy and now - self.started > self.run.timeout
 
 
-async def drive(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    host = f"{args.host}:{args.port}"
-    run = Run(spec.raw(host), spec.expect, args)
-    reconnect: asyncio.Queue[None] = asyncio.Queue()
-    conns: list[Connection] = []
-    connect_failures = 0
+class Pool:
+    """The connections: opened, opened again when one closes, and watched for overdue answers."""
 
-    async def connect() -> None:
-        nonlocal connect_failures
-        conn = Connection(run, reconnect)
+    def __init__(self, run: Run, args: argparse.Namespace) -> None:
+        self.run, self.args = run, args
+        self.reconnect: asyncio.Queue[None] = asyncio.Queue()
+        self.conns: list[Connection] = []
+        self.connect_failures = 0
+
+    async def connect(self) -> None:
+        args, run = self.args, self.run
+        conn = Connection(run, self.reconnect)
+        loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: conn, args.host, args.port), args.timeout
             )
         except (OSError, TimeoutError) as exc:
-            connect_failures += 1
+            self.connect_failures += 1
             run.error("connect failed", time.perf_counter(), str(exc))
-            if connect_failures > 10 * args.connections:
-                raise SystemExit(f"cannot connect to {host}: {exc}") from None
+            if self.connect_failures > 10 * args.connections:
+                raise SystemExit(f"cannot connect to {args.host}:{args.port}: {exc}") from None
             await asyncio.sleep(0.05)
-            reconnect.put_nowait(None)
+            self.reconnect.put_nowait(None)
             return
-        conns.append(conn)
+        self.conns.append(conn)
 
-    async def keep_connected() -> None:
+    async def keep_connected(self) -> None:
         while True:
-            await reconnect.get()
-            if not run.stopping:
-                await connect()
+            await self.reconnect.get()
+            if not self.run.stopping:
+                await self.connect()
 
-    async def watchdog() -> None:
+    async def watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.1)
             now = time.perf_counter()
-            for conn in conns:
+            for conn in self.conns:
                 if conn.overdue(now):
-                    conn.fail("timeout", f"no complete answer in {args.timeout:g} s")
-            conns[:] = [c for c in conns if c.transport is not None]
+                    conn.fail("timeout", f"no complete answer in {self.args.timeout:g} s")
+            self.conns[:] = [c for c in self.conns if c.transport is not None]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+async def drive(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
+    run = Run(spec.raw(f"{args.host}:{args.port}"), spec.expect, args)
+    pool = Pool(run, args)
 
     start = time.perf_counter()
     run.window_start = start + args.warmup
     run.window_end = run.window_start + args.seconds
-    helpers = [asyncio.create_task(keep_connected()), asyncio.create_task(watchdog())]
-    await asyncio.gather(*(connect() for _ in range(args.connections)))
+    helpers = [asyncio.create_task(pool.keep_connected()), asyncio.create_task(pool.watchdog())]
+    await asyncio.gather(*(pool.connect() for _ in range(args.connections)))
 
     await asyncio.sleep(max(0.0, run.window_start - time.perf_counter()))
     marks_before = marks(args.watch_pid)
@@ -310,9 +322,7 @@ async def drive(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
     left_in_flight = run.in_flight
     for task in helpers:
         task.cancel()
-    for conn in conns:
-        if conn.transport is not None:
-            conn.transport.close()
+    pool.close()
 
     lat = sorted(run.latencies)
     cpu = {k: marks_after[k] - marks_before[k] for k in marks_before}

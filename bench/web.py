@@ -559,6 +559,37 @@ class Bench:
         self.bare_pid = 0
         self.tables: list[Table] = []
 
+    def run(self) -> None:
+        """The sites, then the bare baseline, then each database followed by the bare again."""
+        sites = self.sites()
+        self.start_bare()
+        say("[bare] the baseline, before the first database")
+        if self.args.check_client:
+            self.check_client()
+        before = self.bare("bare (before)")
+        for name, site, ids in sites:
+            table = self.database(name, site, ids, before)
+            table.after = before = self.bare("bare (after)")
+
+    def sites(self) -> list[tuple[str, Site, Ids]]:
+        """A prepared site for each database asked for; PostgreSQL is skipped if unreachable."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        sites: list[tuple[str, Site, Ids]] = []
+        for name in self.args.databases:
+            if name == "sqlite":
+                url = f"sqlite:///{self.work / 'sqlite' / 'var' / 'newsletter.db'}"
+            else:
+                try:
+                    say(f"  PostgreSQL {postgres_version(self.args.pg_url)} at {self.args.pg_url}")
+                except (SQLAlchemyError, ImportError) as exc:
+                    say(f"  PostgreSQL not reachable ({exc.__class__.__name__}): skipped")
+                    continue
+                url = self.stack.enter_context(postgres_schema(self.args.pg_url))
+            site = Site(self.work / name, url, self.secret)
+            sites.append((name, site, site.prepare(self.args.members, free_port())))
+        return sites
+
     def start_bare(self) -> None:
         command = [
             sys.executable,
@@ -905,32 +936,11 @@ def main() -> None:
     try:
         with contextlib.ExitStack() as stack:
             bench = Bench(args, work, stack)
-            sites: list[tuple[str, Site, Ids]] = []
-            for name in args.databases:
-                if name == "sqlite":
-                    url = f"sqlite:///{work / 'sqlite' / 'var' / 'newsletter.db'}"
-                else:
-                    try:
-                        say(f"  PostgreSQL {postgres_version(args.pg_url)} at {args.pg_url}")
-                    except Exception as exc:
-                        say(f"  PostgreSQL not reachable ({exc.__class__.__name__}): skipped")
-                        continue
-                    url = stack.enter_context(postgres_schema(args.pg_url))
-                site = Site(work / name, url, bench.secret)
-                sites.append((name, site, site.prepare(args.members, free_port())))
-            bench.start_bare()
-            say("[bare] the baseline, before the first database")
-            if args.check_client:
-                bench.check_client()
-            before = bench.bare("bare (before)")
-            for name, site, ids in sites:
-                table = bench.database(name, site, ids, before)
-                table.after = before = bench.bare("bare (after)")
+            bench.run()
     except KeyboardInterrupt:
         say("interrupted: servers stopped, schemas dropped")
         failed = True
-    except Exception:
-        # The tables measured so far are still worth printing.
+    except Exception:  # noqa: BLE001 - the tables measured so far are still worth printing
         traceback.print_exc()
         failed = True
     finally:
@@ -940,6 +950,12 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     if bench is None:
         sys.exit(1)
+    report(bench, args, started)
+    if failed:
+        sys.exit(1)
+
+
+def report(bench: Bench, args: argparse.Namespace, started: float) -> None:
     print()
     for table in bench.tables:
         print(render(table, args))
@@ -951,8 +967,6 @@ def main() -> None:
         f"process (on PostgreSQL its backends, plus whatever else runs on this machine), "
         f"over each window. Whole run: {time.perf_counter() - started:.0f} s."
     )
-    if failed:
-        sys.exit(1)
 
 
 if __name__ == "__main__":
