@@ -62,7 +62,8 @@ def check_message(data: bytes) -> tuple[EmailMessage, str, str, list[str]]:
     assert msg.get_content_type() == "multipart/alternative"
     text_part = msg.get_body(preferencelist=("plain",))
     html_part = msg.get_body(preferencelist=("html",))
-    assert text_part is not None and html_part is not None
+    assert text_part is not None
+    assert html_part is not None
     assert text_part.get_content_charset() == "utf-8"
     text, html = text_part.get_content(), html_part.get_content()
     assert len(html.encode()) < 100 * 1024
@@ -72,5 +73,6 @@ def check_message(data: bytes) -> tuple[EmailMessage, str, str, list[str]]:
     assert 'style="' in html or "style='" in html
     links_html = VOTE_LINK.findall(html)
     links_text = VOTE_LINK.findall(text)
-    assert len(links_html) == 3 and links_html == links_text
+    assert len(links_html) == 3
+    assert links_html == links_text
     return msg, text, html, links_html

@@ -67,7 +67,8 @@ def assert_json_error(r: Any, *statuses: int) -> str:
     if statuses:
         assert r.status_code in statuses, (r.request.url, r.status_code, r.text)
     body = r.json()
-    assert isinstance(body.get("error"), str) and body["error"], body
+    assert isinstance(body.get("error"), str), body
+    assert body["error"], body
     return str(body["error"])
 
 
@@ -159,7 +160,8 @@ def test_disabled_api(site: Path, database_url: str, smtp_server: RecordingHandl
     sessions = db.open_database(settings.database_url)
     with TestClient(create_app(settings, sessions)) as c:
         r = c.get("/api/issues", headers=AUTH)
-        assert "NEWSLETTER_API_TOKEN" in r.json()["error"] and r.status_code == 503
+        assert "NEWSLETTER_API_TOKEN" in r.json()["error"]
+        assert r.status_code == 503
     sessions.kw["bind"].dispose()
 
 
@@ -173,18 +175,23 @@ def test_pause_resume_cancel_and_send_through_the_api(
     assert_json_error(c.get("/api/issues/1", headers=AUTH), 404)
     publish.release_next(settings, sessions)
     r = c.post("/api/issues/1/pause", headers=AUTH)
-    assert r.status_code == 200 and r.json()["issue"]["status"] == "paused"
+    assert r.status_code == 200
+    assert r.json()["issue"]["status"] == "paused"
     assert issue_status(sessions) == "paused"
     assert "not sending" in assert_json_error(c.post("/api/issues/1/pause", headers=AUTH), 409)
     r = c.post("/api/issues/1/resume", headers=AUTH)
-    assert r.status_code == 200 and r.json()["issue"]["status"] == "sending"
+    assert r.status_code == 200
+    assert r.json()["issue"]["status"] == "sending"
     wait_idle(c)
     info = c.get("/api/issues/1", headers=AUTH).json()
-    assert info["status"] == "sent" and info["percent"] == 100.0 and info["sent"] == 5
+    assert info["status"] == "sent"
+    assert info["percent"] == 100.0
+    assert info["sent"] == 5
     with sessions() as s:
         active = set(s.scalars(select(Member.email).where(Member.status == MemberStatus.ACTIVE)))
     received = smtp_server.by_recipient()
-    assert set(received) == active and all(len(m) == 1 for m in received.values())
+    assert set(received) == active
+    assert all(len(m) == 1 for m in received.values())
     assert "already sent" in assert_json_error(c.post("/api/issues/1/cancel", headers=AUTH), 409)
     assert "nothing to send" in assert_json_error(c.post("/api/issues/send", headers=AUTH), 409)
     assert audit_rows(sessions) == [("api", "pause", 1), ("api", "resume", 1)]
@@ -241,7 +248,8 @@ def test_send_now_test_send_results_and_members(
     with sessions() as s:  # on PostgreSQL the test sends' rolled-back surveys used up ids
         survey_id = s.scalar(select(Survey.id))
     results = c.get(f"/api/surveys/{survey_id}/results", headers=AUTH).json()
-    assert results["total"] == 0 and len(results["options"]) == 3
+    assert results["total"] == 0
+    assert len(results["options"]) == 3
     assert_json_error(c.get(f"/api/surveys/{survey_id + 1}/results", headers=AUTH), 404)
     found = c.get("/api/members", params={"q": "wang"}, headers=AUTH).json()["members"]
     assert [m["email"] for m in found] == ["wang.fang@example.org"]

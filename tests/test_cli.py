@@ -60,12 +60,15 @@ def test_demo_delivers_once_per_active_member_then_nothing(site: Path) -> None:
         links.update(vote_links)
         messages[msg["To"].addresses[0].addr_spec] = msg
     assert "former.member@example.org" not in messages
-    assert len(messages) == 5 and len(links) == 15
+    assert len(messages) == 5
+    assert len(links) == 15
     assert "delivered: 5, failed: 0" in first.stdout
-    assert "var/outbox" in first.stdout and "var/preview/issue-1.html" in first.stdout
+    assert "var/outbox" in first.stdout
+    assert "var/preview/issue-1.html" in first.stdout
     # No line is broken at Rich's default 80 columns.
     preview_line = next(line for line in first.stdout.splitlines() if "preview:" in line)
-    assert preview_line.endswith("issue-1.txt") and len(preview_line) > 80
+    assert preview_line.endswith("issue-1.txt")
+    assert len(preview_line) > 80
     assert (site / "var" / "preview" / "issue-1.html").is_file()
 
     second = run(site, "demo")
@@ -80,14 +83,17 @@ def test_unknown_config_key_is_one_line_and_nonzero(site: Path) -> None:
     result = run(site, "send", env={"NEWSLETTER_SECRET_KEY": "x" * 32})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "smtp.hots" in lines[0] and "unknown key" in lines[0]
+    assert len(lines) == 1
+    assert "smtp.hots" in lines[0]
+    assert "unknown key" in lines[0]
 
 
 def test_missing_secret_names_the_variable_and_stores_nothing(site: Path) -> None:
     assert run(site, "items", "import", "examples/seed-feed.xml").returncode == 0
     result = run(site, "send")
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "NEWSLETTER_SECRET_KEY" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "NEWSLETTER_SECRET_KEY" in result.stderr
     listed = run(site, "items", "list", "--new")
     assert listed.stdout.count("Comprehensive Reports") == 8  # still new: nothing was claimed
 
@@ -98,7 +104,8 @@ def test_subscribers_import_reports_rows(site: Path) -> None:
     result = run(site, "subscribers", "import", "subscribers/bad.csv")
     assert result.returncode == 1
     assert "bad.csv:line 3:" in result.stderr
-    assert "1 added" in result.stdout and "1 rejected" in result.stdout
+    assert "1 added" in result.stdout
+    assert "1 rejected" in result.stdout
 
 
 def test_preview_writes_files_and_sends_nothing(site: Path) -> None:
@@ -145,7 +152,8 @@ def test_smtp_sink_writes_each_message_to_the_outbox(site: Path) -> None:
                 client = smtplib.SMTP("127.0.0.1", port, timeout=5)
                 break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "the sink did not start"
+                assert time.monotonic() < deadline, "the sink did not start"
+                assert proc.poll() is None, "the sink did not start"
                 time.sleep(0.1)
         with client:
             client.sendmail(
@@ -154,7 +162,8 @@ def test_smtp_sink_writes_each_message_to_the_outbox(site: Path) -> None:
         files = sorted((site / "box").glob("*.eml"))
         assert len(files) == 2
         first = parse(files[0].read_bytes())
-        assert first["Return-Path"] == "<a@example.org>" and first["Subject"] == "hi"
+        assert first["Return-Path"] == "<a@example.org>"
+        assert first["Subject"] == "hi"
         assert {parse(f.read_bytes())["Delivered-To"] for f in files} == {
             "b@example.org",
             "c@example.org",
@@ -175,21 +184,24 @@ def test_issue_commands(site: Path, smtp_server: object) -> None:
     test = run(site, "issue", "test", "--to", "editor@example.org", env=env)
     assert test.returncode == 0, test.stderr
     (message,) = smtp_server.messages
-    assert message.rcpt_to == "editor@example.org" and message.parse()["Subject"].startswith(
-        "[TEST] "
-    )
+    assert message.rcpt_to == "editor@example.org"
+    assert message.parse()["Subject"].startswith("[TEST] ")
     assert "%" not in run(site, "issue", "list", env=env).stdout  # the test stored no issue
     sent = run(site, "send", env=env)
     assert sent.returncode == 0, sent.stderr
     assert len(smtp_server.messages) == 6
     listing = run(site, "issue", "list", env=env).stdout
-    assert "sent" in listing and "100%" in listing
+    assert "sent" in listing
+    assert "100%" in listing
     shown = run(site, "issue", "show", "1", env=env).stdout
-    assert "issue #1 is sent: 5 of 5 sent" in shown and "Xiaomi and Nokia" in shown
+    assert "issue #1 is sent: 5 of 5 sent" in shown
+    assert "Xiaomi and Nokia" in shown
     status = run(site, "issue", "status", "1", env=env).stdout
-    assert "5 of 5" in status and "│ sent       │       5 │" in status
+    assert "5 of 5" in status
+    assert "│ sent       │       5 │" in status
     cancel = run(site, "issue", "cancel", "1", env=env)
-    assert cancel.returncode == 1 and cancel.stderr.startswith("error: ")
+    assert cancel.returncode == 1
+    assert cancel.stderr.startswith("error: ")
 
 
 def test_preview_png_at_two_widths(site: Path) -> None:
@@ -207,5 +219,6 @@ def test_preview_png_at_two_widths(site: Path) -> None:
         png = (site / "var" / "preview" / f"next-issue-{width}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         widths[width] = struct.unpack(">II", png[16:24])
-    assert widths[600][0] == 600 and widths[375][0] == 375
+    assert widths[600][0] == 600
+    assert widths[375][0] == 375
     assert widths[375][1] > widths[600][1]  # the narrow layout is taller

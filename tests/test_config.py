@@ -45,7 +45,8 @@ base_url = "https://news.example.org"
 def test_repository_config_loads_with_defaults() -> None:
     s = config.load(REPO / "config.toml", env={})
     assert s.list.id == "chinaip.example.org"
-    assert s.survey is not None and len(s.survey.options) == 3
+    assert s.survey is not None
+    assert len(s.survey.options) == 3
     assert s.schedule["weekly"].timezone == "Asia/Shanghai"
     assert s.database_url.startswith("sqlite:////")  # resolved against the site folder
     with pytest.raises(MissingSecret, match="NEWSLETTER_SECRET_KEY"):
@@ -82,7 +83,8 @@ def test_bad_keys_are_named(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text), env={})
     assert info.value.key == key
-    assert key in str(info.value) and "\n" not in str(info.value)
+    assert key in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_missing_smtp_password_names_the_variable(tmp_path: Path) -> None:
@@ -90,7 +92,8 @@ def test_missing_smtp_password_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(MissingSecret, match="NEWSLETTER_SMTP_PASSWORD"):
         config.load(path, env={})
     s = config.load(path, env={"NEWSLETTER_SMTP_PASSWORD": "pw"})
-    assert s.smtp.password == "pw" and "pw" not in repr(s)
+    assert s.smtp.password == "pw"
+    assert "pw" not in repr(s)
 
 
 def test_secrets_come_from_the_environment(tmp_path: Path) -> None:
@@ -231,7 +234,8 @@ def test_numbers_out_of_range_name_the_key_and_range(
     assert info.value.key == f"{where}.{name}"
     message = str(info.value)
     assert f"config key '{where}.{name}': must be " in message
-    assert allowed.describe() in message and "\n" not in message
+    assert allowed.describe() in message
+    assert "\n" not in message
 
 
 def test_the_examples_of_the_issue_read_as_promised(tmp_path: Path) -> None:
@@ -371,7 +375,8 @@ def test_subject_template_is_checked_when_the_config_loads(
     try:
         s = config.load(path, env={})
     except ConfigError as exc:
-        assert exc.key == "list.subject" and "\n" not in str(exc)
+        assert exc.key == "list.subject"
+        assert "\n" not in str(exc)
         return
     env = environment(s.site_dir)
     items = [ItemView(i, t, "News", "", Markup(""), t, None) for i, t in enumerate(titles, start=1)]
@@ -395,7 +400,8 @@ def test_subject_errors_read_clearly(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError) as info:
             config.load(write(tmp_path, MINIMAL + f"subject = {json.dumps(subject)}\n"), env={})
-        assert info.value.key == "list.subject" and message in str(info.value), str(info.value)
+        assert info.value.key == "list.subject", str(info.value)
+        assert message in str(info.value), str(info.value)
 
 
 # --- the command line: exit code 2 and one line ----------------------------------------------
@@ -429,5 +435,6 @@ def test_bad_config_exits_2_with_one_line(
     )
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("error: config key ") and key in line
+    assert line.startswith("error: config key ")
+    assert key in line
     assert not (site / "var" / "newsletter.db").exists()  # refused before the database

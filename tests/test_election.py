@@ -40,11 +40,13 @@ def test_one_elector_wins_and_the_other_takes_over_when_it_closes(migrated: str)
     first = election.for_database(migrated, check_seconds=60)
     second = election.for_database(migrated, check_seconds=60)
     expected = AdvisoryLockElector if migrated.startswith("postgresql") else LeaseElector
-    assert isinstance(first, expected) and isinstance(second, expected)
+    assert isinstance(first, expected)
+    assert isinstance(second, expected)
     try:
         assert first.try_acquire()
         assert not second.try_acquire()
-        assert first.confirm() and first.try_acquire()  # the leader stays the leader
+        assert first.confirm()
+        assert first.try_acquire()  # the leader stays the leader
         assert not second.try_acquire()
         first.close()
         assert second.try_acquire()
@@ -86,7 +88,8 @@ def test_a_broken_lock_connection_frees_the_lock_and_the_leader_notices(migrated
     leader = AdvisoryLockElector(migrated)
     standby = AdvisoryLockElector(migrated)
     try:
-        assert leader.try_acquire() and leader.conn is not None
+        assert leader.try_acquire()
+        assert leader.conn is not None
         backend = leader.conn.scalar(text("SELECT pg_backend_pid()"))
         assert not standby.try_acquire()
         with psycopg.connect(PG_DSN, autocommit=True) as admin:
@@ -107,7 +110,8 @@ def test_sites_in_separate_schemas_elect_separately(migrated: str) -> None:
         admin.execute(f'CREATE SCHEMA "{other_schema.rsplit("%3D", 1)[1]}"')
     here, there = AdvisoryLockElector(migrated), AdvisoryLockElector(other_schema)
     try:
-        assert here.try_acquire() and there.try_acquire()
+        assert here.try_acquire()
+        assert there.try_acquire()
         assert here.key != there.key
     finally:
         here.close()

@@ -163,7 +163,8 @@ def test_repeated_connection_failures_pause_the_issue_then_resume(
     assert "Connect" in summary.pause_reason or "refused" in summary.pause_reason.lower()
     with sessions() as s:
         issue = s.scalars(select(Issue)).one()
-        assert issue.status == "paused" and issue.pause_reason == summary.pause_reason
+        assert issue.status == "paused"
+        assert issue.pause_reason == summary.pause_reason
     assert smtp_server.messages == []
     with pytest.raises(publish.IssuePaused, match="paused"):
         asyncio.run(publish.deliver(settings, sessions, issue))
@@ -171,7 +172,8 @@ def test_repeated_connection_failures_pause_the_issue_then_resume(
     publish.resume(sessions, issue.id)
     # The deferred rows are due at once with millisecond backoff; the server is up again.
     summary = asyncio.run(publish.deliver(fast_retries(settings), sessions, issue))
-    assert summary.status == "sent" and summary.counts == {"sent": 40}
+    assert summary.status == "sent"
+    assert summary.counts == {"sent": 40}
     assert all(len(m) == 1 for m in smtp_server.by_recipient().values())
 
 
@@ -211,7 +213,8 @@ def test_bounce_threshold_marks_the_member_and_stops_mail(
         send_all(settings, sessions)
     with sessions() as s:
         member = s.scalar(select(Member).where(Member.email == "member00001@example.org"))
-        assert member is not None and (member.status, member.bounce_count) == ("bounced", 2)
+        assert member is not None
+        assert (member.status, member.bounce_count) == ("bounced", 2)
         rows = s.scalars(select(Delivery).where(Delivery.member_id == member.id)).all()
     assert [r.status for r in rows] == ["bounced", "bounced"]  # not even snapshotted the 3rd time
     assert len(smtp_server.messages) == 6
@@ -231,7 +234,9 @@ def test_retry_requeues_rows_that_failed_at_the_deadline(
     summary = send_all(short, sessions)
     assert summary.counts == {"sent": 4, "failed": 1}
     row = rows_by_email(sessions)["member00002@example.org"]
-    assert row.status == "failed" and row.last_code == 451 and "deadline" in row.last_message
+    assert row.status == "failed"
+    assert row.last_code == 451
+    assert "deadline" in row.last_message
     smtp_server.faults.clear()
     summary = asyncio.run(publish.retry(settings, sessions, summary.issue_id))
     assert summary.counts == {"sent": 5}
@@ -340,9 +345,11 @@ def test_pause_mid_send_then_resume_mails_everyone_once(
     summary = asyncio.run(
         publish.deliver(settings, sessions, publish.get_issue(sessions, issue_id))
     )
-    assert summary.status == "sent" and summary.counts == {"sent": 300}
+    assert summary.status == "sent"
+    assert summary.counts == {"sent": 300}
     received = smtp_server.by_recipient()
-    assert len(received) == 300 and all(len(m) == 1 for m in received.values())
+    assert len(received) == 300
+    assert all(len(m) == 1 for m in received.values())
 
 
 def test_cancel_mid_send_stops_and_says_how_many_went(

@@ -41,7 +41,8 @@ def test_any_text_is_front_matter_or_an_error_naming_a_line(text: str) -> None:
         frontmatter.published(fm)
     except ValueError as exc:
         message = str(exc)
-        assert message.startswith("line ") and "\n" not in message
+        assert message.startswith("line ")
+        assert "\n" not in message
         line = int(message.split()[1].rstrip(":,"))
         assert 1 <= line <= text.count("\n") + 1
 
@@ -56,7 +57,8 @@ def test_impossible_dates_are_named(month: int, day: int) -> None:
     except ValueError as exc:
         assert str(exc).startswith(f"line 3, column 7: date '2017-{month:02}-{day:02}' is not a")
         return
-    assert when is not None and (when.month, when.day) == (month, day)
+    assert when is not None
+    assert (when.month, when.day) == (month, day)
 
 
 def test_aliases_depth_and_size_are_refused_where_they_are() -> None:

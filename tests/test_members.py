@@ -112,7 +112,8 @@ def test_import_reports_bad_rows_and_keeps_good_ones(
     }
     with sessions() as s:
         good = s.scalar(select(Member).where(Member.email == "good@example.org"))
-        assert good is not None and good.attributes == {"company": "ACME"}
+        assert good is not None
+        assert good.attributes == {"company": "ACME"}
 
 
 def test_duplicates_merge_and_opt_out_wins(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
@@ -125,7 +126,9 @@ def test_duplicates_merge_and_opt_out_wins(tmp_path: Path, sessions: sessionmake
         "B@EXAMPLE.ORG,,unsubscribed\n",
     )
     report = import_csv(sessions, path)
-    assert report.merged == 2 and report.added == 2 and not report.errors
+    assert report.merged == 2
+    assert report.added == 2
+    assert not report.errors
     assert all_members(sessions) == {
         "a@example.org": ("Ann", "active"),
         "b@example.org": ("Bob", "unsubscribed"),
@@ -277,7 +280,8 @@ def test_bad_lines_are_named_and_the_rest_imports(
         assert expected_errors[error.line] in str(error)
     new = added(before, snapshot(sessions))
     assert set(new) <= {"members", "audit_log"}  # the good rows, and the import's own entry
-    assert len(new["audit_log"]) == 1 and "import-members" in new["audit_log"][0]
+    assert len(new["audit_log"]) == 1
+    assert "import-members" in new["audit_log"][0]
     assert {row[1]: (row[2], row[3]) for row in new.get("members", [])} == good
     assert all_members(sessions).items() >= good.items()
 
@@ -305,4 +309,5 @@ def test_subscribers_import_exits_1_naming_lines(
         "line (a field cannot span lines)",
         f"{path}:line 5: 'bad-[/b]' is not an email address (it needs exactly one @)",
     ]
-    assert "4 rows, 2 added" in result.stdout and "2 rejected" in result.stdout
+    assert "4 rows, 2 added" in result.stdout
+    assert "2 rejected" in result.stdout

@@ -180,7 +180,8 @@ def test_the_page_shows_units_and_crontab_lines() -> None:
     ), sorted(units)
     for unit in units.values():
         assert SECTION.search(unit.text), unit.name
-    assert serve_unit() and scheduled_units()
+    assert serve_unit()
+    assert scheduled_units()
     crontab = doc_crontab()
     assert len(crontab) >= 2, crontab
     for _when, command in crontab:
@@ -320,9 +321,8 @@ def test_units_pass_systemd_analyze_verify(ops: Ops, tmp_path: Path) -> None:
         timeout=60,
         env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
     )
-    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
-        result.stdout + result.stderr
-    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
 
 
 def next_fires(cron: str, timezone: str, count: int, now: dt.datetime) -> list[dt.datetime]:
@@ -522,18 +522,21 @@ def test_crontab_lines_send_the_slot_then_retry_what_was_deferred(ops: Ops) -> N
 
     first = cron_run(weekly, ops)
     # Cron mails whatever a job prints: the line's redirect leaves it nothing to mail.
-    assert first.returncode == 0 and first.stdout + first.stderr == "", first
+    assert first.returncode == 0, first
+    assert first.stdout + first.stderr == "", first
     log = cron_log(ops, weekly).read_text()
     # Rich wraps its output at 80 columns when it is not writing to a terminal.
     assert f"schedule {name}, slot {slot.isoformat()}: made" in " ".join(log.split()), log
     assert "deferred" in log
-    assert late not in ops.smtp.by_recipient() and ops.smtp.count() == len(active_members()) - 1
+    assert late not in ops.smtp.by_recipient()
+    assert ops.smtp.count() == len(active_members()) - 1
     (issue,) = ops.issues()
     assert (issue.schedule, issue.slot_at) == (name, slot)
 
     time.sleep(0.3)  # the deferred row falls due (retry_base_seconds = 0.2, ±20 %)
     second = cron_run(retries, ops)
-    assert second.returncode == 0 and second.stdout + second.stderr == "", second
+    assert second.returncode == 0, second
+    assert second.stdout + second.stderr == "", second
     assert_one_message_per_member(ops.smtp)
     (issue,) = ops.issues()
     assert issue.status == "sent"
@@ -544,4 +547,5 @@ def test_retry_line_leaves_new_items_for_the_scheduled_issue(ops: Ops) -> None:
     # Items imported mid-week wait for Monday's slot; the retry line has nothing to do.
     result = cron_run(crontab_command(False), ops)
     assert result.returncode == 0, result
-    assert ops.issues() == [] and ops.smtp.count() == 0
+    assert ops.issues() == []
+    assert ops.smtp.count() == 0

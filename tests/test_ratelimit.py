@@ -124,12 +124,14 @@ def test_buckets_follow_the_rates() -> None:
     assert buckets_for(0, 0) == []
     second, hour = buckets_for(20, 3600)
     assert second == Bucket(SECOND, 20.0, 20.0)
-    assert hour.period == HOUR and hour.capacity == 60.0
+    assert hour.period == HOUR
+    assert hour.capacity == 60.0
     # burst + refill over an hour (and a grant's lifetime) is exactly the quota
     assert hour.capacity + hour.rate * (3600 + GRANT_TTL) == pytest.approx(3600)
     assert buckets_for(0.5, 0) == [Bucket(SECOND, 1.0, 0.5)]  # one message at least
     (only,) = buckets_for(0, 1)
-    assert only.capacity == 1.0 and only.rate > 0  # a quota of 1 still refills
+    assert only.capacity == 1.0
+    assert only.rate > 0  # a quota of 1 still refills
 
 
 def test_grants_are_a_tenth_of_the_slowest_rate() -> None:
@@ -206,7 +208,8 @@ async def test_each_relay_has_its_own_buckets(sessions: sessionmaker[Session]) -
     clock = SimClock()
     limits = SharedRateLimits(sessions, 5, 0, clock=clock, sleep=refuse_to_wait)
     first, second = limits.for_relay("a.example.org:25"), limits.for_relay("b.example.org:25")
-    assert limits.for_relay("a.example.org:25") is first and first is not second
+    assert limits.for_relay("a.example.org:25") is first
+    assert first is not second
     assert await burst(first) == 5
     assert await burst(second) == 5
     assert set(rows(sessions, "a.example.org:25")) == {SECOND}
@@ -304,7 +307,8 @@ def test_three_processes_share_one_quota(
     ]
     try:
         for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready"
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")

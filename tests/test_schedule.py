@@ -74,9 +74,11 @@ def test_a_slot_makes_one_issue_even_when_fired_twice_at_once(
         (issue,) = s.scalars(select(Issue)).all()
         assert (issue.schedule, issue.slot_at, issue.status) == ("weekly", slot, "sent")
     received = smtp_server.by_recipient()
-    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
+    assert len(received) == 5
+    assert all(len(m) == 1 for m in received.values())
     again = asyncio.run(schedule.fire(settings, sessions, "weekly", slot))
-    assert not again.made and "already sent" in again.reason
+    assert not again.made
+    assert "already sent" in again.reason
     assert smtp_server.count() == 5
 
 
@@ -137,7 +139,8 @@ def test_a_slot_compiles_its_issue_off_the_event_loop(
         return await schedule.fire(settings, sessions, "weekly", slot)
 
     result = asyncio.run(fire_and_tick())
-    assert result.made and smtp_server.count() == 5
+    assert result.made
+    assert smtp_server.count() == 5
 
 
 def test_fewer_new_items_than_min_items_makes_nothing(
@@ -150,7 +153,8 @@ def test_fewer_new_items_than_min_items_makes_nothing(
     result = asyncio.run(
         schedule.fire(strict, sessions, "weekly", dt.datetime(2026, 11, 23, tzinfo=dt.UTC))
     )
-    assert result.issue_id is None and "8 new items, fewer than min_items = 9" in result.reason
+    assert result.issue_id is None
+    assert "8 new items, fewer than min_items = 9" in result.reason
     with sessions() as s:
         assert s.scalars(select(Issue)).all() == []
     assert smtp_server.messages == []
@@ -303,7 +307,8 @@ def test_serve_fires_a_seconds_schedule_and_then_waits_for_items(
         wait_until(lambda: EMPTY in proc.out.partition(fired(issue))[2], 30, outputs(proc))
     finally:
         proc.stop()
-    assert issue.schedule == "weekly" and statuses(sessions) == ["sent"]
+    assert issue.schedule == "weekly"
+    assert statuses(sessions) == ["sent"]
     assert smtp_server.count() == 5
 
 
@@ -345,7 +350,8 @@ def test_a_slot_missed_while_down_fires_once_at_restart(
     finally:
         first.stop()
     # A new job waits for its next slot: it does not fire one from before it existed.
-    assert next_runs(first) == [following] and FIRING not in first.out
+    assert next_runs(first) == [following]
+    assert FIRING not in first.out
     assert smtp_server.count() == 0
     # As if that run had been before the slot and the service then down until now: the job's
     # stored next run is the slot, which passed with no scheduler running.
@@ -366,19 +372,22 @@ def test_a_slot_missed_while_down_fires_once_at_restart(
     assert second.out.count(FIRING) == 1, second.out
     with job_table(database_url) as jobs:
         job = jobs.lookup_job(JOB)
-        assert job is not None and job.next_run_time == following
+        assert job is not None
+        assert job.next_run_time == following
 
     third = serve(site)  # restarted again: the slot is done with
     try:
         wait_until(lambda: next_runs(third), 60, outputs(third))
     finally:
         third.stop()
-    assert next_runs(third) == [following] and FIRING not in third.out
+    assert next_runs(third) == [following]
+    assert FIRING not in third.out
 
     issue = only_issue(sessions)
     assert (issue.slot_at, issue.status) == (missed, "sent")
     received = smtp_server.by_recipient()
-    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
+    assert len(received) == 5
+    assert all(len(m) == 1 for m in received.values())
 
 
 @pytest.mark.parametrize("launcher", ["serve", "cron"])
@@ -414,7 +423,8 @@ def test_two_processes_on_one_slot_make_one_issue(
             stop_all(procs)
         # Only the elected leader runs the scheduler (test_election.py and the SIGKILL test
         # below); two processes firing one slot at once: the "cron" case and the in-process test.
-        assert FIRING not in standby.out and LEADER not in standby.out, standby.out
+        assert FIRING not in standby.out, standby.out
+        assert LEADER not in standby.out, standby.out
         assert issue.slot_at is not None
         assert sum(f"slot {issue.slot_at.isoformat()}" in w.out for w in procs) == 1
     else:
@@ -427,7 +437,8 @@ def test_two_processes_on_one_slot_make_one_issue(
         issues = s.scalars(select(Issue)).all()
     assert len(issues) == 1
     received = smtp_server.by_recipient()
-    assert len(received) == 5 and all(len(m) == 1 for m in received.values())
+    assert len(received) == 5
+    assert all(len(m) == 1 for m in received.values())
 
 
 def test_one_of_two_serve_processes_fires_and_the_other_takes_over_when_it_is_killed(
@@ -460,13 +471,16 @@ def test_one_of_two_serve_processes_fires_and_the_other_takes_over_when_it_is_ki
         wait_until(lambda: statuses(sessions) == ["sent", "sent"], 60, about)
         with sessions() as s:
             second = s.scalars(select(Issue).order_by(Issue.id.desc())).first()
-        assert second is not None and second.slot_at is not None and first.slot_at is not None
+        assert second is not None
+        assert second.slot_at is not None
+        assert first.slot_at is not None
         assert second.slot_at > first.slot_at
         wait_until(lambda: fired(second) in standby.out, 30, about)
     finally:
         stop_all(procs)
     before, took_over, after = standby.out.partition(LEADER)
-    assert took_over and FIRING not in before  # the standby fired nothing until it led ...
+    assert took_over
+    assert FIRING not in before  # the standby fired nothing until it led ...
     assert fired(second) in after  # ... and then fired the next slot
     received = smtp_server.by_recipient()
     assert len(received) == 5

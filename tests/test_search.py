@@ -206,7 +206,8 @@ def test_snippets_are_escaped(sessions: sessionmaker[Session]) -> None:
     assert hit.title == "Harmless <b>title</b>"  # plain text: the web layer escapes it
     snippet = hit.snippet_html
     assert "<mark>patent</mark>" in snippet
-    assert "<script" not in snippet and "<img" not in snippet
+    assert "<script" not in snippet
+    assert "<img" not in snippet
     assert "&lt;" in snippet
     # Nothing but <mark> and </mark> is markup.
     assert snippet.replace("<mark>", "").replace("</mark>", "").count("<") == 0
@@ -220,8 +221,10 @@ def test_marker_characters_in_a_body_cannot_unbalance_the_markup(
     snippet = hit.snippet_html
     # Stray markers may move a highlight (harmless), but the markup stays balanced.
     assert snippet.count("<mark>") == snippet.count("</mark>") >= 1
-    assert "\x02" not in snippet and "\x03" not in snippet
-    assert "patent" in snippet and "<b>" not in snippet
+    assert "\x02" not in snippet
+    assert "\x03" not in snippet
+    assert "patent" in snippet
+    assert "<b>" not in snippet
 
 
 def test_an_item_added_after_the_migration_is_searchable(
@@ -404,7 +407,8 @@ def test_words_and_the_fts5_query() -> None:
         "Hello", "wörld", "专利", "许可", "x2", "under", "score", "C", "e", "mail",
     ]  # fmt: skip
     assert words("'; DROP TABLE items; --") == ["DROP", "TABLE", "items"]
-    assert words("") == [] and words('!!! * " ()') == []
+    assert words("") == []
+    assert words('!!! * " ()') == []
     assert fts5_query(["patent", "NEAR", "AND"]) == '"patent" "NEAR" "AND"'
     assert fts5_query(['a"b']) == '"a""b"'
 

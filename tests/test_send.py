@@ -64,7 +64,8 @@ def test_one_message_per_active_member(
         for title in titles:
             assert title in text
             assert title.replace("'", "&#39;") in html or title in html
-        assert settings.survey is not None and settings.survey.question in text
+        assert settings.survey is not None
+        assert settings.survey.question in text
         all_links.update(links)
         message_ids.add(msg["Message-ID"])
     assert len(all_links) == 3 * len(received)  # every member's links are their own
@@ -72,9 +73,11 @@ def test_one_message_per_active_member(
 
     with sessions() as s:
         issue = s.scalars(select(Issue)).one()
-        assert issue.status == "sent" and issue.sent_at is not None
+        assert issue.status == "sent"
+        assert issue.sent_at is not None
         rows = s.scalars(select(Delivery)).all()
-        assert {r.status for r in rows} == {"sent"} and len(rows) == len(received)
+        assert {r.status for r in rows} == {"sent"}
+        assert len(rows) == len(received)
         assert {r.message_id for r in rows} == message_ids
         assert len(s.scalars(select(IssueItem)).all()) == 8
 
@@ -138,7 +141,8 @@ def test_chinese_names_and_titles_survive_the_headers(
     assert msg["Subject"] == f"{settings.list.name}: {title}"
     assert msg["To"].addresses[0].display_name == "张伟"
     assert msg["From"].addresses[0].display_name == settings.list.name
-    assert "Dear 张伟," in text and "Dear 张伟," in html
+    assert "Dear 张伟," in text
+    assert "Dear 张伟," in html
     assert "知识产权保护" * 50 in "".join(text.split())
 
 
@@ -247,7 +251,8 @@ def test_lines_starting_with_a_dot_survive_the_prepared_data_path(
     compiled = Compiled("s", "x", f"{slot(nonce, 'name')}\n", nonce, (), None, (), utcnow())
     personalizer = Personalizer(compiled, settings, Signer((b"k" * 16,)), 1)
     _, wire = personalizer.wire(Recipient(1, "a@example.org", ".Dot"))
-    assert isinstance(wire, Wire) and wire.endswith(b"\r\n.\r\n")
+    assert isinstance(wire, Wire)
+    assert wire.endswith(b"\r\n.\r\n")
     assert b"\r\n..Dot\r\n" in wire
     plain = personalizer.message(Recipient(1, "a@example.org", ".Dot"))[1]
     date = re.compile(rb"Date: [^\r]*")

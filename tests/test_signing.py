@@ -108,7 +108,8 @@ def tags(header: bytes) -> dict[bytes, bytes]:
 def test_signed_message_verifies(signer: DkimSigner, key: Key) -> None:
     msg = message()
     signed = signer.sign(msg)
-    assert signed.startswith(b"DKIM-Signature: ") and signed.endswith(msg)
+    assert signed.startswith(b"DKIM-Signature: ")
+    assert signed.endswith(msg)
     assert verify(signed, key)
 
 
@@ -117,12 +118,14 @@ def test_signature_tags(signer: DkimSigner) -> None:
     signed = [h.strip() for h in t[b"h"].split(b":")]
     for h in (b"from", b"to", b"subject", b"date", b"message-id", b"list-id"):
         assert h in signed
-    assert b"list-unsubscribe" in signed and b"list-unsubscribe-post" in signed
+    assert b"list-unsubscribe" in signed
+    assert b"list-unsubscribe-post" in signed
     assert b"feedback-id" not in signed  # only headers that the message has
     assert signed == [h for h in DEFAULT_HEADERS if h != b"feedback-id"]
     assert t[b"c"] == b"relaxed/simple"
     assert t[b"a"] == b"rsa-sha256"
-    assert t[b"d"] == DOMAIN.encode() and t[b"s"] == SELECTOR.encode()
+    assert t[b"d"] == DOMAIN.encode()
+    assert t[b"s"] == SELECTOR.encode()
     assert len(base64.b64decode(re.sub(rb"\s+", b"", t[b"b"]))) == 256  # RSA-2048
 
 
@@ -145,13 +148,16 @@ def test_tampering_fails(signer: DkimSigner, key: Key, tamper: Callable[[bytes],
 def test_relaxed_headers_survive_refolding(signer: DkimSigner, key: Key) -> None:
     signed = signer.sign(message())
     refolded = signed.replace(b"List-Id: Example News", b"List-Id:   Example\r\n\tNews", 1)
-    assert refolded != signed and verify(refolded, key)
+    assert refolded != signed
+    assert verify(refolded, key)
 
 
 def test_header_lines_and_folding(signer: DkimSigner) -> None:
     header = signer.signature_header(message())
-    assert header.endswith(CRLF) and not header.endswith(CRLF + CRLF)
-    assert b"\n" not in header.replace(CRLF, b"") and b"\r" not in header.replace(CRLF, b"")
+    assert header.endswith(CRLF)
+    assert not header.endswith(CRLF + CRLF)
+    assert b"\n" not in header.replace(CRLF, b"")
+    assert b"\r" not in header.replace(CRLF, b"")
     lines = header[:-2].split(CRLF)
     assert len(lines) > 1  # folded
     assert all(len(line) <= 998 for line in lines)
@@ -214,7 +220,8 @@ def test_same_signature_as_dkimpy(
         canonicalize=(b"relaxed", b"simple"),
         include_headers=include,
     )
-    assert verify(ours + msg, key) and verify(theirs + msg, key)
+    assert verify(ours + msg, key)
+    assert verify(theirs + msg, key)
     assert ours == theirs
     # ...and the fast path left dkimpy's module alone: its RSA is still its own.
     assert dkim.RSASSA_PKCS1_v1_5_sign is dkim.crypto.RSASSA_PKCS1_v1_5_sign

@@ -77,9 +77,12 @@ def test_atom_entries_are_sanitised(sessions: sessionmaker[Session], tmp_path: P
     assert item.title == "专利 许可 协议"  # line breaks in a title are folded away
     assert item.section == "Patents"
     assert item.guid == "urn:uuid:entry-1"
-    assert "script" not in item.body_html and "alert" not in item.body_html
-    assert "javascript:" not in item.body_html and "onclick" not in item.body_html
-    assert "Body" in item.body_html and ">link</a>" in item.body_html
+    assert "script" not in item.body_html
+    assert "alert" not in item.body_html
+    assert "javascript:" not in item.body_html
+    assert "onclick" not in item.body_html
+    assert "Body" in item.body_html
+    assert ">link</a>" in item.body_html
 
 
 @pytest.mark.parametrize(
@@ -150,7 +153,8 @@ def test_markdown_folder(sessions: sessionmaker[Session], tmp_path: Path) -> Non
         "Editorials",
         "https://example.org/1",
     )
-    assert "<strong>bold</strong>" in item.body_html and "script" not in item.body_html
+    assert "<strong>bold</strong>" in item.body_html
+    assert "script" not in item.body_html
     assert import_source(sessions, str(folder)).added == 0
 
 
@@ -246,7 +250,8 @@ def test_bad_markdown_files_are_named_and_the_rest_imports(
     assert len(report.problems) == len(expected_problems)
     for path_name, says in expected_problems.items():
         (line,) = [p for p in report.problems if p.startswith(path_name + ":")]
-        assert says in line and "\n" not in line, line
+        assert says in line, line
+        assert "\n" not in line, line
     new = added(before, snapshot(sessions))
     assert set(new) <= {"items", "audit_log"}  # the good items, and the import's own entry
     assert len(new["audit_log"]) == 1
@@ -346,7 +351,8 @@ def test_feed_entries_are_counted_and_named(
         assert all(str(n) in line for n in repeats)
     new = added(before, snapshot(sessions))
     assert len(new.get("items", [])) == expected["added"]
-    assert set(new) <= {"items", "audit_log"} and len(new["audit_log"]) == 1
+    assert set(new) <= {"items", "audit_log"}
+    assert len(new["audit_log"]) == 1
 
 
 def test_duplicate_guid_message_reads_well(sessions: sessionmaker[Session], tmp_path: Path) -> None:

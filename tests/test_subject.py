@@ -63,14 +63,16 @@ def test_subject_is_escaped_once_where_html_and_never_elsewhere(
     assert str(msg["Subject"]) == expected
     html_part = msg.get_body(preferencelist=("html",))
     text_part = msg.get_body(preferencelist=("plain",))
-    assert html_part is not None and text_part is not None
+    assert html_part is not None
+    assert text_part is not None
     (raw_title,) = re.findall(r"<title>(.*?)</title>", html_part.get_content(), re.S)
     assert html.unescape(raw_title) == expected  # escaped exactly once
     assert title in text_part.get_content().splitlines()  # not escaped at all
 
     with sessions() as session:
         issue = session.scalars(select(Issue).order_by(Issue.id.desc())).first()
-        assert issue is not None and issue.subject == expected  # stored as plain text
+        assert issue is not None
+        assert issue.subject == expected  # stored as plain text
     page = TestClient(create_app(s, sessions)).get("/archive").text
     (listed,) = re.findall(rf'<a href="/archive/{issue.id}">(.*?)</a>', page, re.S)
     assert html.unescape(listed) == expected

@@ -103,7 +103,8 @@ def test_tokens_issued_before_still_check() -> None:
 def test_every_token_make_writes_checks_back(case: tuple[Kind, int, tuple[int, ...]]) -> None:
     kind, _, values = case
     token = make(case)
-    assert set(token) <= set(ALPHABET) and len(token) <= LONGEST
+    assert set(token) <= set(ALPHABET)
+    assert len(token) <= LONGEST
     assert SIGNER.check(token, kind) == values
     for other in Kind:
         if other is not kind:

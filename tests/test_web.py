@@ -105,7 +105,8 @@ def test_one_click_votes_count_after_the_quiet_period(web: Site) -> None:
     page = web.client.get(second)
     assert page.status_code == 200
     assert "Your vote: Stability of ownership of the pledge" in page.text
-    assert "(your vote)" in page.text and "1 member has voted" in page.text
+    assert "(your vote)" in page.text
+    assert "1 member has voted" in page.text
     assert web.counted() == {}  # pending: the evidence is not in yet
     web.clock.advance(31)
     assert web.counted() == {2: 1}
@@ -193,7 +194,8 @@ def test_forged_altered_and_closed_links_record_nothing(web: Site) -> None:
         survey.status = "closed"
     before = db_state(web.sessions)
     page = web.client.get(path)
-    assert "Final results" in page.text and "no longer recorded" in page.text
+    assert "Final results" in page.text
+    assert "no longer recorded" in page.text
     web.client.post(path, data={"option": "2", "person": "1"})
     web.client.post(f"{path}/person")
     web.client.head(path)
@@ -203,7 +205,8 @@ def test_forged_altered_and_closed_links_record_nothing(web: Site) -> None:
 def test_unsubscribe_get_shows_a_page_and_post_acts(web: Site) -> None:
     path = web.unsubscribe_of("li.wei@example.org")
     page = web.client.get(path)
-    assert page.status_code == 200 and "Unsubscribe?" in page.text
+    assert page.status_code == 200
+    assert "Unsubscribe?" in page.text
     assert web.status("li.wei@example.org") == "active"
     done = web.client.post(path, data={"action": "unsubscribe"})
     assert "You are unsubscribed" in done.text
@@ -230,7 +233,8 @@ def test_unsubscribe_form_with_scanner_signs_asks_again(web: Site) -> None:
     web.client.get(trap)
     path = web.unsubscribe_of(email)
     first = web.client.post(path, data={"action": "unsubscribe"})
-    assert "Please confirm" in first.text and web.status(email) == "active"
+    assert "Please confirm" in first.text
+    assert web.status(email) == "active"
     web.client.post(path, data={"action": "unsubscribe", "confirm": "1"})
     assert web.status(email) == "unsubscribed"
 
@@ -262,9 +266,8 @@ def test_subscribe_double_opt_in(web: Site, smtp_server: RecordingHandler) -> No
     for email in ("new.reader@example.org", "li.wei@example.org"):
         again = web.client.post("/subscribe", data={"email": email})
         assert "Check your inbox" in again.text
-    assert (
-        queued_to(web, "new.reader@example.org") == 1 and queued_to(web, "li.wei@example.org") == 0
-    )
+    assert queued_to(web, "new.reader@example.org") == 1
+    assert queued_to(web, "li.wei@example.org") == 0
     assert smtp_server.count() == count + 1
 
 
@@ -280,22 +283,28 @@ def test_repeated_signups_do_not_spam_and_ips_are_limited(
         web.client.post("/subscribe", data={"email": f"x{i}@example.org"}).status_code
         for i in range(8)
     ]
-    assert statuses[:6] == [200] * 6 and statuses[6:] == [429, 429]
+    assert statuses[:6] == [200] * 6
+    assert statuses[6:] == [429, 429]
     bad = web.client.post("/subscribe", data={"email": "not an address"})
     assert (bad.status_code == 400 and "not an email address" in bad.text) or "spaces" in bad.text
 
 
 def test_archive_and_search(web: Site) -> None:
     listing = web.client.get("/archive")
-    assert listing.status_code == 200 and "/archive/1" in listing.text
+    assert listing.status_code == 200
+    assert "/archive/1" in listing.text
     public = web.client.get("/archive/1").text
     assert "Kobalt Music" in public
-    assert "/v/" not in public and "/u/" not in public and "/t/" not in public
+    assert "/v/" not in public
+    assert "/u/" not in public
+    assert "/t/" not in public
     view = next(web.path(u) for u in web.links["li.wei@example.org"] if "/archive/1?t=" in u)
     personal = web.client.get(view).text
     assert personal.count("/v/") == 3
     results = web.client.get("/search", params={"q": "patent"})
-    assert results.status_code == 200 and "<mark>" in results.text and "Xiaomi" in results.text
+    assert results.status_code == 200
+    assert "<mark>" in results.text
+    assert "Xiaomi" in results.text
     assert web.client.get("/search", params={"q": '"; DROP TABLE items; --'}).status_code == 200
 
 
@@ -336,9 +345,12 @@ def test_results_in_the_next_issue_and_on_the_command_line(
     message = smtp_server.messages[count].parse()
     html = message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
     text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    assert "Survey results so far" in html and "3 members voted" in html
-    assert 'width="67%"' in html and 'width="33%"' in html  # bars are table cells
-    assert "<svg" not in html and "<script" not in html
+    assert "Survey results so far" in html
+    assert "3 members voted" in html
+    assert 'width="67%"' in html
+    assert 'width="33%"' in html  # bars are table cells
+    assert "<svg" not in html
+    assert "<script" not in html
     assert "#" * 13 + " 67% (2)" in text
 
     runner = CliRunner()
@@ -354,9 +366,12 @@ def test_results_in_the_next_issue_and_on_the_command_line(
         env=env,
     )
     assert result.exit_code == 0, result.output
-    assert "66.7" in result.output and "█" in result.output and "3 members voted" in result.output
+    assert "66.7" in result.output
+    assert "█" in result.output
+    assert "3 members voted" in result.output
     rows = out.read_text().splitlines()
-    assert rows[0] == "email,option,label,counted_at" and len(rows) == 4
+    assert rows[0] == "email,option,label,counted_at"
+    assert len(rows) == 4
     closed = runner.invoke(app, ["--config", str(site / "config.toml"), "survey", "close"], env=env)
     assert closed.exit_code == 0
     assert "Final results" in web.client.get(web.votes_of("maria.garcia@example.org")[0]).text

@@ -323,10 +323,12 @@ def test_sigterm_stops_a_worker_cleanly(
     finally:
         stop_all([proc])
     stopped = ledger.statuses()
-    assert "sending" not in stopped and stopped.get("queued"), stopped
+    assert "sending" not in stopped, stopped
+    assert stopped.get("queued"), stopped
 
     rest = start_worker(site, tmp_path / "rest.log", quiet=True, once=True)
     assert rest.wait(timeout=120) == 0, (tmp_path / "rest.log").read_text()[-3000:]
     assert ledger.statuses() == {"sent": members}
     received = sink.snapshot()
-    assert len(received) == members and set(received.values()) == {1}
+    assert len(received) == members
+    assert set(received.values()) == {1}
