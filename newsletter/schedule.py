@@ -243,7 +243,11 @@ class _Candidate:
         self.said_standby = False
 
     async def call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.wait_for(self.loop.run_in_executor(self.thread, fn), self.timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns (or raises) the call's
+        # outcome when a cancel arrives as the call ends, and the cancel is lost; serve's stop
+        # would then go unheard while the loop went round.
+        async with asyncio.timeout(self.timeout):
+            return await self.loop.run_in_executor(self.thread, fn)
 
     async def stand(self) -> None:
         """A standby's turn: try to take the lead, and start the scheduler if it is won."""
