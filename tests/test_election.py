@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from newsletter import schedule
 from newsletter.config import SchedulerSettings, Settings
@@ -29,11 +30,11 @@ ONLY_POSTGRES = pytest.mark.parametrize(
 
 
 @pytest.fixture
-def migrated(database_url: str) -> Iterator[str]:
+def migrated(database_url: str) -> str:
     """The database, with the schema (scheduler_lease among it) in place."""
     sessions = db.open_database(database_url)
     sessions.kw["bind"].dispose()
-    yield database_url
+    return database_url
 
 
 def test_one_elector_wins_and_the_other_takes_over_when_it_closes(migrated: str) -> None:
@@ -95,7 +96,7 @@ def test_a_broken_lock_connection_frees_the_lock_and_the_leader_notices(migrated
         with psycopg.connect(PG_DSN, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
         wait_until(standby.try_acquire, 30)
-        with pytest.raises(Exception):  # noqa: B017 - whichever error the driver raises
+        with pytest.raises(DBAPIError):  # SQLAlchemy's wrapper of whatever the driver raises
             leader.confirm()
         assert not leader.confirm()  # and from then on it knows
     finally:
@@ -123,6 +124,29 @@ def test_sites_in_separate_schemas_elect_separately(migrated: str) -> None:
 # --- the loop in `serve`: lead, stand by, step down -----------------------------------------
 
 
+class Changes:
+    """What a scenario waits on: told of every elector call and scheduler start and stop (from
+    the elector's thread or the event loop), it wakes `until` to look at its condition again."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+
+    def tell(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.event.set)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(30):
+            while not condition():
+                await self.event.wait()
+                self.event.clear()
+
+
+def no_one() -> None:
+    pass
+
+
 @dataclasses.dataclass
 class Scripted:
     """An elector whose answers a test sets, to drive `run_elected`."""
@@ -133,55 +157,61 @@ class Scripted:
     broken: bool = False  # confirm raises
     calls: list[str] = dataclasses.field(default_factory=list)
     description: str = "scripted"
+    tell: Callable[[], None] = no_one  # after each call
+
+    def record(self, call: str) -> None:
+        self.calls.append(call)
+        self.tell()
 
     def try_acquire(self) -> bool:
-        self.calls.append("try_acquire")
+        self.record("try_acquire")
         if self.unreachable:
             raise ConnectionError("connection refused")
         return self.lead_free
 
     def confirm(self) -> bool:
-        self.calls.append("confirm")
+        self.record("confirm")
         if self.broken:
             raise ConnectionError("the lock's connection is gone")
         return self.still_leading
 
     def drop(self) -> None:
-        self.calls.append("drop")
+        self.record("drop")
 
     def close(self) -> None:
-        self.calls.append("close")
+        self.record("close")
 
 
 class FakeScheduler:
-    def __init__(self, started: list[FakeScheduler]) -> None:
-        self.running = True
+    def __init__(self, started: list[FakeScheduler], tell: Callable[[], None]) -> None:
+        self.running, self.tell = True, tell
         started.append(self)
+        tell()
 
     def get_jobs(self) -> list[Any]:
         return []
 
     def shutdown(self, wait: bool = True) -> None:
         self.running = False
+        self.tell()
 
 
 def test_the_scheduler_runs_only_while_this_process_leads(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     started: list[FakeScheduler] = []
-    monkeypatch.setattr(schedule, "start", lambda _settings: FakeScheduler(started))
     fast = dataclasses.replace(settings, scheduler=SchedulerSettings(check_seconds=0.01))
     elector = Scripted()
     caplog.set_level(logging.INFO, logger="newsletter.schedule")
 
     async def scenario() -> None:
+        changes = Changes()
+        elector.tell = changes.tell
+        monkeypatch.setattr(
+            schedule, "start", lambda _settings: FakeScheduler(started, changes.tell)
+        )
+        until = changes.until
         task = asyncio.create_task(schedule.run_elected(fast, elector))
-
-        async def until(condition: Any) -> None:
-            async with asyncio.timeout(30):
-                while not condition():
-                    await asyncio.sleep(0.01)
-
         await until(lambda: elector.calls.count("try_acquire") >= 3)
         assert started == []  # a standby runs no scheduler
         elector.lead_free = True
@@ -211,15 +241,17 @@ def test_an_unreachable_database_is_no_lead(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     started: list[FakeScheduler] = []
-    monkeypatch.setattr(schedule, "start", lambda _settings: FakeScheduler(started))
     fast = dataclasses.replace(settings, scheduler=SchedulerSettings(check_seconds=0.01))
     elector = Scripted(lead_free=True, unreachable=True)
 
     async def scenario() -> None:
+        changes = Changes()
+        elector.tell = changes.tell
+        monkeypatch.setattr(
+            schedule, "start", lambda _settings: FakeScheduler(started, changes.tell)
+        )
         task = asyncio.create_task(schedule.run_elected(fast, elector))
-        async with asyncio.timeout(30):
-            while elector.calls.count("try_acquire") < 3:
-                await asyncio.sleep(0.01)
+        await changes.until(lambda: elector.calls.count("try_acquire") >= 3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
