@@ -48,6 +48,7 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
     found = []
     for route in mount.routes:
         if isinstance(route, APIRoute):
+            assert route.methods is not None
             for method in sorted(route.methods):
                 found.append((method, "/api" + route.path))
     assert len(found) >= 9
@@ -247,6 +248,7 @@ def test_send_now_test_send_results_and_members(
 
     with sessions() as s:  # on PostgreSQL the test sends' rolled-back surveys used up ids
         survey_id = s.scalar(select(Survey.id))
+    assert survey_id is not None
     results = c.get(f"/api/surveys/{survey_id}/results", headers=AUTH).json()
     assert results["total"] == 0
     assert len(results["options"]) == 3

@@ -10,7 +10,7 @@ import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeGuard, Union, get_args, get_origin, get_type_hints
 
 import pytest
 from hypothesis import example, given, settings
@@ -145,17 +145,22 @@ def numeric_fields() -> list[tuple[str, type[Any], dataclasses.Field[Any]]]:
             origin, args = get_origin(tp), get_args(tp)
             if tp in (int, float):
                 found.append((where, cls, f))
-            elif dataclasses.is_dataclass(tp):
+            elif is_table(tp):
                 walk(tp, f"{where}.{f.name}" if where else f.name)
-            elif origin in (Union, types.UnionType) and dataclasses.is_dataclass(args[0]):
+            elif origin in (Union, types.UnionType) and is_table(args[0]):
                 walk(args[0], f.name)  # an optional table: [dkim], [survey]
-            elif origin is list and args and dataclasses.is_dataclass(args[0]):
+            elif origin is list and args and is_table(args[0]):
                 walk(args[0], f"{where}.{f.name}[0]" if where else f"{f.name}[0]")
-            elif origin is dict and dataclasses.is_dataclass(args[1]):
+            elif origin is dict and is_table(args[1]):
                 walk(args[1], f"{f.name}.s")
 
     walk(Settings, "")
     return found
+
+
+def is_table(tp: object) -> TypeGuard[type[Any]]:
+    """Whether a type hint names a dataclass (a table of config.toml)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 NUMERIC = numeric_fields()
@@ -197,6 +202,7 @@ def test_every_numeric_key_has_a_range() -> None:
     for where, cls, f in NUMERIC:
         allowed = f.metadata.get("range")
         assert isinstance(allowed, config.Range), f"{where}.{f.name} ({cls.__name__}) has none"
+        assert f.default is not dataclasses.MISSING, f"{where}.{f.name} has no default"
         assert allowed.allows(f.default), f"{where}.{f.name}: its default is out of its range"
 
 
@@ -208,6 +214,7 @@ def out_of_range(draw: st.DrawFn) -> tuple[str, str, config.Range, float]:
     huge = st.integers(min_value=10**19, max_value=10**40) | st.integers(
         min_value=-(10**40), max_value=-(10**19)
     )
+    outside: st.SearchStrategy[float]
     if is_int:
         outside = st.integers(max_value=int(allowed.low) - 1) | st.integers(
             min_value=int(allowed.high) + 1

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from newsletter.storage import db
-from newsletter.storage.models import Delivery
+from newsletter.storage.models import Delivery, DeliveryStatus
 from tests.conftest import SECRET, make_settings
 from tests.smtpd import RecordingHandler
 from tests.steps import import_csv, import_source
@@ -130,7 +130,7 @@ def test_sigterm_stops_cleanly_says_so_and_resumes(
             s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
         )
     assert "sending" not in statuses  # nothing left claimed: the rest went back to the queue
-    assert statuses.get("sent") == stopped_at
+    assert statuses.get(DeliveryStatus.SENT) == stopped_at
 
     smtp_server.delay_seconds = 0.0
     final = start_send(site)

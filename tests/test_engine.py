@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import dkim
+import dkim  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
+from newsletter.delivery.engine import Summary
 from newsletter.errors import NewsletterError
 from newsletter.storage.models import Delivery, Issue, Member, utcnow
 from tests import steps as publish
@@ -399,7 +400,7 @@ def test_two_senders_on_one_issue_share_the_relays_quota(
     )
     prepared = publish.release_next(limited, sessions)
 
-    async def both() -> list[Any]:
+    async def both() -> list[Summary]:
         return await asyncio.gather(
             *(publish.deliver(limited, sessions, prepared.issue) for _ in range(2))
         )

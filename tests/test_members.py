@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import idna
@@ -218,7 +219,7 @@ def test_a_field_over_the_csv_limit_is_named() -> None:
     assert csv_problem("a@example.org," + "x" * LIMIT) is None
 
 
-BAD_KINDS = {
+BAD_KINDS: dict[str, tuple[Callable[[str, str], str], str]] = {
     # kind: (how the line is written, what its error says)
     "unclosed": (lambda e, n: f'{e},"{n.replace(chr(34), "")}', "column 2 ('name'): the quote"),
     "after quote": (lambda e, n: f'{e},"{n.replace(chr(34), "")}"x', "column 2 ('name'): 'x'"),

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import schedule
 from newsletter.config import ScheduleSettings, Settings
+from newsletter.services import issues as service_issues
 from newsletter.storage.models import Issue
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
@@ -95,15 +96,15 @@ def test_a_slot_made_between_the_look_and_the_release_is_joined(
     slot = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
     first = asyncio.run(schedule.fire(settings, sessions, "weekly", slot))
     assert first.made
-    real, calls = schedule.issues.slot, []
+    real, calls = service_issues.slot, []
 
     def late(unit: Any, name: str, at: dt.datetime) -> Any:
         calls.append(at)
         if len(calls) == 1:  # the first look misses the issue, and counts the new items
-            return schedule.issues.Slot(None, None, 8)  # the other run was about to take
+            return service_issues.Slot(None, None, 8)  # the other run was about to take
         return real(unit, name, at)
 
-    monkeypatch.setattr(schedule.issues, "slot", late)
+    monkeypatch.setattr(service_issues, "slot", late)
     with sessions() as s:  # the issue is sent; pretend it is still going, to join it
         s.execute(update(Issue).values(status="sending"))
         s.commit()
@@ -124,14 +125,14 @@ def test_a_slot_compiles_its_issue_off_the_event_loop(
     # compile and the snapshot must not hold it. Here the release waits for a callback the
     # loop can only run if the release is not running on it.
     load(sessions, site)
-    real = schedule.issues.release_next
+    real = service_issues.release_next
     loop_ran = threading.Event()
 
     def release_next(*args: Any, **kwargs: Any) -> Any:
         assert loop_ran.wait(timeout=10), "the event loop was blocked by the release"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(schedule.issues, "release_next", release_next)
+    monkeypatch.setattr(service_issues, "release_next", release_next)
 
     async def fire_and_tick() -> schedule.SlotResult:
         asyncio.get_running_loop().call_later(0.05, loop_ran.set)

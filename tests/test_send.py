@@ -253,7 +253,7 @@ def test_lines_starting_with_a_dot_survive_the_prepared_data_path(
     _, wire = personalizer.wire(Recipient(1, "a@example.org", ".Dot"))
     assert isinstance(wire, Wire)
     assert wire.endswith(b"\r\n.\r\n")
-    assert b"\r\n..Dot\r\n" in wire
+    assert b"\r\n..Dot\r\n" in bytes(wire)
     plain = personalizer.message(Recipient(1, "a@example.org", ".Dot"))[1]
     date = re.compile(rb"Date: [^\r]*")
     assert date.sub(b"", unwire(wire)) == date.sub(b"", plain)

@@ -17,7 +17,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from newsletter.storage.models import LinkHit, Member, Survey, SystemMail, Vote, utcnow
+from newsletter.storage.models import (
+    LinkHit,
+    Member,
+    Survey,
+    SurveyStatus,
+    SystemMail,
+    Vote,
+    utcnow,
+)
 from newsletter.web.app import create_app
 from tests import steps as publish
 from tests.smtpd import RecordingHandler
@@ -191,7 +199,7 @@ def test_forged_altered_and_closed_links_record_nothing(web: Site) -> None:
     with web.sessions.begin() as s:
         survey = s.get(Survey, 1)
         assert survey is not None
-        survey.status = "closed"
+        survey.status = SurveyStatus.CLOSED
     before = db_state(web.sessions)
     page = web.client.get(path)
     assert "Final results" in page.text
