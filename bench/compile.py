@@ -91,7 +91,13 @@ def naive_message(
             question,
             tuple(issue.OptionView(pos, label, v[f"vote{pos}"]) for pos, label in opts),
         ),
-        "slots": {"name": v["name"], "view": v["view"], "unsubscribe": v["unsubscribe"]},
+        "slots": {
+            "name": v["name"],
+            "view": v["view"],
+            "unsubscribe": v["unsubscribe"],
+            "trap": v["trap"],
+        },
+        "previous": None,  # no earlier survey's results, as in the compiled issue here
     }
     html = issue.inline_css(env.get_template("email/issue.html").render(context))
     text = env.get_template("email/issue.txt").render(context)

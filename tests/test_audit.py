@@ -282,9 +282,10 @@ def test_doors_store_nothing_when_the_audit_entry_fails(desk_site: Site) -> None
         )
         refuse_audit(site.engine, False)
         assert snapshot(site.sessions) == before
-        assert desk.status_code == 500 and "Something went wrong" in desk.text
-        assert api.status_code == 500 and api.json() == {
-            "error": "internal error; the server log has the details"
-        }
-        assert member.status_code == 500 and "Nothing you sent was lost" in member.text
+        assert desk.status_code == 500
+        assert "Something went wrong" in desk.text
+        assert api.status_code == 500
+        assert api.json() == {"error": "internal error; the server log has the details"}
+        assert member.status_code == 500
+        assert "Nothing you sent was lost" in member.text
         assert command.exit_code != 0

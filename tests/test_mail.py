@@ -53,13 +53,15 @@ def test_a_signup_during_a_relay_outage_is_confirmed_once_the_relay_is_back(
     with TestClient(create_app(settings, sessions)) as client:
         page = client.post("/subscribe", data={"email": "patient@example.org", "name": "P"})
         assert page.status_code == 200
-        assert "follows as soon as it can" in page.text and "Check your inbox" in page.text
+        assert "follows as soon as it can" in page.text
+        assert "Check your inbox" in page.text
         # The mailer tries, the relay refuses the connection: the message waits, and nothing
         # says it was mailed.
         wait_until(lambda: any(m.attempts for m in mail_rows(sessions)), "a first attempt")
         (waiting,) = mail_rows(sessions)
         assert waiting.status in (MailStatus.DEFERRED, MailStatus.SENDING, MailStatus.QUEUED)
-        assert waiting.sent_at is None and waiting.to_address == "patient@example.org"
+        assert waiting.sent_at is None
+        assert waiting.to_address == "patient@example.org"
         with sessions() as s:
             (request,) = s.scalars(select(SignupRequest)).all()
             assert request.mailed == 0
@@ -75,10 +77,12 @@ def test_a_signup_during_a_relay_outage_is_confirmed_once_the_relay_is_back(
         (sent,) = handler.messages
         assert sent.rcpt_to == "patient@example.org"
         message = sent.parse()
-        assert message["Message-ID"] and message["Date"]
+        assert message["Message-ID"]
+        assert message["Date"]
         assert message["Auto-Submitted"] == "auto-generated"
         body = message.get_body(preferencelist=("plain",))
-        assert body is not None and "/c/" in body.get_content()
+        assert body is not None
+        assert "/c/" in body.get_content()
         with sessions() as s:
             assert s.scalars(select(SignupRequest)).one().mailed == 1
     sessions.kw["bind"].dispose()

@@ -128,7 +128,7 @@ def issue_test(
     """
     services = state.services()
     try:
-        mail_id = issues.test_send(services, actor(), to, issue_id)
+        mail_id = issues.send_test(services, actor(), to, issue_id)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--to") from None
     drain_mail(services)

@@ -187,5 +187,8 @@ class Mailer:
                 log.exception("mailer: pass failed")
                 wait = self.poll_seconds
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes
+            # as its wait ends, and `serve` would then never stop the mailer.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()

@@ -109,7 +109,7 @@ class Batcher:
             results = self._together(batch)
         # Whatever one use-case raised, none of the batch was stored: each runs again alone,
         # and the exception reaches only the request that caused it (re-raised there).
-        except Exception:
+        except Exception:  # noqa: BLE001
             results = [self._alone(job) for job in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(batch, results, strict=True):
@@ -151,7 +151,7 @@ class Batcher:
         try:
             return True, self.services.run(job.actor, job.fn, *job.args, **job.kwargs)
         # Handed to the waiting request, which raises it: nothing is swallowed here.
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             return False, exc
 
 

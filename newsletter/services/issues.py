@@ -303,7 +303,7 @@ def next_compiled(unit: Unit) -> Compiled:
     return compile_next(unit)
 
 
-def test_send(services: Services, actor: str, to: str, issue_id: int | None = None) -> int:
+def send_test(services: Services, actor: str, to: str, issue_id: int | None = None) -> int:
     """Queue ONE copy of the next issue (or of stored issue N) to `to`, subject "[TEST] …".
 
     The issue is compiled in a session that is rolled back (a compile may settle votes and

@@ -238,7 +238,8 @@ def settle(unit: Unit, limit: int = SETTLE_CHUNK) -> Settled:
             sent[(survey_id, member_id)] = when
     counted = 0
     for vote in due:
-        assert vote.pending_at is not None and vote.pending_option is not None
+        assert vote.pending_at is not None
+        assert vote.pending_option is not None
         reason = _machine_sign(
             around.get(vote.member_id, []),
             sent.get((vote.survey_id, vote.member_id), []),

@@ -266,7 +266,7 @@ def _issue_routes(router: FastAPI, gateway: Gateway, jobs: Jobs) -> None:
         services = gateway.services
         try:
             mail_id = await gateway.offload(
-                issues.test_send, services, API_ACTOR, body.to, body.issue_id
+                issues.send_test, services, API_ACTOR, body.to, body.issue_id
             )
         except ValueError as exc:  # the address
             raise NewsletterError(f"body field 'to': {exc}") from None

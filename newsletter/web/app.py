@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -54,22 +55,9 @@ def static_route(settings: Settings) -> Route:
     return Route("/static/{name}", static, methods=["GET", "HEAD"])
 
 
-def create_app(
-    settings: Settings,
-    sessions: sessionmaker[Session] | None = None,
-    *,
-    clock: Callable[[], dt.datetime] = utcnow,
-    background: bool = True,
-) -> Starlette:
-    """The web app for one site. `clock` is a seam for tests. With `background`, while the app
-    runs (its lifespan) it delivers the system mail queue, and every few seconds settles the
-    votes whose quiet period has passed and folds old link hits into counts."""
-    services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
-    gateway = Gateway(services)
-    pages = Pages(services.env, settings.list.name, settings.list.base_url.rstrip("/"))
-    jobs = Jobs(gateway)
-    member_pages = MemberPages(services, gateway, pages)
-    desk = Desk(gateway, pages, jobs)
+def error_handlers(pages: Pages) -> dict[Any, Callable[[Request, Exception], Any]]:
+    """A member who reaches a wrong address or a broken page gets a page in the site's style;
+    an API client gets JSON (the API's own handlers answer first; this catches the rest)."""
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
@@ -89,27 +77,37 @@ def create_app(
             500,
         )
 
-    async def maintain() -> None:
-        # Settling here keeps the burst after a send from paying for it in its requests.
-        interval = min(60.0, max(1.0, settings.web.vote_window_seconds / 3))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                # A chunk a transaction, so a burst's clicks never hold the lock for long.
-                while (await gateway.call("system", votes.settle)).decided == votes.SETTLE_CHUNK:
-                    pass
-                while await gateway.call("system", evidence.fold) == evidence.FOLD_CHUNK:
-                    pass
-            except Exception:
-                log.exception("maintenance failed; trying again in %.0f s", interval)
+    return {404: not_found, 405: not_found, 500: crashed, Exception: crashed}
+
+
+async def maintain(gateway: Gateway) -> None:
+    """Every few seconds: settle the clicks whose quiet period has passed and fold old hits,
+    a chunk a transaction, so a burst's requests never pay for it nor wait on its lock."""
+    interval = min(60.0, max(1.0, gateway.services.settings.web.vote_window_seconds / 3))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            while (await gateway.call("system", votes.settle)).decided == votes.SETTLE_CHUNK:
+                pass
+            while await gateway.call("system", evidence.fold) == evidence.FOLD_CHUNK:
+                pass
+        except Exception:  # a background task logs the failure and tries again
+            log.exception("maintenance failed; trying again in %.0f s", interval)
+
+
+def lifespan(
+    gateway: Gateway, background: bool
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """While the app runs: the system mail queue and the maintenance task (with background)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def running(app: Starlette) -> AsyncIterator[None]:
+        services = gateway.services
         tasks = []
         if background:
-            queue = Mailer(settings, services.sessions, clock=clock)
+            queue = Mailer(services.settings, services.sessions, clock=services.clock)
             services.listen(queue.wake)
-            tasks = [asyncio.create_task(queue.run()), asyncio.create_task(maintain())]
+            tasks = [asyncio.create_task(queue.run()), asyncio.create_task(maintain(gateway))]
         try:
             yield
         finally:
@@ -120,6 +118,25 @@ def create_app(
                     await task
             gateway.close()
 
+    return running
+
+
+def create_app(
+    settings: Settings,
+    sessions: sessionmaker[Session] | None = None,
+    *,
+    clock: Callable[[], dt.datetime] = utcnow,
+    background: bool = True,
+) -> Starlette:
+    """The web app for one site. `clock` is a seam for tests. With `background`, while the app
+    runs (its lifespan) it delivers the system mail queue, and every few seconds settles the
+    votes whose quiet period has passed and folds old link hits into counts."""
+    services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
+    gateway = Gateway(services)
+    pages = Pages(services.env, settings.list.name, settings.list.base_url.rstrip("/"))
+    jobs = Jobs(gateway)
+    member_pages = MemberPages(services, gateway, pages)
+    desk = Desk(gateway, pages, jobs)
     app = Starlette(
         routes=[
             *member_pages.routes(),
@@ -128,8 +145,8 @@ def create_app(
             Mount("/api", app=api_app(gateway, jobs)),
         ],
         middleware=[Middleware(SecurityHeaders)],
-        exception_handlers={404: not_found, 405: not_found, 500: crashed, Exception: crashed},
-        lifespan=lifespan,
+        exception_handlers=error_handlers(pages),
+        lifespan=lifespan(gateway, background),
     )
     app.state.services = services
     app.state.gateway = gateway

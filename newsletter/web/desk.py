@@ -251,7 +251,7 @@ class Desk:
             if issue_id is not None and not 1 <= issue_id <= MAX_ID:
                 raise ValueError(f"there is no issue #{raw_issue}")
             mail_id = await self.gateway.offload(
-                issues.test_send, self.gateway.services, editor.name, to, issue_id
+                issues.send_test, self.gateway.services, editor.name, to, issue_id
             )
         except (ValueError, NewsletterError) as exc:
             return self.back("/desk", f"test not sent: {exc}", error=True)
