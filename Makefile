@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/newsletter demo
 
-## test: the whole suite (SQLite always; PostgreSQL when reachable, required when CI=true)
+## test: the whole suite (SQLite always; PostgreSQL when reachable, required when CI=true), in
+## two worker processes: most tests wait on sockets and subprocesses, so two share the cores well
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check newsletter tests bench

@@ -30,6 +30,12 @@ SECRET = "test-secret-key-0123456789abcdef"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: with several workers (make test runs two), the longest ones then
+    start at once instead of being left to run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def _postgres_up() -> bool:
     try:
         with psycopg.connect(PG_DSN, connect_timeout=3):

@@ -9,6 +9,8 @@ import sys
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
+
 from tests.checks import check_message, parse, seed_titles
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +175,7 @@ def test_smtp_sink_writes_each_message_to_the_outbox(site: Path) -> None:
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_issue_commands(site: Path, smtp_server: object) -> None:
     from tests.smtpd import RecordingHandler
 
