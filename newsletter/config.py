@@ -54,6 +54,7 @@ SECRET_FILE_ENV = "NEWSLETTER_SECRET_KEY_FILE"
 OLD_SECRETS_ENV = "NEWSLETTER_OLD_SECRET_KEYS"
 SMTP_PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 API_TOKEN_ENV = "NEWSLETTER_API_TOKEN"
+WRITER_TOKEN_ENV = "NEWSLETTER_API_TOKEN_WRITER"
 DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
 
 T = TypeVar("T")
@@ -223,6 +224,9 @@ class SchedulerSettings:
 class EditorSettings:
     name: str
     password_hash: str
+    # "publisher" may do everything on the desk; "writer" writes, previews and tests, but
+    # may not send, schedule, manage members or surveys.
+    role: Literal["publisher", "writer"] = "publisher"
 
 
 # Named here because inside Settings the name `list` is the [list] table's field.
@@ -252,6 +256,7 @@ class Settings:
     config_path: Path = Path("config.toml")
     secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
     api_token: str = field(default="", repr=False)
+    writer_api_token: str = field(default="", repr=False)
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the config against the site folder."""
@@ -295,7 +300,10 @@ def load(
     _add_smtp_passwords(raw["smtp"], env)
 
     settings: Settings = _build(
-        Settings, raw, "", skip={"site_dir", "config_path", "secret_keys", "api_token"}
+        Settings,
+        raw,
+        "",
+        skip={"site_dir", "config_path", "secret_keys", "api_token", "writer_api_token"},
     )
     settings = dataclasses.replace(
         settings,
@@ -303,6 +311,7 @@ def load(
         config_path=path.resolve(),
         secret_keys=_secret_keys(env, path.resolve().parent),
         api_token=env.get(API_TOKEN_ENV, ""),
+        writer_api_token=env.get(WRITER_TOKEN_ENV, ""),
     )
     _validate(settings)
     problem = url_problem(settings.database.url)
@@ -413,6 +422,10 @@ def _validate(s: Settings) -> None:
         _check_survey(s.survey)
     if s.api_token and len(s.api_token) < 24:
         raise ConfigError("api_token", f"{API_TOKEN_ENV} must be at least 24 characters long")
+    if s.writer_api_token and len(s.writer_api_token) < 24:
+        raise ConfigError("api_token", f"{WRITER_TOKEN_ENV} must be at least 24 characters long")
+    if s.writer_api_token and s.writer_api_token == s.api_token:
+        raise ConfigError("api_token", f"{WRITER_TOKEN_ENV} must differ from {API_TOKEN_ENV}")
     _check_editors(s.editor)
     _check_schedules(s.schedule)
 

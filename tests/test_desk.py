@@ -37,11 +37,15 @@ TOKEN = "api-token-0123456789abcdef-xyz"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
+WRITER, WRITER_TOKEN = "wren", "writer-token-0123456789abcdef"
+
+
 def desk_settings(site: Path, database_url: str, smtp_port: int, token: str = TOKEN) -> Settings:
-    """The test site's settings with one editor and an API token."""
+    """The test site's settings with a publisher and a writer, and an API token for each."""
     env = {config.SECRET_ENV: SECRET}
-    if token:
+    if token:  # no token: no API at all
         env[config.API_TOKEN_ENV] = token
+        env[config.WRITER_TOKEN_ENV] = WRITER_TOKEN
     return config.load(
         site / "config.toml",
         env=env,
@@ -49,7 +53,10 @@ def desk_settings(site: Path, database_url: str, smtp_port: int, token: str = TO
             "database": {"url": database_url},
             "smtp": {"port": smtp_port},
             "delivery": {"linger_seconds": 0.0},
-            "editor": [{"name": EDITOR, "password_hash": HASH}],
+            "editor": [
+                {"name": EDITOR, "password_hash": HASH},
+                {"name": WRITER, "password_hash": HASH, "role": "writer"},
+            ],
         },
     )
 
@@ -59,10 +66,10 @@ def fill(sessions: sessionmaker[Session], site: Path) -> None:
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))
 
 
-def log_in(client: TestClient) -> str:
-    """Log the client in as the editor; returns the CSRF token of its session."""
+def log_in(client: TestClient, name: str = EDITOR) -> str:
+    """Log the client in as an editor; returns the CSRF token of its session."""
     r = client.post(
-        "/desk/login", data={"name": EDITOR, "password": PASSWORD}, follow_redirects=False
+        "/desk/login", data={"name": name, "password": PASSWORD}, follow_redirects=False
     )
     assert r.status_code == 303, r.text
     page = client.get("/desk")
@@ -393,3 +400,59 @@ def test_preview_members_and_audit_pages(
     audit_page = c.get("/desk/audit")
     assert "import-members" in audit_page.text
     assert "more.csv" in audit_page.text
+
+
+def test_a_writer_may_write_and_test_but_never_send(
+    client: tuple[TestClient, Settings, sessionmaker[Session]], smtp_server: RecordingHandler
+) -> None:
+    """The writer's role gets 403 on every sending action and on the members, in the pages
+    and in the API; what a writer may do (a test copy) works; nothing sent, nothing stored."""
+    c, settings, sessions = client
+    publish.release_next(settings, sessions)  # issue 1, so that pause/resume/cancel mean something
+    writer = TestClient(c.app)
+    csrf = log_in(writer, WRITER)
+    before = smtp_server.count()
+    pages = {
+        "/desk/send": writer.post("/desk/send", data={"csrf": csrf}),
+        **{
+            f"/desk/issues/1/{action}": writer.post(f"/desk/issues/1/{action}", data={"csrf": csrf})
+            for action in ("pause", "resume", "cancel")
+        },
+        "/desk/members": writer.get("/desk/members"),
+        "/desk/members/import": writer.post(
+            "/desk/members/import",
+            data={"csrf": csrf},
+            files={"file": ("m.csv", b"email\nnew@example.org\n", "text/csv")},
+        ),
+    }
+    for path, answer in pages.items():
+        assert answer.status_code == 403, path
+        assert "Not allowed" in answer.text, path
+        assert f"{WRITER} is a writer" in answer.text, path
+    headers = {"Authorization": f"Bearer {WRITER_TOKEN}"}
+    api = {
+        "send": writer.post("/api/issues/send", headers=headers),
+        **{
+            action: writer.post(f"/api/issues/1/{action}", headers=headers)
+            for action in ("pause", "resume", "cancel")
+        },
+        "members": writer.get("/api/members", headers=headers),
+    }
+    for name, answer in api.items():
+        assert answer.status_code == 403, name
+        assert "api:writer is a writer" in answer.json()["error"], name
+    assert issue_status(sessions) == "sending"
+    assert smtp_server.count() == before
+    # What a writer may do: a test copy (of issue 1), through the desk and the API.
+    tested = writer.post("/desk/test", data={"csrf": csrf, "to": "proof@example.org", "issue": "1"})
+    assert tested.status_code == 200
+    assert "test message sent to proof@example.org" in tested.text
+    r = writer.post(
+        "/api/issues/test", headers=headers, json={"to": "proof2@example.org", "issue_id": 1}
+    )
+    assert r.status_code == 200
+    assert r.json()["status"] == "sent"
+    assert audit_rows(sessions)[-2:] == [
+        (WRITER, "test-send", 1),
+        ("api:writer", "test-send", 1),
+    ]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from newsletter.services.unit import PREFETCH, Services, Unit
+from newsletter.services.unit import PREFETCH, Actor, Services, Unit, as_actor, check
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -39,7 +39,7 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    actor: str
+    actor: Actor
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
 
@@ -133,7 +133,7 @@ class Batcher:
                 if fn in PREFETCH:
                     PREFETCH[fn](session, args)
             for job in batch:
-                unit = Unit(session, now, job.actor, services)
+                unit = Unit(session, now, job.actor.name, services, job.actor.role)
                 results.append((True, job.fn(unit, *job.args, **job.kwargs)))
                 units.append(unit)
             # Every unit's hits and audit entries in one statement each, for the whole batch.
@@ -167,7 +167,7 @@ class Gateway:
 
     async def call(
         self,
-        actor: str,
+        actor: str | Actor,
         fn: Callable[Concatenate[Unit, P], T],
         /,
         *args: P.args,
@@ -193,16 +193,18 @@ class Gateway:
 
     async def submit(
         self,
-        actor: str,
+        actor: str | Actor,
         fn: Callable[Concatenate[Unit, P], T],
         /,
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
         """Run a short use-case in the next batch; returns once that batch has committed."""
+        who = as_actor(actor)
+        check(who, fn)  # refused here, before it can take a place in a batch
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self.batcher.submit(_Job(fn, args, kwargs, actor, loop, future))
+        self.batcher.submit(_Job(fn, args, kwargs, who, loop, future))
         return await future
 
     def close(self) -> None:

@@ -18,7 +18,16 @@ from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
 from newsletter.errors import NewsletterError, NothingToSend
 from newsletter.services import mail, votes
-from newsletter.services.unit import Services, Unit, use_case
+from newsletter.services.unit import (
+    Actor,
+    Permission,
+    Services,
+    Unit,
+    as_actor,
+    check,
+    requires,
+    use_case,
+)
 from newsletter.storage import issues as rows
 from newsletter.storage import items as item_rows
 from newsletter.storage import ledger, search, surveys
@@ -172,6 +181,7 @@ class Released:
 
 
 @use_case
+@requires(Permission.SEND)
 def release_next(
     unit: Unit,
     *,
@@ -222,6 +232,7 @@ def release_next(
 
 
 @use_case
+@requires(Permission.SEND)
 def pause(unit: Unit, issue_id: int, *, reason: str = "") -> IssueInfo:
     """Pause a sending issue: every worker stops within moments and keeps its place."""
     row = _row(unit, issue_id)
@@ -235,6 +246,7 @@ def pause(unit: Unit, issue_id: int, *, reason: str = "") -> IssueInfo:
 
 
 @use_case
+@requires(Permission.SEND)
 def resume(unit: Unit, issue_id: int) -> IssueInfo:
     """Mark a paused issue sending again. The caller starts delivering it (sending.deliver)."""
     row = _row(unit, issue_id)
@@ -248,6 +260,7 @@ def resume(unit: Unit, issue_id: int) -> IssueInfo:
 
 
 @use_case
+@requires(Permission.SEND)
 def cancel(unit: Unit, issue_id: int) -> IssueInfo:
     """Stop an issue for good: no more messages go out; the result says how many were sent."""
     row = _row(unit, issue_id)
@@ -261,6 +274,7 @@ def cancel(unit: Unit, issue_id: int) -> IssueInfo:
 
 
 @use_case
+@requires(Permission.SEND)
 def requeue_failed(unit: Unit, issue_id: int) -> int:
     """Queue an issue's failed deliveries again, with a new retry deadline; how many."""
     row = _row(unit, issue_id)
@@ -303,7 +317,7 @@ def next_compiled(unit: Unit) -> Compiled:
     return compile_next(unit)
 
 
-def send_test(services: Services, actor: str, to: str, issue_id: int | None = None) -> int:
+def send_test(services: Services, actor: str | Actor, to: str, issue_id: int | None = None) -> int:
     """Queue ONE copy of the next issue (or of stored issue N) to `to`, subject "[TEST] …".
 
     The issue is compiled in a session that is rolled back (a compile may settle votes and
@@ -312,6 +326,7 @@ def send_test(services: Services, actor: str, to: str, issue_id: int | None = No
     sends it through the configured relays, DKIM-signed when [dkim] is set. ValueError for a
     bad address, NothingToSend when there is no next issue. Returns the queued message's id.
     """
+    check(as_actor(actor), mail.queue_test_copy)  # before the compile it would waste
     address = normalize_address(to)
     compiled, number = services.read(_compiled, issue_id)
     return services.run(actor, mail.queue_test_copy, compiled, number, address)

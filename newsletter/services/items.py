@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from newsletter.content.sources import NewItem, SourceReport, html_to_text, read_source
 from newsletter.errors import NewsletterError
-from newsletter.services.unit import Services, Unit, use_case
+from newsletter.services.unit import Permission, Services, Unit, requires, use_case
 from newsletter.storage import items as rows
 from newsletter.storage.models import Item
 
@@ -44,6 +44,7 @@ def _info(item: Item) -> ItemInfo:
 
 
 @use_case
+@requires(Permission.WRITE)
 def add(unit: Unit, entries: dict[str, NewItem], report: SourceReport) -> SourceReport:
     """Store a source's entries (one per GUID); a GUID stored already is left as it is."""
     known = rows.known_guids(unit.session, list(entries))
@@ -111,6 +112,7 @@ def _not_gone_out(unit: Unit, item: Item, doing: str) -> None:
 
 
 @use_case
+@requires(Permission.WRITE)
 def remove(unit: Unit, ref: str) -> ItemInfo:
     """Delete an item that has not gone out (a bad import, an item too large to send)."""
     item = _find(unit, ref)
@@ -122,6 +124,7 @@ def remove(unit: Unit, ref: str) -> ItemInfo:
 
 
 @use_case
+@requires(Permission.WRITE)
 def hold(unit: Unit, ref: str, held: bool = True) -> ItemInfo:
     """Hold an item back (it never goes out until released), or release it."""
     item = _find(unit, ref)

@@ -14,7 +14,7 @@ from newsletter.content import layout
 from newsletter.content.compiler import Compiled
 from newsletter.content.layout import system_message
 from newsletter.content.personalize import Personalizer
-from newsletter.services.unit import Unit, use_case
+from newsletter.services.unit import Permission, Unit, requires, use_case
 from newsletter.storage import mail as mail_rows
 from newsletter.storage.ledger import Recipient
 from newsletter.storage.models import MailStatus, Member, SystemMail
@@ -95,6 +95,7 @@ def queue_confirmation(unit: Unit, member: Member, *, signup_id: int | None = No
 
 
 @use_case
+@requires(Permission.WRITE)
 def queue_test_copy(unit: Unit, compiled: Compiled, number: int, to_address: str) -> int:
     """One copy of an issue, marked [TEST], to one address; nothing counts as the issue's send
     (no issue row, no delivery row, no item claimed). Returns the queued message's id."""

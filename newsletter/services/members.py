@@ -18,7 +18,7 @@ from newsletter.content.addresses import clean_name, normalize_address
 from newsletter.content.roster import ImportReport, Row, merge_duplicates, read_rows
 from newsletter.errors import NewsletterError
 from newsletter.services import mail
-from newsletter.services.unit import Services, Unit, prefetch, use_case
+from newsletter.services.unit import Permission, Services, Unit, prefetch, requires, use_case
 from newsletter.storage import members as rows
 from newsletter.storage import signups
 from newsletter.storage.models import Member, MemberStatus
@@ -74,6 +74,7 @@ def read_list(path: Path) -> str:
 
 
 @use_case
+@requires(Permission.MEMBERS)
 def import_members(
     unit: Unit,
     text: str,

@@ -21,7 +21,7 @@ from newsletter.delivery.engine import Engine, IssuePaused, Summary
 from newsletter.delivery.smtp import ClientFactory, aiosmtplib_client
 from newsletter.errors import NothingToSend
 from newsletter.services import issues
-from newsletter.services.unit import Services, Unit
+from newsletter.services.unit import Actor, Services, Unit
 from newsletter.storage import issues as issue_rows
 from newsletter.storage.ledger import Outcome, new_owner
 from newsletter.storage.models import Issue
@@ -83,7 +83,7 @@ async def deliver(services: Services, issue_id: int, run: Run | None = None) -> 
 
 async def release(
     services: Services,
-    actor: str,
+    actor: str | Actor,
     *,
     schedule: str | None = None,
     slot_at: dt.datetime | None = None,
@@ -102,7 +102,7 @@ async def release(
     )
 
 
-async def send(services: Services, run: Run | None = None, *, actor: str) -> list[Summary]:
+async def send(services: Services, run: Run | None = None, *, actor: str | Actor) -> list[Summary]:
     """Finish unfinished issues, then send the next one. NothingToSend when there was nothing."""
     services.settings.require_secret()
     summaries: list[Summary] = []
@@ -119,7 +119,7 @@ async def send(services: Services, run: Run | None = None, *, actor: str) -> lis
 
 
 async def retry(
-    services: Services, issue_id: int, run: Run | None = None, *, actor: str
+    services: Services, issue_id: int, run: Run | None = None, *, actor: str | Actor
 ) -> Summary:
     """Re-queue an issue's failed rows with a fresh retry deadline, and deliver them."""
     await asyncio.to_thread(services.run, actor, issues.requeue_failed, issue_id)

@@ -21,6 +21,7 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from jinja2 import Environment
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.content.links import LinkBuilder
+from newsletter.errors import NewsletterError
 from newsletter.site import environment
 from newsletter.storage import audit as audit_rows
 from newsletter.storage import hits as hit_rows
@@ -37,6 +39,52 @@ from newsletter.tokens import Signer
 P = ParamSpec("P")
 T = TypeVar("T")
 
+
+class Permission(StrEnum):
+    """What an editor's role lets them do; a use-case that needs one says so (`requires`)."""
+
+    WRITE = "write"  # items, the next issue's note and settings, previews, test copies
+    SEND = "send"  # release, schedule, pause, resume, cancel, retry
+    MEMBERS = "members"  # add, edit, unsubscribe, erase, import, export members
+    SURVEYS = "surveys"  # make, open and close surveys
+
+
+class Role(StrEnum):
+    WRITER = "writer"
+    PUBLISHER = "publisher"
+
+
+PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.WRITER: frozenset({Permission.WRITE}),
+    Role.PUBLISHER: frozenset(Permission),
+}
+
+
+class Forbidden(NewsletterError, PermissionError):
+    """The actor's role does not allow the action; nothing was done."""
+
+    def __init__(self, actor: str, role: Role, permission: Permission) -> None:
+        self.actor, self.role, self.permission = actor, role, permission
+        super().__init__(f"{actor} is a {role}: a {role} may not {permission} (nothing was done)")
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: a name for the audit log and, for editors (desk and API), a role. The
+    trusted doors (the CLI run by the operator, the scheduler, a member on their own links)
+    act without one and may do what their door offers."""
+
+    name: str
+    role: Role | None = None
+
+    def may(self, permission: Permission) -> bool:
+        return self.role is None or permission in PERMISSIONS[self.role]
+
+
+def as_actor(actor: str | Actor) -> Actor:
+    return actor if isinstance(actor, Actor) else Actor(actor)
+
+
 # Every use-case, by name: the doors' tests walk this to check each one is audited.
 USE_CASES: dict[str, Callable[..., Any]] = {}
 
@@ -45,6 +93,30 @@ def use_case(fn: Callable[Concatenate[Unit, P], T]) -> Callable[Concatenate[Unit
     """Mark a function as a use-case (a state change that writes its own audit entry)."""
     USE_CASES[f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"] = fn
     return fn
+
+
+# The permission each use-case needs (when its actor has a role), set by `requires`.
+REQUIRES: dict[Callable[..., Any], Permission] = {}
+
+
+def requires(
+    permission: Permission,
+) -> Callable[[Callable[Concatenate[Unit, P], T]], Callable[Concatenate[Unit, P], T]]:
+    """A use-case only an editor whose role has `permission` may run (trusted doors may)."""
+
+    def mark(fn: Callable[Concatenate[Unit, P], T]) -> Callable[Concatenate[Unit, P], T]:
+        REQUIRES[fn] = permission
+        return fn
+
+    return mark
+
+
+def check(actor: Actor, fn: Callable[..., Any]) -> None:
+    """Forbidden when `actor` may not run the use-case `fn`."""
+    needed = REQUIRES.get(fn)
+    if needed is not None and not actor.may(needed):
+        assert actor.role is not None
+        raise Forbidden(actor.name, actor.role, needed)
 
 
 # A batch's loader: given the session and every (args, kwargs) of one use-case in the batch,
@@ -73,6 +145,7 @@ class Unit:
     now: dt.datetime
     actor: str
     services: Services
+    role: Role | None = None
     audits: list[dict[str, Any]] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)
     effects: list[Callable[[], None]] = field(default_factory=list)
@@ -162,15 +235,18 @@ class Services:
 
     def run(
         self,
-        actor: str,
+        actor: str | Actor,
         fn: Callable[Concatenate[Unit, P], T],
         /,
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Call a use-case as `actor` in a transaction of its own, with its audit entries."""
+        """Call a use-case as `actor` in a transaction of its own, with its audit entries.
+        Forbidden, before anything is read or written, when the actor's role does not allow it."""
+        who = as_actor(actor)
+        check(who, fn)
         with self.sessions.begin() as session:
-            unit = Unit(session, self.clock(), actor, self)
+            unit = Unit(session, self.clock(), who.name, self, who.role)
             result = fn(unit, *args, **kwargs)
             unit.write()
         for effect in unit.effects:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.content.results import Results, tally
 from newsletter.errors import NewsletterError
-from newsletter.services.unit import Unit, prefetch, use_case
+from newsletter.services.unit import Permission, Unit, prefetch, requires, use_case
 from newsletter.storage import hits, surveys
 from newsletter.storage import members as member_rows
 from newsletter.storage.models import SurveyStatus, Vote
@@ -293,6 +293,7 @@ def settled_results(unit: Unit, survey_id: int | None = None) -> Results:
 
 
 @use_case
+@requires(Permission.SURVEYS)
 def close(unit: Unit, key: str | None) -> str:
     """Close a survey (the newest, or the one with this key or number): its links then show
     the final results and record nothing. Pending clicks are decided first."""

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 
 from newsletter.config import Settings
+from newsletter.services.unit import Actor, Role
 
 COOKIE = "desk_session"
 SESSION_SECONDS = 12 * 3600
@@ -28,6 +29,11 @@ def _same(given: str, expected: str) -> bool:
 class Editor:
     name: str
     sid: str
+    role: Role = Role.PUBLISHER
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.name, self.role)
 
 
 class DeskAuth:
@@ -37,7 +43,7 @@ class DeskAuth:
         self.settings = settings
         secret = settings.require_secret()[0]
         self.key = hmac.new(secret, b"newsletter desk session", hashlib.sha256).digest()
-        self.names = {e.name for e in settings.editor}
+        self.roles = {e.name: Role(e.role) for e in settings.editor}
         self.secure = settings.list.base_url.startswith("https://")
 
     def _sign(self, purpose: bytes, data: bytes) -> str:
@@ -61,9 +67,9 @@ class DeskAuth:
             name, sid, expires = str(data["n"]), str(data["s"]), int(data["e"])
         except (ValueError, KeyError, TypeError):
             return None
-        if expires < time.time() or name not in self.names:
+        if expires < time.time() or name not in self.roles:
             return None
-        return Editor(name, sid)
+        return Editor(name, sid, self.roles[name])
 
     def csrf(self, editor: Editor) -> str:
         return self._sign(b"csrf", editor.sid.encode())

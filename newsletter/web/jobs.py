@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from newsletter.errors import NothingToSend
 from newsletter.services import issues, mail, sending
 from newsletter.services.boundary import Gateway
+from newsletter.services.unit import Actor, as_actor, check
 from newsletter.storage.models import MailStatus
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,10 @@ class Jobs:
             log.exception("%s failed", name)
             self.last[name] = f"failed: {exc}"
 
-    async def start_send(self, actor: str) -> str:
-        """Start a send in the background: unfinished issues, then the next one."""
+    async def start_send(self, actor: str | Actor) -> str:
+        """Start a send in the background: unfinished issues, then the next one. Forbidden
+        at once (not in the background) for a role that may not send."""
+        check(as_actor(actor), issues.release_next)
         if not await self.gateway.read(issues.has_work):
             raise issues.Conflict("nothing to send: no new items and no unfinished issue")
         services = self.gateway.services
@@ -52,7 +55,7 @@ class Jobs:
         self.start("send", work)
         return "sending started; the list shows its progress"
 
-    async def start_resume(self, actor: str, issue_id: int) -> issues.IssueInfo:
+    async def start_resume(self, actor: str | Actor, issue_id: int) -> issues.IssueInfo:
         """Mark a paused issue sending again and deliver it in the background."""
         info = await self.gateway.call(actor, issues.resume, issue_id)
         services = self.gateway.services

@@ -1,0 +1,98 @@
+"""The desk's survey, member and audit pages."""
+
+from __future__ import annotations
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from newsletter.errors import NewsletterError
+from newsletter.services import audit, members, votes
+from newsletter.services.unit import Permission
+from newsletter.web.auth import Editor
+from newsletter.web.desk.base import MAX_UPLOAD, DeskBase
+
+
+class MemberPages:
+    def __init__(self, desk: DeskBase) -> None:
+        self.desk = desk
+        self.gateway = desk.gateway
+
+    def routes(self) -> list[Route]:
+        p, f = self.desk.guard_page, self.desk.guard_form
+        return [
+            Route("/desk/surveys", p(self.surveys), methods=["GET"]),
+            Route("/desk/members", p(self.members_page, Permission.MEMBERS), methods=["GET"]),
+            Route(
+                "/desk/members/import",
+                f(self.members_import, Permission.MEMBERS),
+                methods=["POST"],
+            ),
+            Route("/desk/audit", p(self.audit_page), methods=["GET"]),
+        ]
+
+    async def surveys(self, request: Request, editor: Editor) -> Response:
+        raw = request.query_params.get("survey_id", "")
+        survey_id = int(raw) if raw.isdigit() and len(raw) < 10 else None
+        if raw and survey_id is None:
+            return self.desk.page(
+                "message.html", editor, 404, title="No survey", text="No such survey."
+            )
+        try:
+            results = await self.gateway.call(editor.actor, votes.settled_results, survey_id)
+        except votes.NoSuchSurvey as exc:
+            return self.desk.page("message.html", editor, 404, title="No survey", text=str(exc))
+        return self.desk.page("results.html", editor, results=results)
+
+    # --- members and the audit log ---------------------------------------------------------------
+
+    async def members_page(self, request: Request, editor: Editor) -> Response:
+        text, kind = self.desk.auth.notice(request)
+        q = request.query_params.get("q", "")[:200]
+        return self.desk.page(
+            "members.html",
+            editor,
+            q=q,
+            members=await self.gateway.read(members.search, q, 200),
+            report=None,
+            notice=text,
+            notice_kind=kind,
+        )
+
+    async def members_import(self, request: Request, editor: Editor, form: FormData) -> Response:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            return self.desk.back("/desk/members", "choose a CSV file to import", error=True)
+        data = await upload.read(MAX_UPLOAD + 1)
+        if len(data) > MAX_UPLOAD:
+            return self.desk.back("/desk/members", "the file is larger than 20 MB", error=True)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            return self.desk.back(
+                "/desk/members",
+                f"not UTF-8 text (byte {exc.start}); save the file as UTF-8",
+                error=True,
+            )
+        filename = (upload.filename or "upload.csv")[:200]
+        try:
+            report = await self.gateway.call(
+                editor.actor, members.import_members, text, source=filename
+            )
+        except NewsletterError as exc:
+            return self.desk.back("/desk/members", str(exc), error=True)
+        return self.desk.page(
+            "members.html",
+            editor,
+            q="",
+            members=await self.gateway.read(members.search, "", 200),
+            report=report,
+            notice="",
+            notice_kind="",
+        )
+
+    async def audit_page(self, request: Request, editor: Editor) -> Response:
+        return self.desk.page(
+            "audit.html", editor, entries=await self.gateway.read(audit.recent, 200)
+        )
