@@ -9,6 +9,7 @@ import os
 import re
 import tomllib
 import types
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,8 @@ class ListSettings:
     reply_to: str = ""
     subject: str = "{{ list_name }}: {{ first_title }}"
     language: str = "en"
+    # The time zone of times editors read and set (a scheduled send), e.g. "Asia/Shanghai".
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +448,12 @@ def _check_list(lst: ListSettings) -> None:
         if re.search(r"[\r\n\x00]", getattr(lst, key)):
             raise ConfigError(f"list.{key}", "must not contain line breaks")
     check_subject(lst.subject)
+    try:
+        zoneinfo.ZoneInfo(lst.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            "list.timezone", f"{lst.timezone!r} is not a time zone (e.g. UTC, Asia/Shanghai)"
+        ) from None
 
 
 def _check_smtp(smtp: SmtpSettings) -> None:

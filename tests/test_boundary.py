@@ -129,7 +129,7 @@ def test_no_door_blocks_the_event_loop(
                 assert match is not None
                 csrf = match.group(1)
             requests: dict[str, Callable[[], Awaitable[httpx.Response]]] = {
-                "desk-send": lambda: client.post("/desk/send", data={"csrf": csrf}),
+                "desk-send": lambda: client.post("/desk/send", data={"csrf": csrf, "confirm": "5"}),
                 "api-send": lambda: client.post("/api/issues/send", headers=headers),
                 "vote": lambda: client.post(vote, data={"option": "2", "person": "1"}),
                 "unsubscribe": lambda: client.post(unsubscribe, data={"action": "unsubscribe"}),

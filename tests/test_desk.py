@@ -341,7 +341,14 @@ def test_send_now_in_the_background(
 ) -> None:
     c, _, sessions = client
     token = log_in(c)
-    r = c.post("/desk/send", data={"csrf": token}, follow_redirects=False)
+    # The button leads to a page that says how many members the issue will reach...
+    asked = c.get("/desk/send")
+    assert "goes to <strong>5</strong> members" in asked.text
+    # ... and a post without that page's confirmation sends nothing.
+    unconfirmed = c.post("/desk/send", data={"csrf": token})
+    assert "confirm the send first" in unconfirmed.text
+    assert smtp_server.count() == 0
+    r = c.post("/desk/send", data={"csrf": token, "confirm": "5"}, follow_redirects=False)
     assert r.status_code == 303
     (issue,) = wait_idle(c)
     assert issue["status"] == "sent"
@@ -355,8 +362,9 @@ def test_send_now_in_the_background(
     assert 'value="100.0"' in page.text
     assert "5 / 5" in page.text
     # Nothing left to send: the desk says so and starts nothing.
-    again = c.post("/desk/send", data={"csrf": token})
+    again = c.post("/desk/send", data={"csrf": token, "confirm": "5"})
     assert "nothing to send" in again.text
+    assert "no new items" in c.get("/desk/send").text
     assert audit_rows(sessions)[-1] == (EDITOR, "release", 1)
     assert "nothing to send" in c.get("/desk/preview.html").text
     results = c.get("/desk/surveys")
@@ -413,7 +421,8 @@ def test_a_writer_may_write_and_test_but_never_send(
     csrf = log_in(writer, WRITER)
     before = smtp_server.count()
     pages = {
-        "/desk/send": writer.post("/desk/send", data={"csrf": csrf}),
+        "/desk/send": writer.post("/desk/send", data={"csrf": csrf, "confirm": "5"}),
+        "/desk/send (the question)": writer.get("/desk/send"),
         **{
             f"/desk/issues/1/{action}": writer.post(f"/desk/issues/1/{action}", data={"csrf": csrf})
             for action in ("pause", "resume", "cancel")

@@ -88,6 +88,8 @@ def test_the_desk_in_chromium(
         # Send now, with a slow server, and watch the list's progress reach 100%.
         smtp_server.delay_seconds = 0.4
         page.click("#send-now")
+        expect(page.locator("#send-summary")).to_contain_text("goes to 5 members")
+        page.click("#confirm-send")
         expect(page.locator("#notice")).to_contain_text("sending started")
         progress = page.locator('progress[data-issue="1"]')
         expect(progress).to_be_visible(timeout=10_000)

@@ -150,6 +150,13 @@ def render_subject(
     return " ".join(subject.split())
 
 
+def plain_subject(text: str) -> str:
+    """An editor's own subject: one line of plain text."""
+    if re.search(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f]", text):
+        raise HeaderError("Subject", text)
+    return " ".join(text.split())
+
+
 def inline_css(html: str) -> str:
     """premailer, once per issue. `!important` is kept so @media rules can still win."""
     logger = logging.getLogger("CSSUTILS")
@@ -207,6 +214,16 @@ def _cut_point(line: str, pattern: re.Pattern[str], limit: int) -> int:
     return hi
 
 
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What an editor set for this issue on the desk (all optional)."""
+
+    note_html: str = ""  # the editor's note above the items, sanitised HTML
+    note_text: str = ""  # the same for the text part
+    subject: str = ""  # replaces list.subject's when set
+    preheader: str = ""  # the line mail clients show after the subject in the inbox
+
+
 def compile_issue(
     settings: Settings,
     env: Environment,
@@ -216,8 +233,10 @@ def compile_issue(
     previous: Results | None = None,
     now: dt.datetime | None = None,
     nonce: str | None = None,
+    shape: Shape | None = None,
 ) -> Compiled:
     """Render, inline and make the text part of one issue. Runs once per issue, never per member."""
+    shape = shape or Shape()
     now = now or utcnow()
     nonce = nonce or new_nonce()
     slots = {name: slot(nonce, name) for name in ("name", "view", "unsubscribe", "trap")}
@@ -230,7 +249,11 @@ def compile_issue(
             tuple(OptionView(pos, label, slot(nonce, f"vote{pos}")) for pos, label in options),
         )
     base = settings.list.base_url.rstrip("/")
-    subject = render_subject(env, settings, items, now.date())
+    subject = (
+        plain_subject(shape.subject)
+        if shape.subject
+        else render_subject(env, settings, items, now.date())
+    )
     context = {
         "list": {
             "name": settings.list.name,
@@ -246,6 +269,9 @@ def compile_issue(
         "survey": survey_view,
         "previous": previous if previous is not None and previous.total else None,
         "slots": slots,
+        "note_html": Markup(shape.note_html),  # sanitised by nh3 when it was saved
+        "note_text": shape.note_text,
+        "preheader": shape.preheader,
     }
     timings: dict[str, Any] = {}
     t0 = _clock()

@@ -61,7 +61,7 @@ def sanitize(body: str, base: str = "") -> str:
         if scheme:  # nh3 lets only URL_SCHEMES through; an image is fetched over the web
             return value if tag == "a" or scheme in ("http", "https") else None
         joined = urllib.parse.urljoin(base, value.strip()) if base else ""
-        return joined if _is_web_url(joined) else None
+        return joined if is_web_url(joined) else None
 
     return nh3.clean(
         body,
@@ -207,10 +207,10 @@ def parse_feed(
     # A relative link means nothing in an email, so every entry gets a base: its xml:base,
     # relative to the document's base, which is the URL the feed came from (RFC 3986 5.1.3)
     # or, for a file, the site the feed names as its link.
-    document = source if _is_web_url(source) else ""
+    document = source if is_web_url(source) else ""
     parsed = _parse(data, document)
     home = parsed.feed.get("link", "")
-    if not document and _is_web_url(home):
+    if not document and is_web_url(home):
         parsed = _parse(data, home)
     if not parsed.get("version"):
         why = parsed.get("bozo_exception") or "no RSS or Atom elements found"
@@ -235,7 +235,7 @@ def parse_feed(
         else:
             detail = entry.get("summary_detail") or {"value": entry.get("summary", "")}
         base = detail.get("base", "")
-        body_html = sanitize(detail.get("value", ""), base if _is_web_url(base) else "")
+        body_html = sanitize(detail.get("value", ""), base if is_web_url(base) else "")
         size = len(body_html.encode())
         if size > size_limit:
             report.reject(f"{source}: {where} ({title[:80]!r}): {_too_large(size, size_limit)}")
@@ -246,7 +246,7 @@ def parse_feed(
             guid=guid[:1024],
             title=title[:1000],
             section=" ".join(str(entry_section).split())[:200],
-            url=link if _is_web_url(link) else "",
+            url=link if is_web_url(link) else "",
             body_html=body_html,
             published_at=_parsed_time(entry.get("published_parsed") or entry.get("updated_parsed")),
             where=where,
@@ -297,7 +297,7 @@ def _markdown_item(path: Path, section: str | None, size_limit: int) -> NewItem:
         item_section = section or meta.text("section") or DEFAULT_SECTION
     except ValueError as exc:
         raise SourceError(str(path), str(exc)) from None
-    url = url if _is_web_url(url) else ""
+    url = url if is_web_url(url) else ""
     body_html = sanitize(_markdown().render(meta.body), base=url)
     if len(body_html.encode()) > size_limit:
         raise SourceError(str(path), _too_large(len(body_html.encode()), size_limit))
@@ -310,6 +310,11 @@ def _markdown_item(path: Path, section: str | None, size_limit: int) -> NewItem:
         published_at=published,
         where=path.name,
     )
+
+
+def render_markdown(text: str, *, base: str = "") -> str:
+    """Markdown (CommonMark, tables, strikethrough) → sanitised HTML, as every item gets."""
+    return sanitize(_markdown().render(text), base=base)
 
 
 def _markdown() -> MarkdownIt:
@@ -356,7 +361,7 @@ def _is_syntax_error(problem: object) -> bool:
     return isinstance(problem, SAXException)
 
 
-def _is_web_url(url: str) -> bool:
+def is_web_url(url: str) -> bool:
     return url.startswith(("http://", "https://")) and not any(c in url for c in "\r\n\t \"'<>")
 
 

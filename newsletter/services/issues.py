@@ -17,7 +17,7 @@ from newsletter.content.compiler import Compiled
 from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import mail, votes
+from newsletter.services import drafts, mail, votes
 from newsletter.services.unit import (
     Actor,
     Permission,
@@ -28,6 +28,7 @@ from newsletter.services.unit import (
     requires,
     use_case,
 )
+from newsletter.storage import drafts as draft_rows
 from newsletter.storage import issues as rows
 from newsletter.storage import items as item_rows
 from newsletter.storage import ledger, search, surveys
@@ -38,6 +39,7 @@ from newsletter.storage.models import (
     DeliveryStatus,
     Issue,
     IssueStatus,
+    Item,
     MemberStatus,
     SurveyStatus,
 )
@@ -128,6 +130,25 @@ def has_work(unit: Unit) -> bool:
     return bool(rows.sending(unit.session)) or item_rows.count_new_items(unit.session) > 0
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    status: str  # failed, bounced or deferred
+    code: int | None
+    text: str
+    count: int
+
+
+def survey_of(unit: Unit, issue_id: int) -> int | None:
+    """The survey the issue carried, if any."""
+    return _row(unit, issue_id).survey_id
+
+
+def failures(unit: Unit, issue_id: int) -> list[Failure]:
+    """The issue's deliveries that did not go out as they should, grouped by SMTP reply."""
+    _row(unit, issue_id)
+    return [Failure(*f) for f in rows.failures(unit.session, issue_id)]
+
+
 def item_titles(unit: Unit, issue_id: int) -> list[tuple[str, str]]:
     """(section, title) of each item an issue carried, in its order."""
     return [(i.section, i.title) for i in item_rows.issue_items(unit.session, issue_id)]
@@ -145,17 +166,25 @@ def previous_results(unit: Unit) -> Results | None:
     return votes.results(unit, survey_id)
 
 
+def _order(item: Item) -> tuple[bool, int, float, int]:
+    # Items an editor ordered first, in that order; the rest newest first.
+    when = (item.published_at or item.created_at).timestamp()
+    return (item.position is None, item.position or 0, -when, -item.id)
+
+
 def gather(unit: Unit, *, with_survey: bool = True) -> tuple[list[compiler.ItemView], Any]:
-    """The next issue's content: new items (not held) and the open survey."""
+    """The next issue's content: new items (not held) and its survey (the draft's choice)."""
     settings = unit.settings
-    # The oldest waiting items go first into an issue; the issue shows the newest on top.
-    picked = sorted(
-        item_rows.new_items(unit.session, settings.issue.max_items),
-        key=lambda i: (i.published_at or i.created_at, i.id),
-        reverse=True,
-    )
+    # The oldest waiting items go first into an issue; the issue shows them as ordered.
+    picked = sorted(item_rows.new_items(unit.session, settings.issue.max_items), key=_order)
+    choice = draft_rows.get(unit.session).survey
     survey = None
-    if settings.survey is not None and with_survey:
+    if choice.isdigit():
+        chosen = surveys.get(unit.session, int(choice))
+        if chosen is not None and chosen.status == SurveyStatus.OPEN and with_survey:
+            options = [(o.position, o.label) for o in surveys.options(unit.session, chosen.id)]
+            survey = (chosen.id, chosen.question, options)
+    elif settings.survey is not None and with_survey and choice != "none":
         row = surveys.sync(unit.session, settings.survey, unit.now)
         if row.status == SurveyStatus.OPEN:
             options = [(o.position, o.label) for o in surveys.options(unit.session, row.id)]
@@ -169,7 +198,12 @@ def compile_next(unit: Unit, *, with_survey: bool = True) -> Compiled:
     if not items:
         raise NothingToSend("no new items since the last issue: nothing to send")
     return compiler.compile_issue(
-        unit.settings, unit.services.env, items, survey, previous=previous_results(unit)
+        unit.settings,
+        unit.services.env,
+        items,
+        survey,
+        previous=previous_results(unit),
+        shape=drafts.shape(unit),
     )
 
 
@@ -197,6 +231,12 @@ def release_next(
     """
     settings = unit.settings
     settings.require_secret()  # fail before anything is stored, not halfway through
+    scheduled = draft_rows.get(unit.session).send_at
+    if scheduled is not None and scheduled > unit.now:
+        raise NothingToSend(
+            f"the next issue is scheduled for {scheduled:%Y-%m-%d %H:%M} UTC; "
+            "cancel the schedule to send it now"
+        )
     if not member_rows.counts(unit.session).get(MemberStatus.ACTIVE):
         # An issue nobody receives would take the items and never reach the archive.
         raise NothingToSend("no active members: nothing to send (the items stay new)")
@@ -218,6 +258,7 @@ def release_next(
     )
     item_rows.claim_for_issue(unit.session, issue.id, compiled.item_ids)
     queued = rows.snapshot_audience(unit.session, issue.id, compiled.created)
+    draft_rows.clear(unit.session, unit.now, unit.actor)  # what it said went out with it
     where = f"schedule {schedule}, slot {slot_at:%Y-%m-%d %H:%M} UTC" if slot_at else "send"
     unit.audit(
         "release",
@@ -226,6 +267,21 @@ def release_next(
     )
     unit.after_commit(lambda: unit.services.changed("issues"))
     return Released(issue.id, compiled.subject, queued)
+
+
+@use_case
+@requires(Permission.SEND)
+def release_scheduled(unit: Unit) -> Released | None:
+    """Release the next issue if its scheduled send is due (`serve` asks every few seconds).
+    Of several processes asking at once, one releases it; None for the others, and when
+    nothing is due. A due send with nothing to send is dropped, and says so in the audit log."""
+    if not draft_rows.claim_due(unit.session, unit.now):
+        return None
+    try:
+        return release_next(unit)
+    except NothingToSend as exc:
+        unit.audit("scheduled-send", detail=f"nothing sent: {exc}")
+        return None
 
 
 # --- editors' actions on a running or finished issue -------------------------------------------

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from dataclasses import dataclass
 
-from newsletter.content.sources import NewItem, SourceReport, html_to_text, read_source
+from newsletter.content.sources import (
+    DEFAULT_SECTION,
+    NewItem,
+    SourceReport,
+    clean_title,
+    html_to_text,
+    is_web_url,
+    read_source,
+    render_markdown,
+)
 from newsletter.errors import NewsletterError
 from newsletter.services.unit import Permission, Services, Unit, requires, use_case
 from newsletter.storage import items as rows
@@ -29,6 +39,8 @@ class ItemInfo:
     published_at: dt.datetime | None
     held: bool
     size: int  # bytes of body HTML
+    position: int | None = None  # its place in the next issue, as an editor ordered it
+    source: str = ""
 
 
 def _info(item: Item) -> ItemInfo:
@@ -40,6 +52,8 @@ def _info(item: Item) -> ItemInfo:
         item.published_at,
         item.held,
         len(item.body_html.encode()),
+        item.position,
+        item.source,
     )
 
 
@@ -90,6 +104,17 @@ def import_source(
     return services.run(actor, add, entries, report)
 
 
+def upcoming(unit: Unit) -> list[ItemInfo]:
+    """Every item not gone out yet, in the next issue's order (held ones too, marked)."""
+    found = rows.all_items(unit.session, new_only=True)
+
+    def order(item: Item) -> tuple[bool, int, float, int]:
+        when = (item.published_at or item.created_at).timestamp()
+        return (item.position is None, item.position or 0, -when, -item.id)
+
+    return [_info(i) for i in sorted(found, key=order)]
+
+
 def listing(unit: Unit, *, new_only: bool = False) -> list[ItemInfo]:
     """Items in the order they were added; with new_only, those in no issue yet."""
     return [_info(i) for i in rows.all_items(unit.session, new_only=new_only)]
@@ -109,6 +134,117 @@ def _not_gone_out(unit: Unit, item: Item, doing: str) -> None:
     issue_id = rows.issue_of(unit.session, item.id)
     if issue_id is not None:
         raise ItemGoneOut(f"item {item.guid!r} went out in issue #{issue_id}: it cannot be {doing}")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDraft:
+    """An item as an editor writes it on the desk (or with `items add`)."""
+
+    title: str
+    body_md: str
+    section: str = ""
+    url: str = ""
+    date: dt.date | None = None
+
+
+class BadItem(NewsletterError, ValueError):
+    """A field of an item is not acceptable; nothing was stored."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def _checked(unit: Unit, draft: ItemDraft) -> tuple[str, str, str, str, dt.datetime | None]:
+    """(title, section, url, body_html, published_at) of a valid draft; BadItem names the field."""
+    title = clean_title(draft.title)
+    if not title:
+        raise BadItem("title", "is empty")
+    if len(title) > 1000:
+        raise BadItem("title", f"is {len(title):,} characters, over 1,000")
+    section = " ".join(draft.section.split()) or DEFAULT_SECTION
+    if len(section) > 200 or any(c in section for c in "\r\n"):
+        raise BadItem("section", "must be one line of at most 200 characters")
+    url = draft.url.strip()
+    if url and not is_web_url(url):
+        raise BadItem("url", f"{url[:80]!r} is not an http(s) address")
+    body_html = render_markdown(draft.body_md, base=url)
+    limit = unit.settings.items.size_limit
+    if len(body_html.encode()) > limit:
+        raise BadItem(
+            "body",
+            f"is {len(body_html.encode()):,} bytes as HTML, over the {limit:,}-byte limit "
+            "for one item (items.size_limit)",
+        )
+    published = None
+    if draft.date is not None:
+        published = dt.datetime(draft.date.year, draft.date.month, draft.date.day, tzinfo=dt.UTC)
+    return title, section, url, body_html, published
+
+
+@use_case
+@requires(Permission.WRITE)
+def write(unit: Unit, draft: ItemDraft) -> ItemInfo:
+    """A new item, written in Markdown on the desk: it is new, so the next issue may carry it."""
+    title, section, url, body_html, published = _checked(unit, draft)
+    item = Item(
+        guid=f"desk:{secrets.token_hex(8)}",
+        source="desk",
+        section=section,
+        title=title,
+        url=url,
+        body_html=body_html,
+        body_text=html_to_text(body_html),
+        body_md=draft.body_md,
+        published_at=published,
+        created_at=unit.now,
+    )
+    rows.add_items(unit.session, [item])
+    unit.audit("write-item", detail=f"{item.guid}: {title[:200]}")
+    return _info(item)
+
+
+@use_case
+@requires(Permission.WRITE)
+def edit(unit: Unit, ref: str, draft: ItemDraft) -> ItemInfo:
+    """Change an item that has not gone out (an imported one too: its body becomes the
+    Markdown given)."""
+    item = _find(unit, ref)
+    _not_gone_out(unit, item, "edited")
+    item.title, item.section, item.url, item.body_html, item.published_at = _checked(unit, draft)
+    item.body_text = html_to_text(item.body_html)
+    item.body_md = draft.body_md
+    unit.audit("edit-item", detail=f"{item.guid}: {item.title[:200]}")
+    return _info(item)
+
+
+@use_case
+@requires(Permission.WRITE)
+def reorder(unit: Unit, refs: list[str]) -> list[ItemInfo]:
+    """The next issue's order: these items first, in this order (within their sections, whose
+    order is issue.sections'), every other new item after them, newest first."""
+    found = [_find(unit, ref) for ref in refs]
+    for item in found:
+        _not_gone_out(unit, item, "reordered")
+    if len({i.id for i in found}) != len(found):
+        raise BadItem("order", "names an item twice")
+    rows.set_positions(unit.session, [i.id for i in found])
+    unit.audit("reorder-items", detail=", ".join(i.guid for i in found)[:2000])
+    for item in found:
+        unit.session.expire(item)
+    return [_info(i) for i in found]
+
+
+def body_md(unit: Unit, ref: str) -> tuple[ItemInfo, str, str]:
+    """An item for the editor's form: its info, its Markdown (or, for an imported item, its
+    HTML, which Markdown passes through) and its URL."""
+    item = _find(unit, ref)
+    return _info(item), item.body_md if item.body_md is not None else item.body_html, item.url
+
+
+def preview(unit: Unit, body: str) -> str:
+    """Markdown as the item will show it (sanitised HTML), for the editor's live preview."""
+    return render_markdown(body[:200_000])
 
 
 @use_case

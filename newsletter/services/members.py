@@ -314,5 +314,10 @@ def listing(unit: Unit, status: MemberStatus | None = None, limit: int = 50) -> 
     return [MemberInfo.of(m) for m in rows.listing(unit.session, status, limit)]
 
 
+def active_count(unit: Unit) -> int:
+    """How many members the next issue would reach."""
+    return rows.counts(unit.session).get(MemberStatus.ACTIVE, 0)
+
+
 def counts(unit: Unit) -> dict[MemberStatus, int]:
     return rows.counts(unit.session)

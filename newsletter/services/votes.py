@@ -307,6 +307,19 @@ def close(unit: Unit, key: str | None) -> str:
     return survey.key
 
 
+@dataclass(frozen=True, slots=True)
+class SurveyInfo:
+    id: int
+    key: str
+    question: str
+    status: str
+
+
+def open_surveys(unit: Unit) -> list[SurveyInfo]:
+    """The open surveys, newest first (an issue may carry any of them)."""
+    return [SurveyInfo(s.id, s.key, s.question, s.status) for s in surveys.open_ones(unit.session)]
+
+
 def find(unit: Unit, key: str | None) -> int:
     survey = surveys.find(unit.session, key)
     if survey is None:

@@ -72,6 +72,23 @@ def delivery_counts(session: Session, issue_id: int) -> dict[DeliveryStatus, int
     return {DeliveryStatus(status): int(n) for status, n in rows}
 
 
+def failures(session: Session, issue_id: int) -> list[tuple[str, int | None, str, int]]:
+    """(status, SMTP code, reply text, how many) of the issue's rows that did not go out as
+    they should (failed, bounced, deferred), the most common first."""
+    rows = session.execute(
+        select(Delivery.status, Delivery.last_code, Delivery.last_message, func.count())
+        .where(
+            Delivery.issue_id == issue_id,
+            Delivery.status.in_(
+                (DeliveryStatus.FAILED, DeliveryStatus.BOUNCED, DeliveryStatus.DEFERRED)
+            ),
+        )
+        .group_by(Delivery.status, Delivery.last_code, Delivery.last_message)
+        .order_by(func.count().desc())
+    ).all()
+    return [(str(st), code, str(text), int(n)) for st, code, text, n in rows]
+
+
 def snapshot_audience(session: Session, issue_id: int, now: dt.datetime) -> int:
     """One queued delivery row per active member, in one INSERT … SELECT."""
     columns = [

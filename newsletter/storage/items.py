@@ -85,6 +85,15 @@ def set_held(session: Session, item_id: int, held: bool) -> None:
     session.execute(update(Item).where(Item.id == item_id).values(held=held))
 
 
+def set_positions(session: Session, ordered: list[int]) -> None:
+    """The next issue's order: these items first, in this order; every other new item after."""
+    session.execute(
+        update(Item).where(Item.id.not_in(select(IssueItem.item_id))).values(position=None)
+    )
+    for position, item_id in enumerate(ordered):
+        session.execute(update(Item).where(Item.id == item_id).values(position=position))
+
+
 def claim_for_issue(session: Session, issue_id: int, item_ids: Sequence[int]) -> None:
     """An item goes out in one issue only: the unique item_id makes a second claim fail."""
     session.add_all(

@@ -162,6 +162,10 @@ class Item(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # A held item never goes out until an editor releases it.
     held: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # The Markdown an editor wrote it in on the desk (None for imported items).
+    body_md: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Its place in the next issue, as an editor ordered it (None: by date, after the ordered).
+    position: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Survey(Base):
@@ -342,6 +346,24 @@ class AuditEntry(Base):
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     member_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     detail: Mapped[str] = mapped_column(String(2000), default="")
+
+
+class Draft(Base):
+    """The next issue as editors shape it before it is released: one row (id 1). Released with
+    the issue, then cleared."""
+
+    __tablename__ = "drafts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    note_md: Mapped[str] = mapped_column(Text, default="")  # the editor's note, Markdown
+    subject: Mapped[str] = mapped_column(String(1000), default="")  # "" = list.subject's
+    preheader: Mapped[str] = mapped_column(String(300), default="")
+    # "default" (the site's default survey), "none", or a survey's number
+    survey: Mapped[str] = mapped_column(String(32), default="default")
+    # When set, the issue is released and sent at this moment (by `serve`).
+    send_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_by: Mapped[str] = mapped_column(String(200), default="")
 
 
 class MailStatus(StrEnum):

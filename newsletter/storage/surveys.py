@@ -49,6 +49,12 @@ def options(session: Session, survey_id: int) -> Sequence[SurveyOption]:
     return known[survey_id]
 
 
+def open_ones(session: Session) -> Sequence[Survey]:
+    return session.scalars(
+        select(Survey).where(Survey.status == SurveyStatus.OPEN).order_by(Survey.id.desc())
+    ).all()
+
+
 def newest_id(session: Session) -> int | None:
     return session.scalar(select(Survey.id).order_by(Survey.id.desc()).limit(1))
 

@@ -80,13 +80,15 @@ def error_handlers(pages: Pages) -> dict[Any, Callable[[Request, Exception], Any
     return {404: not_found, 405: not_found, 500: crashed, Exception: crashed}
 
 
-async def maintain(gateway: Gateway) -> None:
-    """Every few seconds: settle the clicks whose quiet period has passed and fold old hits,
-    a chunk a transaction, so a burst's requests never pay for it nor wait on its lock."""
+async def maintain(gateway: Gateway, jobs: Jobs) -> None:
+    """Every few seconds: release the next issue if its scheduled send is due (and send it in
+    the background), settle the clicks whose quiet period has passed and fold old hits, a
+    chunk a transaction, so a burst's requests never pay for it nor wait on its lock."""
     interval = min(60.0, max(1.0, gateway.services.settings.web.vote_window_seconds / 3))
     while True:
         await asyncio.sleep(interval)
         try:
+            await jobs.send_if_scheduled()
             while (await gateway.call("system", votes.settle)).decided == votes.SETTLE_CHUNK:
                 pass
             while await gateway.call("system", evidence.fold) == evidence.FOLD_CHUNK:
@@ -96,7 +98,7 @@ async def maintain(gateway: Gateway) -> None:
 
 
 def lifespan(
-    gateway: Gateway, background: bool
+    gateway: Gateway, jobs: Jobs, background: bool
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     """While the app runs: the system mail queue and the maintenance task (with background)."""
 
@@ -107,7 +109,7 @@ def lifespan(
         if background:
             queue = Mailer(services.settings, services.sessions, clock=services.clock)
             services.listen(queue.wake)
-            tasks = [asyncio.create_task(queue.run()), asyncio.create_task(maintain(gateway))]
+            tasks = [asyncio.create_task(queue.run()), asyncio.create_task(maintain(gateway, jobs))]
         try:
             yield
         finally:
@@ -146,7 +148,7 @@ def create_app(
         ],
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers=error_handlers(pages),
-        lifespan=lifespan(gateway, background),
+        lifespan=lifespan(gateway, jobs, background),
     )
     app.state.services = services
     app.state.gateway = gateway

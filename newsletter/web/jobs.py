@@ -55,6 +55,33 @@ class Jobs:
         self.start("send", work)
         return "sending started; the list shows its progress"
 
+    async def send_if_scheduled(self) -> int | None:
+        """Release the next issue if its scheduled send is due, and deliver it in the
+        background; the issue's number, or None when nothing was due."""
+        released = await self.gateway.call("scheduler:send-at", issues.release_scheduled)
+        if released is None:
+            return None
+        services = self.gateway.services
+
+        async def work() -> str:
+            await sending.deliver(services, released.issue_id)
+            return f"scheduled issue #{released.issue_id} delivered"
+
+        self.start(f"scheduled #{released.issue_id}", work)
+        return released.issue_id
+
+    async def start_retry(self, actor: str | Actor, issue_id: int) -> issues.IssueInfo:
+        """Queue an issue's failed deliveries again and deliver them in the background."""
+        await self.gateway.call(actor, issues.requeue_failed, issue_id)
+        services = self.gateway.services
+
+        async def work() -> str:
+            await sending.deliver(services, issue_id)
+            return f"issue #{issue_id}: failed deliveries retried"
+
+        self.start(f"retry #{issue_id}", work)
+        return await self.gateway.read(issues.info, issue_id)
+
     async def start_resume(self, actor: str | Actor, issue_id: int) -> issues.IssueInfo:
         """Mark a paused issue sending again and deliver it in the background."""
         info = await self.gateway.call(actor, issues.resume, issue_id)

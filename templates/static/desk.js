@@ -28,3 +28,27 @@
   }
   window.setInterval(tick, 2000);
 })();
+
+// The item editor's live preview: the Markdown, sanitised by the server as the item will be
+// shown, a moment after the editor stops typing. Without script the preview shows on save.
+(function () {
+  "use strict";
+  var body = document.querySelector("textarea[data-preview]");
+  if (!body) { return; }
+  var target = document.getElementById(body.getAttribute("data-target"));
+  var csrf = body.form.querySelector("input[name=csrf]");
+  var timer = null;
+  function refresh() {
+    var data = new URLSearchParams();
+    data.set("csrf", csrf ? csrf.value : "");
+    data.set("body", body.value);
+    fetch(body.getAttribute("data-preview"), { method: "POST", body: data, credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) { if (html !== null && target) { target.innerHTML = html; } })
+      .catch(function () { /* try again on the next keystroke */ });
+  }
+  body.addEventListener("input", function () {
+    if (timer) { window.clearTimeout(timer); }
+    timer = window.setTimeout(refresh, 300);
+  });
+})();

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from newsletter.services.boundary import Gateway
 from newsletter.web.desk.base import DeskBase
+from newsletter.web.desk.editorial import EditorialPages
 from newsletter.web.desk.issues import IssuePages
 from newsletter.web.desk.people import MemberPages
 from newsletter.web.jobs import Jobs
@@ -24,10 +25,16 @@ class Desk(DeskBase):
         super().__init__(gateway, pages)
         self.jobs = jobs
         self.issues = IssuePages(self, jobs)
+        self.editorial = EditorialPages(self)
         self.people = MemberPages(self)
 
     def routes(self) -> list[Route]:
-        return [*self.session_routes(), *self.issues.routes(), *self.people.routes()]
+        return [
+            *self.session_routes(),
+            *self.issues.routes(),
+            *self.editorial.routes(),
+            *self.people.routes(),
+        ]
 
 
 __all__ = ["Desk"]

@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from newsletter.errors import NewsletterError
-from newsletter.services import issues
+from newsletter.services import issues, members
 from newsletter.services.unit import Permission
 from newsletter.web.auth import Editor
 from newsletter.web.desk.base import MAX_ID, DeskBase
@@ -42,6 +42,12 @@ def issue_json(info: issues.IssueInfo) -> dict[str, Any]:
     }
 
 
+def back_to(form: FormData) -> str:
+    """Where a form asked to go back to: a desk page, or the issue list."""
+    back = str(form.get("back", ""))
+    return back if back.startswith("/desk") and "//" not in back and "\\" not in back else "/desk"
+
+
 class IssuePages:
     def __init__(self, desk: DeskBase, jobs: Jobs) -> None:
         self.desk = desk
@@ -53,6 +59,7 @@ class IssuePages:
         return [
             Route("/desk", p(self.index), methods=["GET"]),
             Route("/desk/issues.json", self.issues_json, methods=["GET"]),
+            Route("/desk/send", p(self.confirm_send, Permission.SEND), methods=["GET"]),
             Route("/desk/send", f(self.send_now, Permission.SEND), methods=["POST"]),
             Route("/desk/test", f(self.test_send, Permission.WRITE), methods=["POST"]),
             Route(
@@ -87,7 +94,28 @@ class IssuePages:
         body = {"issues": [issue_json(i) for i in found], "running": running}
         return JSONResponse(body, headers=security_headers())
 
+    async def confirm_send(self, request: Request, editor: Editor) -> Response:
+        """Sending to the list asks first, and says how many members it will reach."""
+        audience = await self.gateway.read(members.active_count)
+        try:
+            compiled = await self.gateway.read(issues.next_compiled)
+            subject, problem = compiled.subject, ""
+        except NewsletterError as exc:
+            subject, problem = "", str(exc)
+        text, kind = self.desk.auth.notice(request)
+        return self.desk.page(
+            "confirm_send.html",
+            editor,
+            subject=subject,
+            audience=audience,
+            problem=problem,
+            notice=text,
+            notice_kind=kind,
+        )
+
     async def send_now(self, request: Request, editor: Editor, form: FormData) -> Response:
+        if not str(form.get("confirm", "")).isdigit():  # only the confirmation page's button
+            return self.desk.back("/desk/send", "confirm the send first", error=True)
         try:
             text = await self.jobs.start_send(editor.actor)
         except NewsletterError as exc:
@@ -105,9 +133,9 @@ class IssuePages:
                 issues.send_test, self.gateway.services, editor.actor, to, issue_id
             )
         except (ValueError, NewsletterError) as exc:
-            return self.desk.back("/desk", f"test not sent: {exc}", error=True)
+            return self.desk.back(back_to(form), f"test not sent: {exc}", error=True)
         text, error = describe(to.strip(), await mail_outcome(self.gateway, mail_id))
-        return self.desk.back("/desk", text, error=error)
+        return self.desk.back(back_to(form), text, error=error)
 
     async def issue_action(self, request: Request, editor: Editor, form: FormData) -> Response:
         issue_id = int(request.path_params["issue_id"])
@@ -121,6 +149,9 @@ class IssuePages:
                 info = await self.jobs.start_resume(editor.actor, issue_id)
             elif action == "cancel":
                 info = await self.gateway.call(editor.actor, issues.cancel, issue_id)
+            elif action == "retry":
+                info = await self.jobs.start_retry(editor.actor, issue_id)
+                return self.desk.back(f"/desk/issues/{issue_id}", info.summary)
             else:
                 return self.desk.back("/desk", f"unknown action {action!r}", error=True)
         except NewsletterError as exc:
