@@ -25,6 +25,7 @@ from newsletter.cli.main import app as cli
 from newsletter.config import Settings
 from newsletter.content.sources import read_source
 from newsletter.services import (
+    drafts,
     editors,
     evidence,
     issues,
@@ -146,6 +147,13 @@ def _unsubscribed(site: Site) -> None:
     site.run(members.unsubscribe, 1, via="test")
 
 
+def _due_send(site: Site) -> None:
+    """A scheduled send that fell due a minute ago."""
+    due = (site.services.clock() - dt.timedelta(minutes=1)).replace(tzinfo=None)
+    with site.sessions.begin() as s:
+        s.execute(text("UPDATE drafts SET send_at = :at WHERE id = 1"), {"at": due})
+
+
 def _pending_member(site: Site) -> None:
     with site.sessions.begin() as s:
         s.execute(text("UPDATE members SET status = 'pending' WHERE id = 3"))
@@ -215,6 +223,28 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
     "items.hold": (None, lambda s: s.run(items.hold, "md:extra1"), "hold-item"),
     "editors.login": (None, lambda s: s.run(editors.login, "ed", address="192.0.2.1"), "login"),
     "evidence.fold": (_old_hit, lambda s: s.run(evidence.fold), "fold-hits"),
+    "drafts.save": (None, lambda s: s.run(drafts.save, note_md="A *note*."), "edit-draft"),
+    "drafts.schedule": (
+        None,
+        lambda s: s.run(drafts.schedule, s.services.clock() + dt.timedelta(hours=1)),
+        "schedule",
+    ),
+    "issues.release_scheduled": (
+        _due_send,
+        lambda s: s.run(issues.release_scheduled),
+        "release",
+    ),
+    "items.write": (
+        None,
+        lambda s: s.run(items.write, items.ItemDraft("Written", "Some *text*.")),
+        "write-item",
+    ),
+    "items.edit": (
+        None,
+        lambda s: s.run(items.edit, "md:extra1", items.ItemDraft("Edited", "New text.")),
+        "edit-item",
+    ),
+    "items.reorder": (None, lambda s: s.run(items.reorder, ["md:extra1"]), "reorder-items"),
 }
 
 

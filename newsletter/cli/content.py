@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +11,7 @@ import typer
 from rich.table import Table
 
 from newsletter.cli.app import actor, console, err, group, progress_bar, state
+from newsletter.errors import NewsletterError
 from newsletter.services import items, members
 from newsletter.storage.models import MemberStatus
 
@@ -109,6 +112,75 @@ def items_list(
             f"{item.size:,}",
         )
     console.print(table)
+
+
+def _body(source: Path | None) -> str | None:
+    if source is None:
+        return None
+    if str(source) == "-":
+        return sys.stdin.read()
+    try:
+        return source.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise NewsletterError(f"{source}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise NewsletterError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _date(text: str | None) -> dt.date | None:
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a date (YYYY-MM-DD)", param_hint="--date"
+        ) from None
+
+
+BodyOption = Annotated[
+    Path | None,
+    typer.Option("--body", help="A Markdown file with the item's text ('-' reads standard input)."),
+]
+
+
+@items_app.command("add")
+def items_add(
+    title: Annotated[str, typer.Option(help="The item's title.")],
+    body: BodyOption = None,
+    section: Annotated[str, typer.Option(help="Its section (default: News).")] = "",
+    url: Annotated[str, typer.Option(help="A link to the full report.")] = "",
+    date: Annotated[str | None, typer.Option(help="Its date, YYYY-MM-DD.")] = None,
+) -> None:
+    """Write a new item (Markdown), as the desk's item editor does."""
+    draft = items.ItemDraft(title, _body(body) or "", section, url, _date(date))
+    info = state.services().run(actor(), items.write, draft)
+    console.print(f"added item {info.id} ({info.guid}): {info.title}")
+
+
+@items_app.command("edit")
+def items_edit(
+    guid: Annotated[str, typer.Argument(help="The item's GUID (or its number in `items list`).")],
+    title: Annotated[str | None, typer.Option(help="A new title.")] = None,
+    body: BodyOption = None,
+    section: Annotated[str | None, typer.Option(help="A new section.")] = None,
+    url: Annotated[str | None, typer.Option(help="A new link.")] = None,
+    date: Annotated[str | None, typer.Option(help="A new date, YYYY-MM-DD.")] = None,
+) -> None:
+    """Change an item that has not gone out; what is not given stays as it was."""
+    services = state.services()
+    info, old_body, old_url = services.read(items.body_md, guid)
+    draft = items.ItemDraft(
+        title if title is not None else info.title,
+        new if (new := _body(body)) is not None else old_body,
+        section if section is not None else info.section,
+        url if url is not None else old_url,
+        _date(date)
+        if date is not None
+        else (info.published_at.date() if info.published_at else None),
+    )
+    changed = services.run(actor(), items.edit, guid, draft)
+    console.print(f"edited item {changed.id}: {changed.title}")
 
 
 @items_app.command("remove")

@@ -203,6 +203,7 @@ def compile_next(unit: Unit, *, with_survey: bool = True) -> Compiled:
         items,
         survey,
         previous=previous_results(unit),
+        now=unit.now,
         shape=drafts.shape(unit),
     )
 

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from newsletter.config import API_TOKEN_ENV, Settings
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import issues, votes
+from newsletter.services import issues, items, votes
 from newsletter.services.unit import Actor, Forbidden, Role
 from newsletter.web.pages import json_error
 
@@ -126,6 +126,14 @@ def answer_service_errors(api: FastAPI) -> None:
     @api.exception_handler(Forbidden)
     async def on_forbidden(request: Request, exc: Forbidden) -> JSONResponse:
         return json_error(403, str(exc))
+
+    @api.exception_handler(items.NoSuchItem)
+    async def on_no_item(request: Request, exc: items.NoSuchItem) -> JSONResponse:
+        return json_error(404, str(exc))
+
+    @api.exception_handler(items.ItemGoneOut)
+    async def on_gone_out(request: Request, exc: items.ItemGoneOut) -> JSONResponse:
+        return json_error(409, str(exc))
 
     @api.exception_handler(issues.Conflict)
     async def on_conflict(request: Request, exc: issues.Conflict) -> JSONResponse:

@@ -16,7 +16,7 @@ from newsletter.services import drafts, issues, items, members, votes
 from newsletter.services.unit import Permission
 from newsletter.web.auth import Editor
 from newsletter.web.desk.base import MAX_ID, DeskBase
-from newsletter.web.desk.issues import PREVIEW_CSP
+from newsletter.web.desk.issues import FRAMES_CSP, PREVIEW_CSP
 from newsletter.web.pages import CSP_NONE, security_headers
 
 
@@ -73,6 +73,7 @@ class EditorialPages:
         return self.desk.page(
             "next.html",
             editor,
+            csp=FRAMES_CSP,  # it frames the preview
             draft=draft,
             items=await self.gateway.read(items.upcoming),
             audience=await self.gateway.read(members.active_count),
@@ -234,6 +235,7 @@ class EditorialPages:
         return self.desk.page(
             "issue.html",
             editor,
+            csp=FRAMES_CSP,  # it frames the message as sent
             issue=info,
             failures=await self.gateway.read(issues.failures, issue_id),
             items=await self.gateway.read(issues.item_titles, issue_id),

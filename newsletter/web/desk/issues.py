@@ -151,7 +151,8 @@ class IssuePages:
                 info = await self.gateway.call(editor.actor, issues.cancel, issue_id)
             elif action == "retry":
                 info = await self.jobs.start_retry(editor.actor, issue_id)
-                return self.desk.back(f"/desk/issues/{issue_id}", info.summary)
+                said = f"the failed deliveries are being retried; {info.summary}"
+                return self.desk.back(f"/desk/issues/{issue_id}", said)
             else:
                 return self.desk.back("/desk", f"unknown action {action!r}", error=True)
         except NewsletterError as exc:
