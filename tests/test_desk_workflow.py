@@ -10,8 +10,8 @@ server injected, with its code and text, retry it and see it delivered.
 from __future__ import annotations
 
 import dataclasses
-import os
 import datetime as dt
+import os
 import time
 import zoneinfo
 from collections.abc import Callable
