@@ -1076,6 +1076,5 @@ def test_link_hits_stay_bounded(sent: Site, ledger: Ledger, run: list[Burst]) ->
         sent.clock.advance(3601)  # the next round an hour on: the last one may be folded
     maintain(sent, settle=True)
     assert_bounded(sent, ledger)
-    print(f"link hits made so far: {len(ledger.made)}")
     with sent.sessions() as s:
         assert s.scalar(select(func.sum(LinkHitCount.hits))), "folding never happened"
