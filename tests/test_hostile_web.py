@@ -144,7 +144,8 @@ def sent(site: Path, database_url: str, smtp_server: RecordingHandler) -> Iterat
         public = frozenset(
             s.scalars(select(Delivery.issue_id).where(Delivery.status == "sent")).all()
         )
-    assert public == {1} and options == {1: {1, 2, 3}}
+    assert public == {1}
+    assert options == {1: {1, 2, 3}}
     tables = tables_of(sessions)
     assert {"members", "votes", "link_hits", "audit_log", "deliveries"} <= {t.name for t in tables}
     app = create_app(config, sessions, clock=clock, background=False)
@@ -187,7 +188,8 @@ def assert_security_headers(response: httpx.Response) -> None:
     h, route = response.headers, route_of(response)
     where = f"{response.request.method} {route[:80]!r} → {response.status_code}"
     csp = h.get("content-security-policy", "")
-    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp, where
+    assert "default-src 'none'" in csp, where
+    assert "frame-ancestors 'none'" in csp, where
     assert h.get("x-content-type-options") == "nosniff", where
     assert h.get("referrer-policy") == "no-referrer", where
     assert h.get("x-frame-options") == "DENY", where
@@ -209,8 +211,10 @@ def assert_error_page(response: httpx.Response) -> None:
         assert kind.startswith("application/json"), where
         if method != "HEAD":
             body = response.json()
-            assert isinstance(body, dict) and list(body) == ["error"], where
-            assert isinstance(body["error"], str) and body["error"], where
+            assert isinstance(body, dict), where
+            assert list(body) == ["error"], where
+            assert isinstance(body["error"], str), where
+            assert body["error"], where
         return
     if is_person_beacon(method, route) and status < 500:
         assert response.content == b"", where
@@ -221,7 +225,8 @@ def assert_error_page(response: httpx.Response) -> None:
     page = response.text
     assert MASTHEAD in page, where
     heading = re.search(r"<h1>([^<]+)</h1>", page)
-    assert heading and heading.group(1).strip(), where
+    assert heading, where
+    assert heading.group(1).strip(), where
     # The problem in a sentence: a message page's lead, or a form's error line.
     assert re.search(r'<p class="(lead|error)"[^>]*>[^<]+</p>', page), where
     if status == 405:
@@ -397,20 +402,12 @@ def test_every_answer_carries_the_security_headers(sent: Site, req: Req) -> None
     """Known routes with junk, unknown paths, very long ones, odd bytes, any method and body:
     every answer has the headers, none is a 500, an error is the site's page (JSON under
     /api), and nothing is stored."""
-    # Known bugs, each with an xfail test of its own below: drop these when those pass.
-    assume(not static_name_too_long(req.path) and not newline_under_api(req.path))
     before = sent.snap()
     response = send(sent.client, req)
     assert_answer(response)
     assert sent.snap() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: newsletter/web/app.py:50 calls Path.is_file() on the requested name, which "
-    "raises OSError (ENAMETOOLONG) for a name over 255 bytes on Python < 3.14: a 500, not a 404",
-)
 @settings(CASES, max_examples=20)
 @given(
     name=st.one_of(
@@ -429,13 +426,6 @@ def test_long_static_names_are_not_found(sent: Site, name: str, method: str) -> 
     assert response.status_code == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: newsletter/web/app.py:74-80 (not_found) answers every 404 with the member's HTML "
-    "page; Starlette's Mount('/api') pattern '.*' stops at a line break, so /api/x%0Ay misses "
-    "the API (and its JSON errors) and gets HTML",
-)
 @settings(CASES, max_examples=20)
 @given(
     before=st.text(max_size=10).map(lambda t: urllib.parse.quote(t, safe="")),
@@ -551,9 +541,8 @@ def test_a_failure_is_the_something_went_wrong_page(sent: Site, case: Failing) -
     if case.link == "api-test":
         assert response.json() == {"error": "internal error; the server log has the details"}
     elif case.method != "HEAD":
-        assert "Something went wrong" in response.text and "Nothing you sent was lost" in (
-            response.text
-        )
+        assert "Something went wrong" in response.text
+        assert "Nothing you sent was lost" in (response.text)
     assert sent.snap() == before
 
 
@@ -599,7 +588,9 @@ def assert_public_issue_page(site: Site, response: httpx.Response) -> None:
     assert_answer(response)
     assert response.status_code == 200
     page = response.text
-    assert "/v/" not in page and "/u/" not in page and "/t/" not in page
+    assert "/v/" not in page
+    assert "/u/" not in page
+    assert "/t/" not in page
 
 
 def visit_signed(site: Site, kind: Kind, token: str, values: tuple[int, ...]) -> None:
@@ -636,7 +627,8 @@ def visit_signed(site: Site, kind: Kind, token: str, values: tuple[int, ...]) ->
             assert_public_issue_page(site, page)
         else:
             assert_answer(page)
-            assert page.status_code == 404 and "No such issue" in page.text
+            assert page.status_code == 404
+            assert "No such issue" in page.text
             # On a public issue, a token for another one is no one's: the page for anyone.
             for public in site.public_issues:
                 assert_public_issue_page(site, c.get(f"/archive/{public}", params={"t": token}))
@@ -677,12 +669,6 @@ def test_signed_meaningless_tokens_get_the_bad_link_page(
     assert sent.snap() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: newsletter/web/members.py:315-325 (trap) ignores evidence.visit's None for a "
-    "member that does not exist and answers 200, where a bad token gets 404",
-)
 @settings(CASES, max_examples=20)
 @given(member_id=ids, issue_id=ids)
 @example(member_id=99, issue_id=1)
@@ -694,7 +680,8 @@ def test_signed_trap_tokens_for_no_member_are_not_found(
     before = sent.snap()
     response = sent.client.get(f"/t/{token}")
     assert_answer(response)
-    assert response.status_code == 404 and "Not found" in response.text
+    assert response.status_code == 404
+    assert "Not found" in response.text
     assert sent.snap() == before
 
 
@@ -1040,7 +1027,9 @@ def assert_bounded(site: Site, ledger: Ledger) -> None:
     }
     for row in count_rows:
         for value in (row.kind, row.method):
-            assert value not in emails and AGENT not in value and "testclient" not in value
+            assert value not in emails
+            assert AGENT not in value
+            assert "testclient" not in value
 
 
 HITS_PER_CASE = 350  # the generated pattern is repeated until this many links were fetched

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,14 +85,14 @@ class Shop:
 
 
 @pytest.fixture
-def shop(site: Path, settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Shop]:
+def shop(site: Path, settings: Settings, sessions: sessionmaker[Session]) -> Shop:
     steps.import_csv(sessions, site / "subscribers" / "example.csv")
     env = {
         "NEWSLETTER_DATABASE_URL": settings.database_url,
         "NEWSLETTER_SECRET_KEY": SECRET,
         "COLUMNS": "300",  # every table row on one line
     }
-    yield Shop(settings, sessions, site, env, CliRunner())
+    return Shop(settings, sessions, site, env, CliRunner())
 
 
 def write_items(shop: Shop, count: int, body: str = "") -> list[str]:
@@ -138,6 +137,30 @@ unknown_guids = st.one_of(
 )
 
 
+def unknown_are_refused(shop: Shop, unknown: list[str], known: dict[str, bool]) -> None:
+    for guid in unknown:
+        if guid in known or (guid.isdigit() and len(guid) < 10):
+            continue  # it names an item after all
+        for command in ("hold", "release", "remove"):
+            message = shop.refused("items", command, "--", guid)
+            assert repr(guid) in message
+            assert "no item has the GUID" in message
+    assert shop.items() == known  # a refusal changes nothing
+
+
+def held_are_marked(
+    shop: Shop, guids: list[str], actions: list[str], known: dict[str, bool]
+) -> None:
+    """`items list` marks held items, and lists no removed one."""
+    rows = list_rows(shop.ok("items", "list"), guids)
+    for guid, action in zip(guids, actions, strict=True):
+        if action in GONE:
+            assert guid not in rows
+            assert guid not in known
+        else:
+            assert ("(held)" in rows[guid]) is (action in HELD_AFTER), rows[guid]
+
+
 @settings(CASES, max_examples=6)
 @given(
     actions=st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=5),
@@ -151,24 +174,9 @@ def test_held_released_and_removed_items(
     guids = write_items(shop, len(actions))
     for guid, action in zip(guids, actions, strict=True):
         apply(shop, guid, action)
-
     known = shop.items()
-    for guid in unknown:
-        if guid in known or (guid.isdigit() and len(guid) < 10):
-            continue  # it names an item after all
-        for command in ("hold", "release", "remove"):
-            message = shop.refused("items", command, "--", guid)
-            assert repr(guid) in message and "no item has the GUID" in message
-    assert shop.items() == known  # a refusal changes nothing
-
-    # `items list` marks held items, and lists no removed one.
-    rows = list_rows(shop.ok("items", "list"), guids)
-    for guid, action in zip(guids, actions, strict=True):
-        if action in GONE:
-            assert guid not in rows and guid not in known
-        else:
-            assert ("(held)" in rows[guid]) is (action in HELD_AFTER), rows[guid]
-
+    unknown_are_refused(shop, unknown, known)
+    held_are_marked(shop, guids, actions, known)
     going = [g for g, a in zip(guids, actions, strict=True) if a not in HELD_AFTER | GONE]
     held = [g for g, a in zip(guids, actions, strict=True) if a in HELD_AFTER]
     if not going:
@@ -190,7 +198,8 @@ def test_held_released_and_removed_items(
             assert message == (f"item {guid!r} went out in issue #{issue_id}: it cannot be {doing}")
     assert sorted(shop.carried(issue_id)) == sorted(going)
     listed = list_rows(shop.ok("items", "list", "--new"), guids)
-    assert sorted(listed) == sorted(held) and all("(held)" in listed[g] for g in held)
+    assert sorted(listed) == sorted(held)
+    assert all("(held)" in listed[g] for g in held)
 
 
 def test_an_issue_too_large_goes_out_once_an_item_is_held(shop: Shop) -> None:

@@ -45,14 +45,27 @@ def static_route(settings: Settings) -> Route:
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
-        if "/" not in name and "\\" not in name and not name.startswith("."):
+        # A file name is short and plain; anything else is not ours (and a name past the
+        # file system's limit would make the lookup itself fail).
+        if (
+            len(name.encode()) <= 200
+            and "/" not in name
+            and "\\" not in name
+            and not name.startswith(".")
+        ):
             for folder in folders:
                 path = folder / name
                 if path.is_file():
+                    # Static assets may be cached (an hour); pages and answers never are.
                     return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
         raise HTTPException(404)
 
     return Route("/static/{name}", static, methods=["GET", "HEAD"])
+
+
+def under_api(request: Request) -> bool:
+    path = request.url.path
+    return path == "/api" or path.startswith("/api/")
 
 
 def error_handlers(pages: Pages) -> dict[Any, Callable[[Request, Exception], Any]]:
@@ -61,6 +74,8 @@ def error_handlers(pages: Pages) -> dict[Any, Callable[[Request, Exception], Any
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
+        if under_api(request):  # a path the API's mount did not take (a line break in it)
+            return json_error(status, f"no such endpoint: {request.method} {request.url.path}")
         if status == 405:
             return pages.message(
                 "Not here", f"{request.method} is not what this address takes.", 405
@@ -69,7 +84,7 @@ def error_handlers(pages: Pages) -> dict[Any, Callable[[Request, Exception], Any
 
     async def crashed(request: Request, exc: Exception) -> Response:
         log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-        if request.url.path.startswith("/api"):
+        if under_api(request):
             return json_error(500, "internal error; the server log has the details")
         return pages.message(
             "Something went wrong",

@@ -308,11 +308,12 @@ class MemberPages:
     # --- the hidden link -----------------------------------------------------------------------
 
     async def trap(self, request: Request) -> Response:
+        not_found = self.pages.message("Not found", "There is nothing at this address.", 404)
         try:
             member_id, issue_id = self.check(request.path_params["token"], Kind.TRAP)
         except TokenError:
-            return self.pages.message("Not found", "There is nothing at this address.", 404)
-        await self.gateway.submit(
+            return not_found
+        visitor = await self.gateway.submit(
             f"member:{member_id}",
             evidence.visit,
             member_id,
@@ -322,6 +323,8 @@ class MemberPages:
             ip=client_ip(request),
             user_agent=agent(request),
         )
+        if visitor is None:  # signed, but for no member: the same answer as a bad token
+            return not_found
         return HTMLResponse("<!DOCTYPE html><title></title>", headers=security_headers(CSP_NONE))
 
     # --- unsubscribe ---------------------------------------------------------------------------
