@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test lint typecheck check bench clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy newsletter tests bench
 
 check: lint typecheck test
+
+## screenshots: the desk's pages at 1280 and 375 px into docs/screenshots/ (axe-core from npm)
+screenshots: $(STAMP)
+	npm ci --prefix tests --no-audit --no-fund --loglevel=error
+	NEWSLETTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_desk_look.py -m "not postgres"
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py
