@@ -134,6 +134,15 @@ def test_help_everywhere() -> None:
         assert "Usage" in result.stdout
 
 
+def test_version_is_the_packages(tmp_path: Path) -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    result = run(tmp_path, "--version")  # no config.toml there: --version needs none
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"newsletter {project['version']}\n"
+
+
 def test_smtp_sink_writes_each_message_to_the_outbox(site: Path) -> None:
     import smtplib
     import time

@@ -25,6 +25,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from newsletter import __version__
 from newsletter import config as config_mod
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NewsletterError
@@ -83,6 +84,12 @@ class State:
 state = State()
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"newsletter {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     ctx: typer.Context,
@@ -92,6 +99,15 @@ def _main(
             "--config", "-c", help="The site's config.toml; templates/ is read from beside it."
         ),
     ] = Path("config.toml"),
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
 ) -> None:
     state.close()
     state.config_path = config
