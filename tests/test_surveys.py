@@ -458,3 +458,15 @@ def test_the_survey_commands(site: Path, database_url: str) -> None:
     assert results.exit_code == 0, results.output
     assert "Which section first? (open)" in results.output
     assert out.read_bytes() == b"email,option,label,counted_at\r\n"
+
+
+def test_close_without_a_survey_closes_the_one_the_next_issue_carries(
+    services: Services, sessions: sessionmaker[Session]
+) -> None:
+    older, newer = make(services, "Older?"), make(services, "Newer?")
+    services.run(PUBLISHER, surveys.open_survey, newer)
+    services.run(PUBLISHER, surveys.open_survey, older)
+    closed = [services.run(PUBLISHER, surveys.close_survey, None).id for _ in range(3)]
+    assert closed == [1, older, newer]
+    with pytest.raises(votes.NoSuchSurvey, match="no survey is open"):
+        services.run(PUBLISHER, surveys.close_survey, None)

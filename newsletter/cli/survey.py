@@ -98,7 +98,8 @@ def survey_open(
 @survey_app.command("close")
 def survey_close(
     survey: Annotated[
-        str | None, typer.Argument(help="Survey key or number (default: the newest one asked).")
+        str | None,
+        typer.Argument(help="Survey key or number (default: the one the next issue carries)."),
     ] = None,
 ) -> None:
     """Close a survey: its links then show the final results and record nothing."""

@@ -252,8 +252,8 @@ def overview(unit: Unit) -> Overview:
     votes.settle_all(unit)
     found = listing(unit)
     default = found.default
-    stored = default is not None and default.stored
-    return Overview(found, votes.results(unit, default.id) if stored and default else None)
+    results = votes.results(unit, default.id) if default is not None and default.stored else None
+    return Overview(found, results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,10 +442,16 @@ def open_survey(unit: Unit, ref: int | str) -> SurveyInfo:
 @use_case
 @requires(Permission.SURVEYS)
 def close_survey(unit: Unit, ref: int | str | None) -> SurveyInfo:
-    """Close a survey (by number or key; None: the newest one asked): its links then show
-    the final results and record nothing. Pending clicks are decided first. Conflict when it
-    is closed already."""
-    survey = _find(unit, ref)
+    """Close a survey (by number or key; None: the one the next issue would carry): its
+    links then show the final results and record nothing. Pending clicks are decided first.
+    Conflict when it is closed already."""
+    if ref is None:
+        carried = _candidates(unit)
+        if not carried:
+            raise NoSuchSurvey("no survey is open")
+        survey = carried[0]
+    else:
+        survey = _find(unit, ref)
     if survey.status == SurveyStatus.CLOSED:
         raise Conflict(f"survey #{survey.id} ({survey.key}) is already closed")
     votes.settle_all(unit)
