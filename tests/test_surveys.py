@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -28,6 +29,7 @@ from newsletter.services import issues, surveys, votes
 from newsletter.services.surveys import InvalidSurvey
 from newsletter.services.unit import Actor, Forbidden, Role, Services
 from newsletter.services.votes import Outcome
+from newsletter.storage import db
 from newsletter.storage.models import AuditEntry, Issue, Survey, SurveySource
 from tests import steps
 from tests.snapshot import snapshot
@@ -470,3 +472,43 @@ def test_close_without_a_survey_closes_the_one_the_next_issue_carries(
     assert closed == [1, older, newer]
     with pytest.raises(votes.NoSuchSurvey, match="no survey is open"):
         services.run(PUBLISHER, surveys.close_survey, None)
+
+
+def test_the_migration_keeps_every_stored_survey_as_config_tomls(database_url: str) -> None:
+    """0010 on a database with surveys: each came from config.toml and was open from the
+    moment it was made; going back keeps an editor's draft, as a closed survey."""
+    engine = db.make_engine(database_url)
+    config = db._alembic_config(engine)
+    command.upgrade(config, "0009")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO surveys (key, question, status, created_at, closed_at) VALUES "
+                "('old', 'Old?', 'closed', '2017-03-01 08:00:00', '2017-04-01 08:00:00'), "
+                "('now', 'Now?', 'open', '2017-04-01 08:00:00', NULL)"
+            )
+        )
+    command.upgrade(config, "0010")
+    with engine.begin() as conn:
+        found = conn.execute(
+            text("SELECT key, source, status, opened_at = created_at FROM surveys ORDER BY id")
+        ).all()
+        assert [tuple(row) for row in found] == [
+            ("old", "config", "closed", True),
+            ("now", "config", "open", True),
+        ]
+        conn.execute(
+            text(
+                "INSERT INTO surveys (key, question, status, source, created_at) "
+                "VALUES ('desk-3', 'Draft?', 'draft', 'desk', '2026-01-01 08:00:00')"
+            )
+        )
+    command.downgrade(config, "0009")
+    with engine.connect() as conn:
+        statuses = conn.execute(text("SELECT key, status FROM surveys ORDER BY id")).all()
+        assert [tuple(row) for row in statuses] == [
+            ("old", "closed"),
+            ("now", "open"),
+            ("desk-3", "closed"),
+        ]
+    engine.dispose()
