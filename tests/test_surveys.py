@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from newsletter.cli.main import app
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
-from newsletter.services import issues, surveys, votes
+from newsletter.services import drafts, issues, surveys, votes
 from newsletter.services.surveys import InvalidSurvey
 from newsletter.services.unit import Actor, Forbidden, Role, Services
 from newsletter.services.votes import Outcome
@@ -504,3 +504,25 @@ def test_the_migration_keeps_every_stored_survey_as_config_tomls(database_url: s
             ("desk-3", "closed"),
         ]
     engine.dispose()
+
+
+def test_the_next_issues_choice_picks_its_survey(
+    services: Services, sessions: sessionmaker[Session], site: Path
+) -> None:
+    steps.import_csv(sessions, site / "subscribers" / "example.csv")
+    steps.import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    made = make(services, "Which section first?", "People watch", "Firms")
+    services.run(PUBLISHER, surveys.open_survey, made)
+    config_question = "which is the most important factor"
+    assert config_question in services.read(issues.preview_html)  # the default: config.toml's
+    services.run(PUBLISHER, drafts.save, survey="none")
+    html = services.read(issues.preview_html)
+    assert config_question not in html
+    assert "Which section first?" not in html
+    services.run(PUBLISHER, drafts.save, survey=str(made))
+    assert "Which section first?" in services.read(issues.preview_html)
+    released = services.run(PUBLISHER, issues.release_next)
+    with sessions() as s:
+        issue = s.get(Issue, released.issue_id)
+        assert issue is not None
+        assert issue.survey_id == made
