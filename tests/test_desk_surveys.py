@@ -68,7 +68,7 @@ def test_a_publisher_makes_opens_and_closes_a_survey(desk: Desk) -> None:
     listing = c.get("/desk/surveys")
     assert 'id="survey-2" data-status="draft"' in listing.text
     assert 'id="survey-1" data-status="open"' in listing.text
-    # config.toml's survey is what the next issue carries, with its chart.
+    # config.toml's survey is the default one, with its chart.
     assert '<a href="/desk/surveys/1">Survey #1</a>' in listing.text
     assert 'class="chart"' in listing.text
 
@@ -207,7 +207,7 @@ def test_a_draft_is_not_public_until_it_is_opened(desk: Desk) -> None:
     shown = public.get(f"/survey/{survey_id}")
     assert shown.status_code == 200
     assert "Which section first?" in shown.text
-    # And the one the next issue carries is the default choice, as the service says.
+    # The default survey is still config.toml's, as the service says.
     default = Services(settings, sessions).read(surveys.default_survey)
     assert default is not None
     assert default.id == 1

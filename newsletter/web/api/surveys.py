@@ -50,8 +50,8 @@ class SurveyOut(BaseModel):
 class SurveyList(BaseModel):
     surveys: list[SurveyOut]
     default_id: int | None = Field(
-        description="the survey the next issue carries unless its settings choose another "
-        "(null: none is open, or config.toml's survey is not stored yet)"
+        description="the default survey, which the next issue carries unless its settings "
+        "choose another (null: none is open, or config.toml's survey is not stored yet)"
     )
 
 
