@@ -143,9 +143,15 @@ def test_a_refused_survey_names_the_field_and_stores_nothing(
 
 def test_malformed_bodies_are_refused_as_json(api: Api) -> None:
     c, _, _ = api
-    for body in ({}, {"question": "Q?"}, {"question": 5, "options": ["A", "B"]},
-                 {"question": "Q?", "options": "A, B"}, {"question": "Q?", "options": ["A", "B"], "key": "x"},
-                 {"question": "Q" * 10_001, "options": ["A", "B"]}):  # fmt: skip
+    bodies: list[dict[str, object]] = [
+        {},
+        {"question": "Q?"},
+        {"question": 5, "options": ["A", "B"]},
+        {"question": "Q?", "options": "A, B"},
+        {"question": "Q?", "options": ["A", "B"], "key": "x"},
+        {"question": "Q" * 10_001, "options": ["A", "B"]},
+    ]
+    for body in bodies:
         assert_json_error(c.post("/api/surveys", headers=AUTH, json=body), 422)
 
 

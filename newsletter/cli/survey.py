@@ -1,4 +1,4 @@
-"""`newsletter survey ...` and `newsletter editor ...`: surveys made, listed, opened, closed and their results; editors' passwords."""
+"""`newsletter survey ...` (make, list, open, close, results) and `newsletter editor ...`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Queries on surveys and votes: surveys by key and state, their options, counted votes, pending clicks."""
+"""Queries on surveys and votes: surveys by key and state, options, votes, pending clicks."""
 
 from __future__ import annotations
 
