@@ -9,6 +9,7 @@ without this proof.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from newsletter.services import (
     items,
     mail,
     members,
+    surveys,
     votes,
 )
 from newsletter.services.unit import USE_CASES, Services
@@ -99,6 +101,13 @@ class Site:
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.services.run("test-door", fn, *args, **kwargs)
+
+    def run_with_new_survey_key(self, fn: Callable[..., Any]) -> Any:
+        """As `run`, on the site's settings with a new [survey] key in config.toml."""
+        assert self.settings.survey is not None
+        survey = dataclasses.replace(self.settings.survey, key="next-survey")
+        changed = Services(dataclasses.replace(self.settings, survey=survey), self.sessions)
+        return changed.run("test-door", fn)
 
     def audits(self, action: str) -> int:
         with self.sessions() as s:
@@ -194,7 +203,22 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
         "vote",
     ),
     "votes.settle": (_pending_vote, lambda s: s.run(votes.settle), "settle-votes"),
-    "votes.close": (None, lambda s: s.run(votes.close, None), "close-survey"),
+    "surveys.close_survey": (None, lambda s: s.run(surveys.close_survey, None), "close-survey"),
+    "surveys.create_survey": (
+        None,
+        lambda s: s.run(surveys.create_survey, "Which section first?", ["People", "Firms"]),
+        "create-survey",
+    ),
+    "surveys.open_survey": (
+        lambda s: s.run(surveys.close_survey, s.survey_id),
+        lambda s: s.run(surveys.open_survey, s.survey_id),
+        "open-survey",
+    ),
+    "surveys.sync_config": (
+        None,
+        lambda s: s.run_with_new_survey_key(surveys.sync_config),
+        "close-survey",
+    ),
     "issues.release_next": (None, lambda s: s.run(issues.release_next), "release"),
     "issues.pause": (None, lambda s: s.run(issues.pause, s.issue_id), "pause"),
     "issues.resume": (_paused, lambda s: s.run(issues.resume, s.issue_id), "resume"),

@@ -1,8 +1,7 @@
-"""`newsletter survey ...` and `newsletter editor ...`: survey results and closing; editors' passwords."""
+"""`newsletter survey ...` (make, list, open, close, results) and `newsletter editor ...`."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Annotated
 
@@ -11,16 +10,17 @@ from rich.table import Table
 
 from newsletter.cli.app import actor, console, group, state
 from newsletter.errors import NewsletterError
-from newsletter.services import editors, votes
+from newsletter.services import editors, surveys, votes
+from newsletter.storage.models import SurveySource
 
-survey_app = group("survey", "Survey results, and closing a survey.")
+survey_app = group("survey", "Surveys: make, list, open and close them; their results.")
 editor_app = group("editor", "Editors' accounts for the editor's pages.")
 
 
 @survey_app.command("results")
 def survey_results(
     survey: Annotated[
-        str | None, typer.Argument(help="Survey key or id (default: the newest).")
+        str | None, typer.Argument(help="Survey key or number (default: the newest one asked).")
     ] = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Also write every counted vote to this CSV file.")
@@ -28,9 +28,9 @@ def survey_results(
 ) -> None:
     """Print the results as counts, percentages and a bar chart; optionally export the votes."""
     services = state.services()
-    survey_id = services.read(votes.find, survey)
+    survey_id = services.read(surveys.find, survey)
     # Clicks whose quiet period has passed are decided first, as the web pages do.
-    results = services.run(actor(), votes.settled_results, survey_id)
+    results = services.run(actor(), votes.settled_results, survey_id, drafts=True)
     table = Table(title=f"{results.question} ({results.status})", title_justify="left")
     table.add_column("option")
     table.add_column("votes", justify="right")
@@ -42,31 +42,69 @@ def survey_results(
     console.print(table)
     console.print(f"{results.total} members voted")
     if csv_path is not None:
-        rows = services.read(votes.counted_votes, survey_id)
-        with csv_path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["email", "option", "label", "counted_at"])
-            for email, option, counted_at in rows:
-                writer.writerow(
-                    [
-                        email,
-                        option,
-                        results.label(option),
-                        counted_at.isoformat() if counted_at else "",
-                    ]
-                )
-        console.print(f"wrote {len(rows)} votes to {csv_path}")
+        export = services.run(actor(), surveys.votes_csv, survey_id)
+        # newline="": the csv module's own CRLF line ends, as the desk's download has them.
+        csv_path.write_text(export.text, encoding="utf-8", newline="")
+        console.print(f"wrote {export.votes} votes to {csv_path}")
+
+
+@survey_app.command("list")
+def survey_list() -> None:
+    """Every survey, newest first, and which one the next issue carries."""
+    services = state.services()
+    found = services.read(surveys.listing)
+    default = found.default
+    table = Table(title="Surveys", title_justify="left")
+    for column in ("#", "key", "from", "status", "votes", "question", "next issue"):
+        table.add_column(column, justify="right" if column in ("#", "votes") else "left")
+    for s in found.surveys:
+        carried = "carries it" if default is not None and default.id == s.id else ""
+        source = "config.toml" if s.source == SurveySource.CONFIG else "editor"
+        table.add_row(str(s.id), s.key, source, s.status, str(s.votes), s.question, carried)
+    console.print(table)
+    if default is None:
+        console.print("no survey is open: the next issue carries none")
+    elif not default.stored:
+        console.print(f"the next issue makes and carries config.toml's survey {default.key!r}")
+
+
+@survey_app.command("create")
+def survey_create(
+    question: Annotated[str, typer.Argument(help="The question, on one line (1-1000 characters).")],
+    option: Annotated[
+        list[str],
+        typer.Option(
+            "--option", "-o", help="An option (2 to 10 of them, each up to 200 characters)."
+        ),
+    ],
+) -> None:
+    """Make a survey as a draft; `survey open` then lets issues carry it."""
+    made = state.services().run(actor(), surveys.create_survey, question, option)
+    console.print(
+        f"survey #{made.id} ({made.key}) made as a draft with {len(made.options)} options; "
+        f"open it with: newsletter survey open {made.key}"
+    )
+
+
+@survey_app.command("open")
+def survey_open(
+    survey: Annotated[str, typer.Argument(help="Survey key or number.")],
+) -> None:
+    """Open a draft, or reopen a closed survey: issues may carry it, its links record votes."""
+    opened = state.services().run(actor(), surveys.open_survey, survey)
+    console.print(f"survey #{opened.id} ({opened.key}) is open")
 
 
 @survey_app.command("close")
 def survey_close(
     survey: Annotated[
-        str | None, typer.Argument(help="Survey key or id (default: the newest).")
+        str | None,
+        typer.Argument(help="Survey key or number (default: the one the next issue carries)."),
     ] = None,
 ) -> None:
     """Close a survey: its links then show the final results and record nothing."""
-    key = state.services().run(actor(), votes.close, survey)
-    console.print(f"survey {key!r} closed")
+    closed = state.services().run(actor(), surveys.close_survey, survey)
+    console.print(f"survey {closed.key!r} closed: {closed.votes} votes counted")
 
 
 @editor_app.command("hash-password")

@@ -17,7 +17,7 @@ from newsletter.content.compiler import Compiled
 from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import drafts, mail, votes
+from newsletter.services import drafts, mail, surveys, votes
 from newsletter.services.unit import (
     Actor,
     Permission,
@@ -31,7 +31,7 @@ from newsletter.services.unit import (
 from newsletter.storage import drafts as draft_rows
 from newsletter.storage import issues as rows
 from newsletter.storage import items as item_rows
-from newsletter.storage import ledger, search, surveys
+from newsletter.storage import ledger, search
 from newsletter.storage import members as member_rows
 from newsletter.storage.ledger import Recipient, new_owner
 from newsletter.storage.models import (
@@ -41,7 +41,6 @@ from newsletter.storage.models import (
     IssueStatus,
     Item,
     MemberStatus,
-    SurveyStatus,
 )
 
 
@@ -177,18 +176,10 @@ def gather(unit: Unit, *, with_survey: bool = True) -> tuple[list[compiler.ItemV
     settings = unit.settings
     # The oldest waiting items go first into an issue; the issue shows them as ordered.
     picked = sorted(item_rows.new_items(unit.session, settings.issue.max_items), key=_order)
+    # The draft says "default" (config.toml's survey while it is open, else the open survey
+    # opened last), "none", or a survey's number.
     choice = draft_rows.get(unit.session).survey
-    survey = None
-    if choice.isdigit():
-        chosen = surveys.get(unit.session, int(choice))
-        if chosen is not None and chosen.status == SurveyStatus.OPEN and with_survey:
-            options = [(o.position, o.label) for o in surveys.options(unit.session, chosen.id)]
-            survey = (chosen.id, chosen.question, options)
-    elif settings.survey is not None and with_survey and choice != "none":
-        row = surveys.sync(unit.session, settings.survey, unit.now)
-        if row.status == SurveyStatus.OPEN:
-            options = [(o.position, o.label) for o in surveys.options(unit.session, row.id)]
-            survey = (row.id, row.question, options)
+    survey = surveys.for_issue(unit, choice) if with_survey else None
     return compiler.item_views(picked), survey
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.content.results import Results, tally
 from newsletter.errors import NewsletterError
-from newsletter.services.unit import Permission, Unit, prefetch, requires, use_case
+from newsletter.services.unit import Unit, prefetch, use_case
 from newsletter.storage import hits, surveys
 from newsletter.storage import members as member_rows
 from newsletter.storage.models import SurveyStatus, Vote
@@ -282,50 +282,14 @@ def results(unit: Unit, survey_id: int) -> Results:
     return tally(survey_id, survey.question, survey.status, options, counts)
 
 
-def settled_results(unit: Unit, survey_id: int | None = None) -> Results:
-    """Settle what is due, then the results of `survey_id` (default: the newest survey)."""
+def settled_results(unit: Unit, survey_id: int | None = None, *, drafts: bool = False) -> Results:
+    """Settle what is due, then the results of `survey_id` (default: the newest survey that
+    was asked). A survey never opened (a draft) is shown only with `drafts` (editors' pages):
+    the public results page does not reveal a question before it is asked."""
     settle_all(unit)
-    if survey_id is None:
-        survey_id = surveys.newest_id(unit.session)
+    survey = surveys.find(unit.session, survey_id)
+    if survey is None or (survey.opened_at is None and not drafts):
         if survey_id is None:
             raise NoSuchSurvey("there is no survey yet (it is made with the first issue)")
-    return results(unit, survey_id)
-
-
-@use_case
-@requires(Permission.SURVEYS)
-def close(unit: Unit, key: str | None) -> str:
-    """Close a survey (the newest, or the one with this key or number): its links then show
-    the final results and record nothing. Pending clicks are decided first."""
-    survey = surveys.find(unit.session, key)
-    if survey is None:
-        raise NoSuchSurvey(f"no survey {key!r}" if key else "there is no survey yet")
-    settle_all(unit)
-    survey.status, survey.closed_at = SurveyStatus.CLOSED, unit.now
-    unit.audit("close-survey", detail=f"survey {survey.id} ({survey.key})")
-    unit.after_commit(lambda: unit.services.changed(f"survey:{survey.id}"))
-    return survey.key
-
-
-@dataclass(frozen=True, slots=True)
-class SurveyInfo:
-    id: int
-    key: str
-    question: str
-    status: str
-
-
-def open_surveys(unit: Unit) -> list[SurveyInfo]:
-    """The open surveys, newest first (an issue may carry any of them)."""
-    return [SurveyInfo(s.id, s.key, s.question, s.status) for s in surveys.open_ones(unit.session)]
-
-
-def find(unit: Unit, key: str | None) -> int:
-    survey = surveys.find(unit.session, key)
-    if survey is None:
-        raise NoSuchSurvey(f"no survey {key!r}" if key else "there is no survey yet")
-    return survey.id
-
-
-def counted_votes(unit: Unit, survey_id: int) -> list[tuple[str, int, dt.datetime | None]]:
-    return list(surveys.counted_votes(unit.session, survey_id))
+        raise NoSuchSurvey(f"there is no survey #{survey_id}")
+    return results(unit, survey.id)

@@ -110,8 +110,19 @@ FINISHED = frozenset(DeliveryStatus) - UNFINISHED
 
 
 class SurveyStatus(StrEnum):
+    """A draft is made in the desk and not asked yet; only an open survey records votes."""
+
+    DRAFT = "draft"
     OPEN = "open"
     CLOSED = "closed"
+
+
+class SurveySource(StrEnum):
+    """Where a survey was made: the [survey] table of config.toml, or by an editor (the desk,
+    the API or the CLI)."""
+
+    CONFIG = "config"
+    DESK = "desk"
 
 
 NAMING = {
@@ -177,7 +188,14 @@ class Survey(Base):
     status: Mapped[SurveyStatus] = mapped_column(
         StatusType(SurveyStatus), default=SurveyStatus.OPEN
     )
+    # Surveys stored before editors could make them all came from config.toml.
+    source: Mapped[SurveySource] = mapped_column(
+        StatusType(SurveySource), default=SurveySource.DESK, server_default="config"
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When it was last opened (None: never asked, a draft): the default survey of an issue is
+    # the one opened last when config.toml's is not open.
+    opened_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 

@@ -1,15 +1,21 @@
-"""Queries on surveys and votes: the configured survey, its options, counted votes, pending clicks."""
+"""Queries on surveys and votes: surveys by key and state, options, votes, pending clicks."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from newsletter.config import SurveySettings
-from newsletter.storage.models import Member, Survey, SurveyOption, SurveyStatus, Vote
+from newsletter.storage.models import (
+    Member,
+    Survey,
+    SurveyOption,
+    SurveySource,
+    SurveyStatus,
+    Vote,
+)
 
 
 def get(session: Session, survey_id: int) -> Survey | None:
@@ -19,22 +25,86 @@ def get(session: Session, survey_id: int) -> Survey | None:
     return survey
 
 
-def sync(session: Session, conf: SurveySettings, now: dt.datetime) -> Survey:
-    """The survey described in config.toml, created on first use. Its options are fixed once made."""
-    survey = session.scalar(select(Survey).where(Survey.key == conf.key))
-    if survey is None:
-        # A new key starts a new survey; the one before it closes with its final results.
-        for old in session.scalars(select(Survey).where(Survey.status == SurveyStatus.OPEN)):
-            old.status, old.closed_at = SurveyStatus.CLOSED, now
-        survey = Survey(key=conf.key, question=conf.question)
-        session.add(survey)
-        session.flush()
-        session.add_all(
-            SurveyOption(survey_id=survey.id, position=i, label=label)
-            for i, label in enumerate(conf.options, start=1)
-        )
-        session.flush()
+def by_key(session: Session, key: str) -> Survey | None:
+    return session.scalar(select(Survey).where(Survey.key == key))
+
+
+def add(
+    session: Session,
+    *,
+    key: str,
+    question: str,
+    labels: Sequence[str],
+    source: SurveySource,
+    status: SurveyStatus,
+    now: dt.datetime,
+) -> Survey:
+    """A new survey and its options (positions 1, 2, ...), flushed so that it has its id."""
+    survey = Survey(
+        key=key,
+        question=question,
+        source=source,
+        status=status,
+        created_at=now,
+        opened_at=now if status == SurveyStatus.OPEN else None,
+    )
+    session.add(survey)
+    session.flush()
+    session.add_all(
+        SurveyOption(survey_id=survey.id, position=i, label=label)
+        for i, label in enumerate(labels, start=1)
+    )
+    session.flush()
     return survey
+
+
+def open_from_config(session: Session) -> Sequence[Survey]:
+    """The open surveys that config.toml's [survey] made."""
+    return session.scalars(
+        select(Survey).where(
+            Survey.status == SurveyStatus.OPEN, Survey.source == SurveySource.CONFIG
+        )
+    ).all()
+
+
+def open_surveys(session: Session) -> Sequence[Survey]:
+    """Every open survey, the one opened last first."""
+    return session.scalars(
+        select(Survey)
+        .where(Survey.status == SurveyStatus.OPEN)
+        .order_by(Survey.opened_at.desc().nulls_last(), Survey.id.desc())
+    ).all()
+
+
+def newest(session: Session, limit: int) -> Sequence[Survey]:
+    return session.scalars(select(Survey).order_by(Survey.id.desc()).limit(limit)).all()
+
+
+def options_of(session: Session, survey_ids: Collection[int]) -> dict[int, list[str]]:
+    """The option labels of these surveys in order, in one query (for a list of surveys)."""
+    found: dict[int, list[str]] = {i: [] for i in survey_ids}
+    if not found:
+        return found
+    rows = session.execute(
+        select(SurveyOption.survey_id, SurveyOption.label)
+        .where(SurveyOption.survey_id.in_(list(found)))
+        .order_by(SurveyOption.survey_id, SurveyOption.position)
+    )
+    for survey_id, label in rows:
+        found[int(survey_id)].append(str(label))
+    return found
+
+
+def counted_totals(session: Session, survey_ids: Collection[int]) -> dict[int, int]:
+    """How many members' votes are counted in each of these surveys, in one query."""
+    if not survey_ids:
+        return {}
+    rows = session.execute(
+        select(Vote.survey_id, func.count())
+        .where(Vote.survey_id.in_(list(survey_ids)), Vote.option.is_not(None))
+        .group_by(Vote.survey_id)
+    ).all()
+    return {int(survey_id): int(n) for survey_id, n in rows}
 
 
 def options(session: Session, survey_id: int) -> Sequence[SurveyOption]:
@@ -49,22 +119,17 @@ def options(session: Session, survey_id: int) -> Sequence[SurveyOption]:
     return known[survey_id]
 
 
-def open_ones(session: Session) -> Sequence[Survey]:
-    return session.scalars(
-        select(Survey).where(Survey.status == SurveyStatus.OPEN).order_by(Survey.id.desc())
-    ).all()
-
-
-def newest_id(session: Session) -> int | None:
-    return session.scalar(select(Survey.id).order_by(Survey.id.desc()).limit(1))
-
-
-def find(session: Session, key: str | None) -> Survey | None:
-    """A survey by key or number; the newest when key is None."""
+def find(session: Session, ref: int | str | None) -> Survey | None:
+    """A survey by number (an int), by key or number (a str, as typed on a command line), or,
+    for None, the newest survey that has been asked (a draft never was)."""
     query = select(Survey).order_by(Survey.id.desc())
-    if key:
-        number = int(key) if key.isdigit() and len(key) < 12 else -1
-        query = query.where((Survey.key == key) | (Survey.id == number))
+    if isinstance(ref, int):
+        query = query.where(Survey.id == ref)
+    elif ref:
+        number = int(ref) if ref.isdigit() and len(ref) < 12 else -1
+        query = query.where((Survey.key == ref) | (Survey.id == number))
+    else:
+        query = query.where(Survey.opened_at.is_not(None))
     return session.scalars(query.limit(1)).first()
 
 

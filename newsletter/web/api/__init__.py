@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
 from newsletter.services.boundary import Gateway
-from newsletter.web.api import editorial, issues, people
+from newsletter.web.api import editorial, issues, people, surveys
 from newsletter.web.api.base import (
     ErrorOut,
     answer_request_errors,
@@ -51,6 +51,7 @@ def api_app(gateway: Gateway, jobs: Jobs) -> FastAPI:
     api.include_router(issues.router(gateway, jobs))
     api.include_router(editorial.router(gateway, jobs))
     api.include_router(people.router(gateway))
+    api.include_router(surveys.router(gateway))
     return api
 
 

@@ -1,31 +1,16 @@
-"""The API's survey and member endpoints."""
+"""The API's member endpoints."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from newsletter.services import members, votes
+from newsletter.services import members
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Forbidden, Permission
-from newsletter.web.api.base import MAX_ID, Caller
-
-
-class OptionOut(BaseModel):
-    position: int
-    label: str
-    votes: int
-    percent: float
-
-
-class ResultsOut(BaseModel):
-    survey_id: int
-    question: str
-    status: str
-    total: int
-    options: list[OptionOut]
+from newsletter.web.api.base import Caller
 
 
 class MemberOut(BaseModel):
@@ -42,20 +27,6 @@ class MemberList(BaseModel):
 
 def router(gateway: Gateway) -> APIRouter:
     router = APIRouter()
-
-    @router.get("/surveys/{survey_id}/results", response_model=ResultsOut)
-    async def survey_results(who: Caller, survey_id: int = Path(ge=1, le=MAX_ID)) -> ResultsOut:
-        r = await gateway.call(who, votes.settled_results, survey_id)
-        return ResultsOut(
-            survey_id=r.survey_id,
-            question=r.question,
-            status=r.status,
-            total=r.total,
-            options=[
-                OptionOut(position=o.position, label=o.label, votes=o.votes, percent=o.percent)
-                for o in r.options
-            ],
-        )
 
     @router.get("/members", response_model=MemberList)
     async def members_list(

@@ -16,6 +16,7 @@ from newsletter.web.desk.base import DeskBase
 from newsletter.web.desk.editorial import EditorialPages
 from newsletter.web.desk.issues import IssuePages
 from newsletter.web.desk.people import MemberPages
+from newsletter.web.desk.surveys import SurveyPages
 from newsletter.web.jobs import Jobs
 from newsletter.web.pages import Pages
 
@@ -27,6 +28,7 @@ class Desk(DeskBase):
         self.issues = IssuePages(self, jobs)
         self.editorial = EditorialPages(self)
         self.people = MemberPages(self)
+        self.surveys = SurveyPages(self)
 
     def routes(self) -> list[Route]:
         return [
@@ -34,6 +36,7 @@ class Desk(DeskBase):
             *self.issues.routes(),
             *self.editorial.routes(),
             *self.people.routes(),
+            *self.surveys.routes(),
         ]
 
 

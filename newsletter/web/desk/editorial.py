@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from newsletter.errors import NewsletterError
-from newsletter.services import drafts, issues, items, members, votes
+from newsletter.services import drafts, issues, items, members, surveys, votes
 from newsletter.services.unit import Permission
 from newsletter.web.auth import Editor
 from newsletter.web.desk.base import MAX_ID, DeskBase
@@ -77,7 +77,7 @@ class EditorialPages:
             draft=draft,
             items=await self.gateway.read(items.upcoming),
             audience=await self.gateway.read(members.active_count),
-            surveys=await self.gateway.read(votes.open_surveys),
+            surveys=await self.gateway.read(surveys.open_surveys),
             timezone=self.timezone,
             send_at_local=f"{local:%Y-%m-%d %H:%M}" if local else "",
             send_at_input=f"{local:%Y-%m-%dT%H:%M}" if local else "",

@@ -1,4 +1,4 @@
-"""The desk's survey, member and audit pages."""
+"""The desk's member and audit pages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from newsletter.errors import NewsletterError
-from newsletter.services import audit, members, votes
+from newsletter.services import audit, members
 from newsletter.services.unit import Permission
 from newsletter.web.auth import Editor
 from newsletter.web.desk.base import MAX_UPLOAD, DeskBase
@@ -22,7 +22,6 @@ class MemberPages:
     def routes(self) -> list[Route]:
         p, f = self.desk.guard_page, self.desk.guard_form
         return [
-            Route("/desk/surveys", p(self.surveys), methods=["GET"]),
             Route("/desk/members", p(self.members_page, Permission.MEMBERS), methods=["GET"]),
             Route(
                 "/desk/members/import",
@@ -31,19 +30,6 @@ class MemberPages:
             ),
             Route("/desk/audit", p(self.audit_page), methods=["GET"]),
         ]
-
-    async def surveys(self, request: Request, editor: Editor) -> Response:
-        raw = request.query_params.get("survey_id", "")
-        survey_id = int(raw) if raw.isdigit() and len(raw) < 10 else None
-        if raw and survey_id is None:
-            return self.desk.page(
-                "message.html", editor, 404, title="No survey", text="No such survey."
-            )
-        try:
-            results = await self.gateway.call(editor.actor, votes.settled_results, survey_id)
-        except votes.NoSuchSurvey as exc:
-            return self.desk.page("message.html", editor, 404, title="No survey", text=str(exc))
-        return self.desk.page("results.html", editor, results=results)
 
     # --- members and the audit log ---------------------------------------------------------------
 
