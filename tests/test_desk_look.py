@@ -51,10 +51,12 @@ ACTOR = "test"
 
 @dataclass(frozen=True)
 class Ids:
-    """What the pages' paths name: an item still waiting, and the issue that went out."""
+    """What the pages' paths name: an item still waiting, the issue that went out, and the
+    survey it carried."""
 
     item: int
     issue: int
+    survey: int
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,14 @@ def send_a_test(page: Page) -> None:
     expect(page.locator("#notice")).to_contain_text("test message sent to proof@example.org")
 
 
+def refused_survey(page: Page) -> None:
+    page.fill("#question", "Which section do you read first?")
+    page.fill("#option-1", "People watch")
+    page.fill("#option-2", "people  WATCH")
+    page.click("#make-survey")
+    expect(page.locator("#error")).to_contain_text("repeats option 1")
+
+
 # Every desk page, logged out first, then in. Pages added by others join this list.
 PAGES: tuple[DeskPage, ...] = (
     DeskPage("login", "/desk/login", logged_in=False),
@@ -94,6 +104,9 @@ PAGES: tuple[DeskPage, ...] = (
     DeskPage("issue", "/desk/issues/{issue}"),
     DeskPage("preview", "/desk/preview"),
     DeskPage("surveys", "/desk/surveys"),
+    DeskPage("survey-new", "/desk/surveys/new"),
+    DeskPage("survey-refused", "/desk/surveys/new", act=refused_survey),
+    DeskPage("survey", "/desk/surveys/{survey}"),
     DeskPage("members", "/desk/members"),
     DeskPage("audit", "/desk/audit"),
     DeskPage("not-found", "/desk/issues/999", status=404),
@@ -167,7 +180,7 @@ def desk_site(
     ]
     written = [services.run(ACTOR, items.write, d) for d in drafts]
     services.run(ACTOR, items.hold, written[-1].guid)
-    yield settings, sessions, Ids(item=written[0].id, issue=released.issue_id)
+    yield settings, sessions, Ids(item=written[0].id, issue=released.issue_id, survey=survey_id)
     sessions.kw["bind"].dispose()
 
 
@@ -329,7 +342,9 @@ def test_every_desk_page_looks_right(
                 expect(page.locator("h1")).to_have_text("Issues")
                 logged_in = True
             where = f"{desk_page.name} ({desk_page.path}) at {width} px"
-            response = page.goto(base + desk_page.path.format(item=ids.item, issue=ids.issue))
+            response = page.goto(
+                base + desk_page.path.format(item=ids.item, issue=ids.issue, survey=ids.survey)
+            )
             assert response is not None, where
             assert response.status == desk_page.status, where
             if desk_page.act is not None:
