@@ -36,8 +36,21 @@ from newsletter.storage import db
 # whole, where Rich would otherwise break it at 80 columns). Tables still fit the width.
 # markup=False: what is printed quotes files and feeds ("[/b]" in a CSV row, a title), and
 # Rich would read it as markup: swallow "[red]", or stop with a MarkupError traceback.
-console = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+class _Console(Console):
+    """A Rich console that reads the width (COLUMNS, else the terminal) at each print.
+
+    Rich reads COLUMNS once, when the console is made, and keeps it; this one is made at
+    import, so whatever COLUMNS said then (a parent shell's, a test runner's) would fix the
+    width of every table printed later, whatever the environment says by then.
+    """
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        super().__init__(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
+        self._width = None
+
+
+console = _Console()
+err = _Console(stderr=True)
 
 app = typer.Typer(
     no_args_is_help=True,
