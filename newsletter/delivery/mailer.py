@@ -72,6 +72,7 @@ class Mailer:
         self.owner = new_owner()
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._signer: DkimSigner | None = None
 
     def wake(self, what: str = "mail") -> None:
@@ -83,6 +84,10 @@ class Mailer:
             loop.call_soon_threadsafe(self._wake.set)
 
     _loop: asyncio.AbstractEventLoop | None = None
+    def stop(self) -> None:
+        """Let `run` end after the pass under way, even if a cancel is lost on the way."""
+        self._stop.set()
+        self._wake.set()
 
     def _claim(self) -> list[SystemMail]:
         with self.sessions.begin() as session:
@@ -177,7 +182,7 @@ class Mailer:
     async def run(self) -> None:
         """Drain the queue whenever woken, when a retry falls due, or every poll_seconds."""
         self._loop = asyncio.get_running_loop()
-        while True:
+        while not self._stop.is_set():
             try:
                 drained = await self.drain()
                 for reason in drained.reasons:
@@ -186,6 +191,8 @@ class Mailer:
             except Exception:  # the database is out of reach, say: try again later
                 log.exception("mailer: pass failed")
                 wait = self.poll_seconds
+            if self._stop.is_set():  # set while the pass ran: do not wait for the next one
+                return
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes
             # as its wait ends, and `serve` would then never stop the mailer.

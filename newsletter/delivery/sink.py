@@ -123,6 +123,13 @@ class ServerThread:
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
+            # A client may still be connected (a mailer between messages): end its session,
+            # which closes the socket, rather than leave the task and socket to the collector.
+            sessions = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in sessions:
+                task.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
+            await asyncio.sleep(0)  # the transports close on the next turn of the loop
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)

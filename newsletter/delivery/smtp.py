@@ -145,7 +145,10 @@ class Connection:
             return
         if polite:
             try:
-                await asyncio.wait_for(client.quit(), timeout=2)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # arrives as QUIT is answered, and a stopping mailer would then carry on.
+                async with asyncio.timeout(2):
+                    await client.quit()
             except Exception:  # noqa: BLE001 - leaving anyway: however QUIT fails, we close
                 client.close()
         else:

@@ -121,6 +121,7 @@ def lifespan(
     async def running(app: Starlette) -> AsyncIterator[None]:
         services = gateway.services
         tasks = []
+        queue: Mailer | None = None
         if background:
             queue = Mailer(services.settings, services.sessions, clock=services.clock)
             services.listen(queue.wake)
@@ -128,6 +129,8 @@ def lifespan(
         try:
             yield
         finally:
+            if queue is not None:
+                queue.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:
