@@ -32,6 +32,7 @@ from newsletter.errors import ConfigError, NewsletterError
 from newsletter.services.unit import Services
 from newsletter.storage import db
 
+
 # soft_wrap: a line of text is never broken by Rich (a terminal wraps it; a cron log keeps it
 # whole, where Rich would otherwise break it at 80 columns). Tables still fit the width.
 # markup=False: what is printed quotes files and feeds ("[/b]" in a CSV row, a title), and

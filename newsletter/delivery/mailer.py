@@ -84,6 +84,7 @@ class Mailer:
             loop.call_soon_threadsafe(self._wake.set)
 
     _loop: asyncio.AbstractEventLoop | None = None
+
     def stop(self) -> None:
         """Let `run` end after the pass under way, even if a cancel is lost on the way."""
         self._stop.set()
