@@ -184,6 +184,9 @@ class Mailer:
         """Drain the queue whenever woken, when a retry falls due, or every poll_seconds."""
         self._loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            # Cleared before the pass, not after it: a message queued while the pass runs
+            # wakes the next one at once instead of waiting out poll_seconds.
+            self._wake.clear()
             try:
                 drained = await self.drain()
                 for reason in drained.reasons:
@@ -194,7 +197,6 @@ class Mailer:
                 wait = self.poll_seconds
             if self._stop.is_set():  # set while the pass ran: do not wait for the next one
                 return
-            self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes
             # as its wait ends, and `serve` would then never stop the mailer.
             with contextlib.suppress(TimeoutError):
