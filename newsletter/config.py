@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import math
 import os
 import re
 import tomllib
 import types
+import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -435,7 +437,16 @@ def _validate(s: Settings) -> None:
 
 def _check_list(lst: ListSettings) -> None:
     if not lst.base_url.startswith(("http://", "https://")):
-        raise ConfigError("list.base_url", "must start with http:// or https://")
+        raise ConfigError("list.base_url", "must start with https:// (or http:// on loopback)")
+    if not is_https_or_loopback(lst.base_url):
+        # RFC 8058: one-click unsubscribe needs an https URI, and every link in a message
+        # starts with base_url. Plain http stays for a server on this machine only (the demo,
+        # tests), which no mailbox provider ever fetches.
+        raise ConfigError(
+            "list.base_url",
+            f"must start with https:// ({lst.base_url!r} is http on a host that is not "
+            "loopback; http is allowed only for 127.0.0.1, ::1 or localhost)",
+        )
     if not _ADDRESS.match(lst.from_address):
         raise ConfigError("list.from_address", f"not an email address: {lst.from_address!r}")
     for key in ("return_path", "reply_to"):
@@ -454,6 +465,29 @@ def _check_list(lst: ListSettings) -> None:
         raise ConfigError(
             "list.timezone", f"{lst.timezone!r} is not a time zone (e.g. UTC, Asia/Shanghai)"
         ) from None
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1, localhost (and names under .localhost, RFC 6761)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_https_or_loopback(url: str) -> bool:
+    """Whether links under `url` may go in mail: https anywhere, http only on loopback."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return False
+    if parts.scheme == "https":
+        return bool(host)
+    return parts.scheme == "http" and is_loopback_host(host)
 
 
 def _check_smtp(smtp: SmtpSettings) -> None:

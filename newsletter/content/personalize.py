@@ -13,7 +13,7 @@ import email.utils
 import html
 import secrets
 
-from newsletter.config import Settings
+from newsletter.config import Settings, is_https_or_loopback
 from newsletter.content.compiler import Compiled, slot
 from newsletter.content.layout import (
     CRLF,
@@ -73,7 +73,12 @@ class Personalizer:
             f"Message-ID: {s('msgid')}",
             f"List-Id: {encode_phrase(lst.name, 'List-Id')} <{lst.id}>",  # RFC 2919
             f"List-Unsubscribe: <{s('unsubscribe')}>",  # RFC 2369
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",  # RFC 8058
+        ]
+        if is_https_or_loopback(self.base):
+            # RFC 8058 one-click needs an https URI (config.toml refuses anything else but
+            # http on loopback, where no mailbox provider ever posts).
+            headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+        headers += [
             f"List-Archive: <{self.base}/archive>",
             # Gmail's feedback loop groups complaints by these fields: campaign:list:type:sender.
             f"Feedback-ID: {self.issue_id}:{lst.id}:newsletter:{self.domain}",
