@@ -7,6 +7,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from newsletter.content.personalize import Personalizer
 from newsletter.errors import ConfigError
 from newsletter.storage.ledger import Recipient
 from newsletter.storage.models import utcnow
+from tests.dkimkeys import WEAK_512, rsa_pem
 
 SITE = """
 [list]
@@ -97,3 +100,118 @@ def test_one_click_unsubscribe_only_with_https_or_loopback(tmp_path: Path) -> No
     )
     (only,) = one_click_headers(plain)
     assert only.startswith("List-Unsubscribe: <http://news.example.org/")
+
+
+DKIM = """
+[dkim]
+domain = "{domain}"
+selector = "s1"
+key_file = "dkim.pem"
+"""
+
+
+def with_domains(
+    tmp_path: Path, from_domain: str, dkim_domain: str | None, return_domain: str | None
+) -> str:
+    text = SITE.format(base_url="https://news.example.org").replace(
+        "news@example.org", f"news@{from_domain}"
+    )
+    if return_domain is not None:
+        text = text.replace("[list]\n", f'[list]\nreturn_path = "bounces@{return_domain}"\n')
+    if dkim_domain is not None:
+        text += DKIM.format(domain=dkim_domain)
+        (tmp_path / "dkim.pem").write_bytes(rsa_pem(1024))
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+ORG = st.tuples(LABEL, st.sampled_from(["org", "com", "cn", "net"]))
+SUBDOMAIN = st.lists(LABEL, max_size=2)
+
+
+@st.composite
+def domain_under(draw: st.DrawFn, org: tuple[str, str]) -> str:
+    name = ".".join([*draw(SUBDOMAIN), *org])
+    return draw(st.sampled_from([name, name.upper(), name + "."]))
+
+
+@given(data=st.data(), org=ORG, other=ORG)
+def test_dkim_and_return_path_domains_must_align_with_from(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: st.DataObject,
+    org: tuple[str, str],
+    other: tuple[str, str],
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("align")
+    from_domain = data.draw(domain_under(org)).rstrip(".")
+    signer = data.draw(st.sampled_from([org, other]))
+    bounces = data.draw(st.sampled_from([org, other]))
+    dkim_domain = data.draw(domain_under(signer)).rstrip(".")
+    return_domain = data.draw(domain_under(bounces)).rstrip(".")
+    path = with_domains(tmp_path, from_domain, dkim_domain, return_domain)
+    expected = []
+    if bounces != org:
+        expected.append("list.return_path")
+    if signer != org:
+        expected.append("dkim.domain")
+    if not expected:
+        settings = config.load(path, env={})
+        assert settings.dkim is not None
+        assert config.mail_problems(settings) == []
+        return
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={})
+    assert info.value.key == expected[0]
+    assert ".".join(org) in str(info.value)  # says which domain would align
+    # Loaded without the checks (as `newsletter doctor` does), every problem is listed.
+    settings = config.load(path, env={}, mail_checks=False)
+    assert [p.key for p in config.mail_problems(settings)] == expected
+
+
+def test_the_organizational_domain_is_the_last_two_labels() -> None:
+    assert config.organizational_domain("News.Example.ORG.") == "example.org"
+    assert config.organizational_domain("example.org") == "example.org"
+    assert config.aligned("mail.example.org", "example.org")
+    assert not config.aligned("example.net", "example.org")
+    # The documented leniency: without the Public Suffix List, two sites under one
+    # two-label suffix look aligned.
+    assert config.aligned("a.com.cn", "b.com.cn")
+
+
+@pytest.mark.parametrize(
+    ("pem", "words"),
+    [
+        pytest.param(WEAK_512, "512-bit", id="512-bit"),
+        pytest.param(b"not a key", "not an unencrypted PEM private key", id="garbage"),
+        pytest.param(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            "must be RSA",
+            id="ec",
+        ),
+        pytest.param(None, "no such file", id="missing"),
+    ],
+)
+def test_a_key_verifiers_would_ignore_is_refused(
+    tmp_path: Path, pem: bytes | None, words: str
+) -> None:
+    path = with_domains(tmp_path, "example.org", "example.org", None)
+    if pem is None:
+        (tmp_path / "dkim.pem").unlink()
+    else:
+        (tmp_path / "dkim.pem").write_bytes(pem)
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={})
+    assert info.value.key == "dkim.key_file"
+    assert words in str(info.value)
+
+
+def test_keys_of_1024_bits_and_more_load(tmp_path: Path) -> None:
+    path = with_domains(tmp_path, "example.org", "news.example.org", "example.org")
+    for bits in (1024, 2048):
+        (tmp_path / "dkim.pem").write_bytes(rsa_pem(bits))
+        assert config.load(path, env={}).dkim is not None
