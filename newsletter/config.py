@@ -106,6 +106,8 @@ class ListSettings:
     language: str = "en"
     # The time zone of times editors read and set (a scheduled send), e.g. "Asia/Shanghai".
     timezone: str = "UTC"
+    # The sender's postal address, shown in every message's footer (CAN-SPAM asks for one).
+    postal_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,7 +463,7 @@ def _check_list(lst: ListSettings) -> None:
             raise ConfigError(f"list.{key}", f"not an email address: {value!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", lst.id):
         raise ConfigError("list.id", "must be a dotted name such as news.example.org (RFC 2919)")
-    for key in ("name", "subject"):
+    for key in ("name", "subject", "postal_address"):
         if re.search(r"[\r\n\x00]", getattr(lst, key)):
             raise ConfigError(f"list.{key}", "must not contain line breaks")
     check_subject(lst.subject)

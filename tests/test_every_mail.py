@@ -1,0 +1,113 @@
+"""Every kind of mail the project sends, captured from a real SMTP server and held to one standard.
+
+KINDS is the list: a kind is a name and a function that makes the project send that mail
+through its own doors (a send, a sign-up, a test copy) and returns what the server received.
+A new kind of mail is one more line in KINDS (and its function).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.config import Settings
+from newsletter.delivery.mailer import Mailer
+from newsletter.services import issues, members
+from newsletter.storage import db
+from tests import steps
+from tests.checks import defects, parse
+from tests.conftest import make_settings
+from tests.smtpd import Received, RecordingHandler
+
+
+@dataclass
+class Site:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    smtp: RecordingHandler
+    folder: Path
+
+    def drain(self) -> None:
+        """What `serve`'s mailer does when woken: send every queued system message."""
+        drained = asyncio.run(Mailer(self.settings, self.sessions).drain())
+        assert drained.failed == drained.deferred == 0, drained.reasons
+
+    def received_since(self, start: int) -> list[Received]:
+        return self.smtp.messages[start:]
+
+
+def send_issue(site: Site) -> list[Received]:
+    start = site.smtp.count()
+    steps.import_csv(site.sessions, site.folder / "subscribers" / "example.csv")
+    steps.import_source(site.sessions, str(site.folder / "examples" / "seed-feed.xml"))
+    asyncio.run(steps.send(site.settings, site.sessions))
+    return site.received_since(start)
+
+
+def sign_up(site: Site) -> list[Received]:
+    start = site.smtp.count()
+    services = steps.services(site.settings, site.sessions)
+    signup = services.run(
+        "web", members.subscribe, "new.reader@example.org", "王芳", ip="192.0.2.7"
+    )
+    assert signup.mail_id is not None
+    site.drain()
+    return site.received_since(start)
+
+
+def send_test_copy(site: Site) -> list[Received]:
+    start = site.smtp.count()
+    steps.import_source(site.sessions, str(site.folder / "examples" / "seed-feed.xml"))
+    issues.send_test(steps.services(site.settings, site.sessions), "test", "editor@example.org")
+    site.drain()
+    return site.received_since(start)
+
+
+# Each kind of mail the project sends. A kind added elsewhere (a sign-in link, a reply notice)
+# is one more line here, with the function that makes the project send it.
+KINDS: dict[str, Callable[[Site], list[Received]]] = {
+    "issue": send_issue,
+    "confirmation": sign_up,
+    "test send": send_test_copy,
+}
+
+
+@pytest.fixture
+def mail_site(site: Path, database_url: str, smtp_server: RecordingHandler) -> Iterator[Site]:
+    settings = make_settings(site, database_url, smtp_server.port)
+    sessions = db.open_database(settings.database_url)
+    yield Site(settings, sessions, smtp_server, site)
+    sessions.kw["bind"].dispose()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_of_mail_is_complete_and_in_the_sites_style(mail_site: Site, kind: str) -> None:
+    received = KINDS[kind](mail_site)
+    assert received, f"no {kind} was sent"
+    ids = set()
+    for message in received:
+        msg = parse(message.data)
+        assert defects(msg) == []
+        for name in ("From", "To", "Subject", "Date", "Message-ID"):
+            assert len(msg.get_all(name, [])) == 1, f"{kind}: {name}"
+        # RFC 5322 §3.6.4: a Message-ID on the From domain.
+        assert str(msg["Message-ID"]).endswith("@example.org>")
+        ids.add(str(msg["Message-ID"]))
+        assert msg.get_content_type() == "multipart/alternative"
+        text = msg.get_body(preferencelist=("plain",))
+        html = msg.get_body(preferencelist=("html",))
+        assert isinstance(text, EmailMessage)
+        assert isinstance(html, EmailMessage)
+        # The site's masthead, whichever kind of mail it is.
+        assert "#8b1e1e" in html.get_content()
+        assert mail_site.settings.list.name in html.get_content()
+        if kind != "issue" and kind != "test send":
+            # RFC 3834: made by a program; vacation responders and auto-repliers stay quiet.
+            assert msg["Auto-Submitted"] == "auto-generated"
+    assert len(ids) == len(received)
