@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
+import dkim  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,7 @@ from newsletter.storage import db
 from tests import steps
 from tests.checks import defects, parse
 from tests.conftest import make_settings
+from tests.dkimkeys import rsa_pem, txt_record
 from tests.smtpd import Received, RecordingHandler
 
 
@@ -78,9 +80,15 @@ KINDS: dict[str, Callable[[Site], list[Received]]] = {
 }
 
 
+SELECTOR = "news2026"
+
+
 @pytest.fixture
 def mail_site(site: Path, database_url: str, smtp_server: RecordingHandler) -> Iterator[Site]:
-    settings = make_settings(site, database_url, smtp_server.port)
+    """The sample site, signing with DKIM as example.org (its From domain)."""
+    (site / "dkim.pem").write_bytes(rsa_pem(2048))
+    dkim_table = {"domain": "example.org", "selector": SELECTOR, "key_file": "dkim.pem"}
+    settings = make_settings(site, database_url, smtp_server.port, dkim=dkim_table)
     sessions = db.open_database(settings.database_url)
     yield Site(settings, sessions, smtp_server, site)
     sessions.kw["bind"].dispose()
@@ -111,3 +119,51 @@ def test_every_kind_of_mail_is_complete_and_in_the_sites_style(mail_site: Site, 
             # RFC 3834: made by a program; vacation responders and auto-repliers stay quiet.
             assert msg["Auto-Submitted"] == "auto-generated"
     assert len(ids) == len(received)
+
+
+def verifies(data: bytes) -> bool:
+    """dkimpy's verdict, with the selector's TXT record as DNS would give it."""
+
+    def dns(name: bytes, timeout: float = 5) -> bytes:
+        assert name == f"{SELECTOR}._domainkey.example.org.".encode()
+        return txt_record(rsa_pem(2048))
+
+    result: bool = dkim.verify(data, dnsfunc=dns)
+    return result
+
+
+def insert_above_first(data: bytes, field: bytes) -> bytes:
+    """The message with `field` added right above the first field of the same name (or at
+    the end of the header block): where a forger puts the copy a client will show."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    name = field.split(b":", 1)[0].lower() + b":"
+    at = next((i for i, line in enumerate(lines) if line.lower().startswith(name)), len(lines))
+    lines.insert(at, field)
+    return b"\r\n".join(lines) + sep + body
+
+
+FORGED = [
+    b"From: Your Bank <news@example.org>",
+    b"Subject: Your account is locked",
+    b"List-Unsubscribe: <https://evil.example/u/x>",
+]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_of_mail_is_signed_so_that_added_fields_break_it(
+    mail_site: Site, kind: str
+) -> None:
+    received = KINDS[kind](mail_site)
+    assert received
+    for message in received:
+        msg = parse(message.data)
+        assert msg["DKIM-Signature"] is not None, kind
+        assert verifies(message.data), kind
+        for field in FORGED:
+            forged = insert_above_first(message.data, field)
+            name, _, value = field.decode().partition(": ")
+            assert str(parse(forged)[name]) == value  # what a client would show
+            assert not verifies(forged), f"{kind}: {field!r} added above the first still verifies"
+        # A field a relay adds (and nobody shows as the sender's) leaves it valid.
+        assert verifies(b"Received: from relay.example by mx.example\r\n" + message.data)

@@ -12,8 +12,8 @@ import signal
 import struct
 import sys
 import types
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import dkim  # type: ignore[import-untyped]
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -21,21 +21,47 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from newsletter.config import Settings
 from newsletter.content.layout import assemble
 from newsletter.errors import ConfigError, NewsletterError
 
-# RFC 8058 §4 requires List-Unsubscribe and List-Unsubscribe-Post under the signature.
+if TYPE_CHECKING:  # not imported at run time: a signing process starts faster without it
+    from newsletter.config import Settings
+
+# Signed: the fields a mailbox provider or a mail client reads. RFC 8058 §4 requires
+# List-Unsubscribe and List-Unsubscribe-Post under the signature; Content-Type and
+# MIME-Version decide how the body is read.
 DEFAULT_HEADERS: tuple[bytes, ...] = (
     b"from",
     b"to",
     b"subject",
     b"date",
     b"message-id",
+    b"reply-to",
     b"list-id",
     b"list-unsubscribe",
     b"list-unsubscribe-post",
+    b"list-archive",
     b"feedback-id",
+    b"auto-submitted",
+    b"mime-version",
+    b"content-type",
+)
+# Over-signed (RFC 6376 §8.15): listed in h= once more than the message has them (an absent
+# one once), so a copy with one more of them fails. A client shows the topmost From or
+# Subject; without this, one added above the signed one would leave the signature valid.
+OVERSIGNED: frozenset[bytes] = frozenset(
+    (
+        b"from",
+        b"to",
+        b"subject",
+        b"date",
+        b"message-id",
+        b"list-id",
+        b"list-unsubscribe",
+        b"list-unsubscribe-post",
+        b"reply-to",
+        b"content-type",
+    )
 )
 
 # Headers relaxed (relays refold and re-space headers); body simple: our bodies are already
@@ -71,10 +97,54 @@ def _rebound(method: Callable[..., Any], **names: object) -> Callable[..., Any]:
     return clone
 
 
+def _select_headers(headers: list[Any], include_headers: Sequence[bytes]) -> list[Any]:
+    """dkimpy's select_headers, the same choice in one pass: for each name in h=, the
+    bottom-most field of that name not chosen yet (none once they are used up, which is what
+    over-signing relies on). dkimpy's scans every field for every name in h=, lowercasing each."""
+    left: dict[bytes, list[int]] = {}
+    for i, field in enumerate(headers):
+        left.setdefault(field[0].lower(), []).append(i)
+    chosen = []
+    for name in include_headers:
+        if positions := left.get(name):
+            chosen.append(headers[positions.pop()])
+    return chosen
+
+
+_MEMO: dict[tuple[object, bytes, bytes], tuple[bytes, bytes]] = {}
+_MEMO_SIZE = 1024
+
+
+class _MemoPolicy(dkim.canonicalization.CanonicalizationPolicy):  # type: ignore[misc]
+    """dkimpy's canonicalisation of header fields, each field's result remembered: most of a
+    digest's signed fields (From, Subject, List-Id, Content-Type, ...) are the same in every
+    message of an issue, and relaxed canonicalisation is two regex passes per field."""
+
+    def canonicalize_headers(self, headers: list[Any]) -> list[tuple[bytes, bytes]]:
+        algorithm, memo = self.header_algorithm, _MEMO
+        out = []
+        for field in headers:
+            key = (algorithm, field[0], field[1])
+            done = memo.get(key)
+            if done is None:
+                (done,) = algorithm.canonicalize_headers([field])
+                if len(memo) >= _MEMO_SIZE:  # the fields that vary per message fill it
+                    memo.clear()
+                memo[key] = done
+            out.append(done)
+        return out
+
+
 class _OpenSSLDKIM(dkim.DKIM):  # type: ignore[misc]
     # sign() receives the already loaded cryptography key and passes it through as is.
-    sign = _rebound(dkim.DKIM.sign, parse_pem_private_key=lambda key: key)
-    gen_header = _rebound(dkim.DomainSigner.gen_header, RSASSA_PKCS1_v1_5_sign=_openssl_rsassa_sign)
+    sign = _rebound(
+        dkim.DKIM.sign, parse_pem_private_key=lambda key: key, CanonicalizationPolicy=_MemoPolicy
+    )
+    gen_header = _rebound(
+        dkim.DomainSigner.gen_header,
+        RSASSA_PKCS1_v1_5_sign=_openssl_rsassa_sign,
+        hash_headers=_rebound(dkim.hash_headers, select_headers=_select_headers),
+    )
 
     crlf_only = False  # set on the subclass for messages known to have no bare LF
     headers: list[list[bytes]]  # dkimpy's parse: [name, value] pairs
@@ -94,9 +164,14 @@ class _OpenSSLDKIM(dkim.DKIM):  # type: ignore[misc]
         ):
             head, blank, body = message.partition(_CRLF + _CRLF)
             if blank:
-                if self.wanted is not None:
-                    head = _keep_fields(head, self.wanted)
-                super().set_message(head + blank)
+                fields = None if self.wanted is None else _parse_fields(head, self.wanted)
+                if fields is not None:  # what rfc822_parse gives, without its line splitting
+                    super().set_message(None)
+                    self.headers = fields
+                else:
+                    if self.wanted is not None:
+                        head = _keep_fields(head, self.wanted)
+                    super().set_message(head + blank)
                 self.body = body
                 return
         super().set_message(message)
@@ -124,6 +199,30 @@ def _keep_fields(head: bytes, wanted: frozenset[bytes]) -> bytes:
     return _CRLF.join(kept)
 
 
+def _parse_fields(head: bytes, wanted: frozenset[bytes]) -> list[list[bytes]] | None:
+    """dkimpy's rfc822_parse of a CRLF header block, reduced to the fields named in `wanted`:
+    [name, value + CRLF] with folded lines appended. None when a line is neither a field's
+    start nor a folded line (an mbox "From " line, junk): dkimpy's own parse judges those."""
+    fields: list[list[bytes]] = []
+    keep = started = False
+    for line in head.split(_CRLF):
+        if line[:1] in (b" ", b"\t"):
+            if not started:  # folds nothing: dkimpy fails on it, and so should this
+                return None
+            if keep:
+                fields[-1][1] += line + _CRLF
+            continue
+        started = True
+        m = _FIELD_NAME.match(line)
+        if m is None:
+            return None
+        name = m.group(1)
+        keep = name.lower() in wanted
+        if keep:
+            fields.append([name, line[m.end() :] + _CRLF])
+    return fields
+
+
 class _CrlfDKIM(_OpenSSLDKIM):
     # For messages rebuilt from our own DATA form: every line already ends in CRLF, so the
     # two counting passes over the whole message (a quarter of the non-RSA time) are skipped.
@@ -139,6 +238,7 @@ class DkimSigner:
         selector: str,
         private_key_pem: bytes,
         headers: Sequence[bytes] = DEFAULT_HEADERS,
+        oversigned: Iterable[bytes] = OVERSIGNED,
     ) -> None:
         for setting, value in (("dkim.domain", domain), ("dkim.selector", selector)):
             if not _DNS_NAME.fullmatch(value):
@@ -153,7 +253,8 @@ class DkimSigner:
             raise ConfigError(
                 "dkim.key_file", f"a {key.key_size}-bit RSA key is refused by verifiers; use 2048"
             )
-        self.args = (domain, selector, private_key_pem, tuple(headers))
+        self._oversigned = frozenset(h.lower() for h in oversigned)
+        self.args = (domain, selector, private_key_pem, tuple(headers), self._oversigned)
         self._key = key
         self._domain = domain.encode("ascii")
         self._selector = selector.encode("ascii")
@@ -169,8 +270,7 @@ class DkimSigner:
         """
         # One DKIM object per call: it holds per-message state.
         d = (_CrlfDKIM if crlf_only else _OpenSSLDKIM)(message, self._wanted)
-        present = {name.lower() for name, _ in d.headers}
-        include = [h for h in self._headers if h in present]  # dkimpy requires From
+        include = self.include(name for name, _ in d.headers)
         header: bytes = d.sign(
             self._selector,
             self._domain,
@@ -179,6 +279,12 @@ class DkimSigner:
             include_headers=include,
         )
         return header
+
+    def include(self, present: Iterable[bytes]) -> list[bytes]:
+        """The h= list for a message with these header names: each signed field as often as
+        the message has it, plus once more if it is over-signed."""
+        counts = collections.Counter(name.lower() for name in present)
+        return [h for h in self._headers for _ in range(counts[h] + (h in self._oversigned))]
 
     def sign(self, message: bytes) -> bytes:
         """signature_header(message) + message"""
