@@ -98,6 +98,9 @@ def naive_message(
             "trap": v["trap"],
         },
         "previous": None,  # no earlier survey's results, as in the compiled issue here
+        "note_html": Markup(""),  # no editor's note, subject or preheader of the desk's
+        "note_text": "",
+        "preheader": "",
     }
     html = issue.inline_css(env.get_template("email/issue.html").render(context))
     text = env.get_template("email/issue.txt").render(context)
