@@ -30,10 +30,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-## screenshots: the desk's pages at 1280 and 375 px into docs/screenshots/ (axe-core from npm)
+## screenshots: the desk's pages at 1280 and 375 px, and the demo issue at 375 px (with and
+## without <style>) and 600 px, light and dark, into docs/screenshots/ (axe-core from npm)
 screenshots: $(STAMP)
 	npm ci --prefix tests --no-audit --no-fund --loglevel=error
-	NEWSLETTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_desk_look.py -m "not postgres"
+	NEWSLETTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_desk_look.py tests/test_email_look.py -m "not postgres"
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py

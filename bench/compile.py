@@ -81,6 +81,7 @@ def naive_message(
             "language": settings.list.language,
             "base_url": base,
             "archive_url": f"{base}/archive",
+            "postal_address": settings.list.postal_address,
         },
         "subject": p.compiled.subject,
         "date": p.compiled.created,
