@@ -6,7 +6,6 @@ set to a folder (`make screenshots` sets docs/screenshots/), there.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -14,50 +13,14 @@ from typing import Literal
 
 import lxml.html  # type: ignore[import-untyped]
 import pytest
-from markupsafe import Markup
 from playwright.sync_api import Browser, Page
 
-from newsletter import config, site
 from newsletter.content import compiler
-from newsletter.content.personalize import Personalizer
-from newsletter.content.preview import SAMPLE
-from newsletter.content.sources import SourceReport, html_to_text, parse_feed
 from tests.browser import browser  # noqa: F401
-from tests.checks import REPO, parse, seed_titles
+from tests.checks import seed_titles
+from tests.demo import POSTAL, demo_compiled, demo_settings, mailed_html
 
 Scheme = Literal["light", "dark"]
-POSTAL = "Room 1203, 88 Example Road, Beijing 100000, China"
-
-
-def demo_settings(**list_values: str) -> config.Settings:
-    settings = config.load(REPO / "config.toml", env={config.SECRET_ENV: "x" * 32})
-    return dataclasses.replace(settings, list=dataclasses.replace(settings.list, **list_values))
-
-
-def demo_compiled(settings: config.Settings, preheader: str = "") -> compiler.Compiled:
-    """The demo issue (`make demo`: the seed feed and the survey), compiled as a send does."""
-    feed = REPO / "examples" / "seed-feed.xml"
-    entries = parse_feed(feed.read_bytes(), str(feed), None, SourceReport(str(feed)))
-    items = [
-        compiler.ItemView(
-            i, e.title, e.section, e.url, Markup(e.body_html), html_to_text(e.body_html), None
-        )
-        for i, e in enumerate(entries, start=1)
-    ]
-    assert settings.survey is not None
-    survey = (1, settings.survey.question, list(enumerate(settings.survey.options, start=1)))
-    env = site.environment(REPO)
-    shape = compiler.Shape(preheader=preheader)
-    return compiler.compile_issue(settings, env, items, survey, shape=shape)
-
-
-def mailed_html(settings: config.Settings, compiled: compiler.Compiled) -> str:
-    """The HTML part of the message as it is mailed (quoted-printable, decoded back)."""
-    _, data = Personalizer(compiled, settings, None, 1).message(SAMPLE)
-    part = parse(data).get_body(preferencelist=("html",))
-    assert part is not None
-    html: str = part.get_content()
-    return html
 
 
 @pytest.fixture(scope="module")
