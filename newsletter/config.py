@@ -446,15 +446,6 @@ def _validate(s: Settings, mail_checks: bool = True) -> None:
 def _check_list(lst: ListSettings) -> None:
     if not lst.base_url.startswith(("http://", "https://")):
         raise ConfigError("list.base_url", "must start with https:// (or http:// on loopback)")
-    if not is_https_or_loopback(lst.base_url):
-        # RFC 8058: one-click unsubscribe needs an https URI, and every link in a message
-        # starts with base_url. Plain http stays for a server on this machine only (the demo,
-        # tests), which no mailbox provider ever fetches.
-        raise ConfigError(
-            "list.base_url",
-            f"must start with https:// ({lst.base_url!r} is http on a host that is not "
-            "loopback; http is allowed only for 127.0.0.1, ::1 or localhost)",
-        )
     if not _ADDRESS.match(lst.from_address):
         raise ConfigError("list.from_address", f"not an email address: {lst.from_address!r}")
     for key in ("return_path", "reply_to"):
@@ -526,10 +517,21 @@ def aligned(one: str, other: str) -> bool:
 
 
 def mail_problems(s: Settings) -> list[ConfigError]:
-    """Every way the site's mail would fail a mailbox provider's checks (DMARC alignment,
-    the DKIM key), each naming its key; config.load raises the first."""
+    """Every way the site's mail would fail a mailbox provider's checks (https links, DMARC
+    alignment, the DKIM key), each naming its key; config.load raises the first."""
     problems: list[ConfigError] = []
     lst = s.list
+    if not is_https_or_loopback(lst.base_url):
+        # RFC 8058: one-click unsubscribe needs an https URI, and every link in a message
+        # starts with base_url. Plain http stays for a server on this machine only (the demo,
+        # tests), which no mailbox provider ever fetches.
+        problems.append(
+            ConfigError(
+                "list.base_url",
+                f"must start with https:// ({lst.base_url!r} is http on a host that is not "
+                "loopback; http is allowed only for 127.0.0.1, ::1 or localhost)",
+            )
+        )
     from_domain = domain_of(lst.from_address)
     org = organizational_domain(from_domain)
     if lst.return_path and not aligned(domain_of(lst.return_path), from_domain):
