@@ -211,6 +211,20 @@ def test_the_field_choice_is_dkimpys(headers: list[bytes], include: list[bytes])
     assert _select_headers(fields, include) == dkim.select_headers(fields, include)
 
 
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"b", b"=", b";", b" ", b"\t", b"\r\n", b"\n", b"h", b"A", b"0", b"+/", b"x"]
+        )
+    )
+)
+def test_the_b_tag_is_blanked_as_dkimpy_blanks_it(pieces: list[bytes]) -> None:
+    from newsletter.delivery.signing import _BTAG
+
+    value = b"".join(pieces)
+    assert _BTAG.sub(rb"\1", value) == dkim.RE_BTAG.sub(rb"\1", value)
+
+
 def test_relaxed_headers_survive_refolding(signer: DkimSigner, key: Key) -> None:
     signed = signer.sign(message())
     refolded = signed.replace(b"List-Id: Example News", b"List-Id:   Example\r\n\tNews", 1)
