@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,37 @@ def test_keys_of_1024_bits_and_more_load(tmp_path: Path) -> None:
     for bits in (1024, 2048):
         (tmp_path / "dkim.pem").write_bytes(rsa_pem(bits))
         assert config.load(path, env={}).dkim is not None
+
+
+@given(garbage=st.binary(max_size=400))
+def test_any_bytes_that_are_not_an_rsa_key_name_the_key_file(
+    tmp_path_factory: pytest.TempPathFactory, garbage: bytes
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("key")
+    path = with_domains(tmp_path, "example.org", "example.org", None)
+    (tmp_path / "dkim.pem").write_bytes(garbage)
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={})
+    assert info.value.key == "dkim.key_file"
+    assert "\n" not in str(info.value)
+
+
+@given(
+    before=st.text(st.characters(exclude_categories=["Cs", "Cc"]), max_size=20),
+    brk=st.sampled_from(["\r", "\n", "\r\n", "\x00"]),
+)
+def test_a_postal_address_is_one_line(
+    tmp_path_factory: pytest.TempPathFactory, before: str, brk: str
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("postal")
+    value = json.dumps(before + brk + "Beijing", ensure_ascii=False)  # TOML reads this
+    path = tmp_path / "config.toml"
+    path.write_text(
+        SITE.format(base_url="https://news.example.org").replace(
+            "[list]\n", f"[list]\npostal_address = {value}\n"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={})
+    assert info.value.key == "list.postal_address"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
@@ -9,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from newsletter.delivery import doctor as checks
 from tests.dkimkeys import WEAK_512, rsa_pem, txt_record
 from tests.dnsserver import DnsServer, Records, txt
 
@@ -146,3 +150,47 @@ def test_offline_asks_no_dns(site: Path, flag: str) -> None:
     assert result.returncode == 0
     assert dns.queries == []
     assert " spf: " not in result.stdout
+
+
+def nameserver_of(text: str) -> tuple[str, int] | None:
+    """What --nameserver TEXT should mean, worked out another way: (address, port) or None."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("53" if rest == "" else "")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, "53"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        return None
+    return host, int(port)
+
+
+NAMESERVER_LIKE = st.from_regex(r"\[?[0-9a-f:.]{1,20}\]?(:[0-9]{1,6})?", fullmatch=True)
+
+
+@given(st.text(max_size=40) | NAMESERVER_LIKE)
+@example("localhost")
+@example("1.2.3.4:99999")
+@example("1.2.3.4:0")
+@example("[::1]:53")
+@example("::1")
+def test_a_nameserver_is_an_ip_address_with_an_optional_port(text: str) -> None:
+    expected = nameserver_of(text)
+    if expected is None:
+        with pytest.raises(checks.BadNameserver, match="--nameserver"):
+            checks.make_resolver(text)
+        return
+    resolver = checks.make_resolver(text)
+    assert (str(resolver.nameservers[0]), resolver.port) == expected
+
+
+def test_a_bad_nameserver_is_refused_by_name(site: Path) -> None:
+    result = doctor(site, "--nameserver", "dns.example.org")
+    assert result.returncode == 2
+    assert "--nameserver" in result.stderr
+    assert "Traceback" not in result.stderr

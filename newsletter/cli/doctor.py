@@ -42,7 +42,11 @@ def doctor(
     env = site.environment(settings.site_dir)
     lookup = None
     if not offline:
-        lookup = checks.lookup_with(checks.make_resolver(nameserver, timeout))
+        try:
+            resolver = checks.make_resolver(nameserver, timeout)
+        except checks.BadNameserver as exc:
+            raise typer.BadParameter(str(exc), param_hint="--nameserver") from None
+        lookup = checks.lookup_with(resolver)
     findings = checks.run(settings, env, lookup=lookup)
     for finding in findings:
         console.print(finding.line())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -264,18 +265,39 @@ class DnsUnreachable(NewsletterError):
     pass
 
 
+class BadNameserver(NewsletterError, ValueError):
+    def __init__(self, text: str) -> None:
+        super().__init__(
+            f"--nameserver {text!r}: not an IP address with an optional port "
+            "(1.2.3.4, 1.2.3.4:5353, [2001:db8::1]:53)"
+        )
+
+
 def make_resolver(nameserver: str | None, timeout: float = 3.0) -> dns.resolver.Resolver:
-    """The system's resolver, or `nameserver` ("IP" or "IP:PORT", "[IPv6]:PORT")."""
+    """The system's resolver, or `nameserver` ("IP" or "IP:PORT", "[IPv6]:PORT", or a bare
+    IPv6 address). BadNameserver for anything else."""
     if nameserver is None:
-        resolver = dns.resolver.Resolver()
+        try:
+            resolver = dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:  # no /etc/resolv.conf: nothing to ask
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = ["127.0.0.1"]
     else:
         resolver = dns.resolver.Resolver(configure=False)
-        host, port = nameserver, 53
-        if m := re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", nameserver):
-            host = m.group(1) or m.group(3)
-            port = int(m.group(2) or m.group(4) or 53)
+        m = re.fullmatch(
+            r"\[([0-9a-fA-F:.]+)\](?::([0-9]{1,5}))?|([^:\[\]]+)(?::([0-9]{1,5}))?", nameserver
+        )
+        host, port = nameserver, "53"
+        if m:
+            host, port = (m.group(1) or m.group(3)), (m.group(2) or m.group(4) or "53")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise BadNameserver(nameserver) from None
+        if not 1 <= int(port) <= 65535:
+            raise BadNameserver(nameserver)
         resolver.nameservers = [host]
-        resolver.port = port
+        resolver.port = int(port)
     resolver.timeout = resolver.lifetime = timeout
     return resolver
 
