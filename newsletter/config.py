@@ -169,6 +169,11 @@ class WebSettings:
     port: int = between(8000, 1, 65535)
     vote_window_seconds: float = between(30.0, 0, DAY)
     delivery_grace_seconds: float = between(60.0, 0, DAY)
+    # The desk's login throttle: attempts (counted before the password is checked) from one
+    # client address, and against one editor name, within login_window_seconds.
+    login_attempts_per_address: int = between(10, 1, 10_000)
+    login_attempts_per_name: int = between(30, 1, 100_000)
+    login_window_seconds: float = between(900.0, 1, DAY)
 
 
 @dataclass(frozen=True, slots=True)
