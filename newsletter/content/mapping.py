@@ -188,14 +188,10 @@ def propose(header_line: int, delimiter: str, columns: list[str]) -> Layout:
     # A name split in two is the name only when no column holds it whole.
     if Field.NAME in fields:
         fields = [Field.SKIP if f in (Field.FIRST_NAME, Field.LAST_NAME) else f for f in fields]
-    layout = Layout(header_line, delimiter, tuple(c.strip() for c in columns), profile.name, ())
-    layout = replace(layout, fields=tuple(fields))
-    if Field.EMAIL not in fields:
-        raise NewsletterError(
-            f"line {header_line}: the header has no 'email' column (found: "
-            f"{', '.join(names)}); name the column that holds the addresses (COLUMN=email)"
-        )
-    return layout
+    # A header without an address column still has a layout: the editor may choose one.
+    return Layout(
+        header_line, delimiter, tuple(c.strip() for c in columns), profile.name, tuple(fields)
+    )
 
 
 def choose(layout: Layout, overrides: Mapping[str, str]) -> Layout:
@@ -231,7 +227,11 @@ def check(layout: Layout) -> None:
                 f"the columns {', '.join(map(repr, where))} are all mapped to {field}: choose one"
             )
     if Field.EMAIL not in layout.fields:
-        raise NewsletterError("no column is mapped to email: choose the one with the addresses")
+        found = ", ".join(c.lower() for c in layout.columns)
+        raise NewsletterError(
+            f"line {layout.header_line}: the header has no 'email' column (found: {found}); "
+            "name the column that holds the addresses (COLUMN=email)"
+        )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

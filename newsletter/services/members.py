@@ -92,7 +92,7 @@ class Preview:
 
     layout: Layout
     rows: list[list[str]]
-    lines: int  # lines after the header (blank ones too)
+    lines: int  # rows after the header (lines not blank)
 
 
 def preview(data: str | bytes, overrides: Mapping[str, str] | None = None) -> Preview:
@@ -102,8 +102,8 @@ def preview(data: str | bytes, overrides: Mapping[str, str] | None = None) -> Pr
     layout = layout_of(text, bad)
     if overrides:
         layout = choose(layout, overrides)
-    lines = text.count("\n") + 1 - layout.header_line
-    return Preview(layout, roster_preview(text, layout), max(0, lines))
+    lines = sum(1 for line in text.splitlines()[layout.header_line :] if line.strip())
+    return Preview(layout, roster_preview(text, layout), lines + len(bad))
 
 
 @use_case
