@@ -83,10 +83,12 @@ GENERIC = {
     "status": Field.STATUS,
 }
 
+OWN = "this newsletter's export"
+OWN_COLUMNS = ("email", "name", "status", "created_at", "unsubscribed_at")
 PROFILES = (
     Profile(
-        "this newsletter's export",
-        (frozenset({"email", "name", "status", "created_at", "unsubscribed_at"}),),
+        OWN,
+        (frozenset(OWN_COLUMNS),),
         {**GENERIC, **_all("created_at,unsubscribed_at", Field.SKIP)},
     ),
     Profile(
@@ -158,8 +160,12 @@ class Layout:
         return DELIMITERS.get(self.delimiter, repr(self.delimiter))
 
     def key(self, index: int) -> str:
-        """The attribute a column becomes (its name in lower case)."""
-        return self.columns[index].strip().lower()
+        """The attribute a column becomes (its name in lower case; in our own export, a
+        column "attribute X" is attribute X, named so beside a column of ours)."""
+        name = self.columns[index].strip().lower()
+        if self.source == OWN and name.startswith("attribute ") and name[10:] in OWN_COLUMNS:
+            return name[10:]
+        return name
 
     def describe(self) -> list[str]:
         """One line a column: its name and field."""

@@ -11,7 +11,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from newsletter.content.addresses import CONTROL, clean_name, normalize_address
-from newsletter.content.mapping import DELIMITERS, Field, Layout, check, detect_delimiter, propose
+from newsletter.content.mapping import (
+    DELIMITERS,
+    OWN_COLUMNS,
+    Field,
+    Layout,
+    check,
+    detect_delimiter,
+    propose,
+)
 from newsletter.errors import ImportRowError, NewsletterError
 from newsletter.storage.models import MemberStatus
 
@@ -389,7 +397,7 @@ def safe_cell(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_START) else value
 
 
-EXPORT_COLUMNS = ("email", "name", "status", "created_at", "unsubscribed_at")
+EXPORT_COLUMNS = OWN_COLUMNS
 
 
 def write_csv(rows: Iterable[Sequence[str]], header: Sequence[str]) -> str:
