@@ -185,6 +185,8 @@ def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) ->
                 status=row.status,
                 attributes=row.attributes,
                 unsubscribed_at=now if row.status in OPTED_OUT else None,
+                created_at=now,
+                updated_at=now,
             )
         )
         report.added += 1

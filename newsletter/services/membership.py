@@ -148,7 +148,14 @@ def add_member(
         )
     member = rows.add(
         unit.session,
-        Member(email=address, name=clean, status=MemberStatus.ACTIVE, attributes=values),
+        Member(
+            email=address,
+            name=clean,
+            status=MemberStatus.ACTIVE,
+            attributes=values,
+            created_at=unit.now,
+            updated_at=unit.now,
+        ),
     )
     unit.audit("add-member", member_id=member.id, detail=f"{address} added by hand")
     unit.after_commit(lambda: unit.services.changed("members"))

@@ -22,18 +22,19 @@ from newsletter.web.auth import Editor
 from newsletter.web.desk.base import MAX_ID, MAX_UPLOAD, DeskBase
 from newsletter.web.pages import security_headers
 
+# Short enough for a phone's select box; docs/desk.md says more of each.
 FIELD_LABELS = {
     Field.EMAIL: "the address",
     Field.NAME: "the name",
-    Field.FIRST_NAME: "first name (joined to the last)",
+    Field.FIRST_NAME: "first name",
     Field.LAST_NAME: "last name",
-    Field.STATUS: "the status (a status word)",
-    Field.UNSUBSCRIBED_WHEN_SET: "unsubscribed when not empty",
-    Field.BOUNCED_WHEN_SET: "bounced when not empty",
-    Field.UNSUBSCRIBED_WHEN_TRUE: "unsubscribed when true",
-    Field.ATTRIBUTES_JSON: "attributes, from a JSON object",
-    Field.ATTRIBUTE: "an attribute (named after the column)",
-    Field.SKIP: "nothing (not stored)",
+    Field.STATUS: "the status",
+    Field.UNSUBSCRIBED_WHEN_SET: "unsubscribed if set",
+    Field.BOUNCED_WHEN_SET: "bounced if set",
+    Field.UNSUBSCRIBED_WHEN_TRUE: "unsubscribed if true",
+    Field.ATTRIBUTES_JSON: "attributes (JSON)",
+    Field.ATTRIBUTE: "an attribute",
+    Field.SKIP: "nothing",
 }
 
 
