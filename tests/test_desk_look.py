@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, expect
+from playwright.sync_api import ConsoleMessage, FilePayload, Page, expect
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,16 +88,12 @@ def send_a_test(page: Page) -> None:
 
 def upload_mailchimp(page: Page) -> None:
     """The import's mapping step, for a Mailchimp export with many columns."""
-    page.set_input_files(
-        "#import-file",
-        files=[
-            {
-                "name": "subscribed_members_export.csv",
-                "mimeType": "text/csv",
-                "buffer": (DATA / "mailchimp_subscribed.csv").read_bytes(),
-            }
-        ],
-    )
+    upload: FilePayload = {
+        "name": "subscribed_members_export.csv",
+        "mimeType": "text/csv",
+        "buffer": (DATA / "mailchimp_subscribed.csv").read_bytes(),
+    }
+    page.set_input_files("#import-file", files=[upload])
     page.click("#upload")
     expect(page.locator("#layout")).to_contain_text("Mailchimp")
 
