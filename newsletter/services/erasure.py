@@ -163,6 +163,8 @@ def report(unit: Unit) -> SuppressionReport:
     by_key = rows.suppression_keys(unit.session)
     if not by_key:
         return SuppressionReport(0, 0)
+    if not unit.settings.secret_keys:  # no key at all: none can be recognised
+        return SuppressionReport(sum(by_key.values()), sum(by_key.values()))
     known = {fingerprint for fingerprint, _ in _keys(unit.settings)}
     lost = sum(n for fingerprint, n in by_key.items() if fingerprint not in known)
     return SuppressionReport(sum(by_key.values()), lost)

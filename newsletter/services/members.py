@@ -373,12 +373,6 @@ def unsubscribe_link(
 # --- reading ---------------------------------------------------------------------------------
 
 
-def search(unit: Unit, q: str = "", limit: int = 100) -> list[MemberInfo]:
-    """Members whose address or name contains `q`, by address; all when q is empty."""
-    found = rows.search(unit.session, q.strip()[:200], max(1, min(limit, 1000)))
-    return [MemberInfo.of(m) for m in found]
-
-
 def listing(unit: Unit, status: MemberStatus | None = None, limit: int = 50) -> list[MemberInfo]:
     return [MemberInfo.of(m) for m in rows.listing(unit.session, status, limit)]
 

@@ -65,12 +65,6 @@ def counts(session: Session) -> dict[MemberStatus, int]:
     return {MemberStatus(status): int(n) for status, n in rows}
 
 
-def search(session: Session, q: str, limit: int) -> Sequence[Member]:
-    """Members whose address or name contains `q` (any case), by address; all when q is empty
-    (erased ones never: they have neither)."""
-    return session.scalars(_matching(q, None).order_by(Member.email).limit(limit)).all()
-
-
 def _matching(q: str, status: MemberStatus | None) -> Select[Member]:
     query = select(Member)
     if status is not None:
