@@ -28,11 +28,13 @@ from newsletter.content.sources import read_source
 from newsletter.services import (
     drafts,
     editors,
+    erasure,
     evidence,
     issues,
     items,
     mail,
     members,
+    membership,
     surveys,
     votes,
 )
@@ -269,6 +271,31 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
         "edit-item",
     ),
     "items.reorder": (None, lambda s: s.run(items.reorder, ["md:extra1"]), "reorder-items"),
+    "membership.add_member": (
+        None,
+        lambda s: s.run(membership.add_member, "added@example.org", "Added"),
+        "add-member",
+    ),
+    "membership.edit_member": (
+        None,
+        lambda s: s.run(membership.edit_member, 1, name="Renamed", attributes={"city": "Xi'an"}),
+        "edit-member",
+    ),
+    "membership.unsubscribe_member": (
+        None,
+        lambda s: s.run(membership.unsubscribe_member, 1, reason="asked by phone"),
+        "unsubscribe-member",
+    ),
+    "membership.export_members": (
+        None,
+        lambda s: s.run(membership.export_members),
+        "export-members",
+    ),
+    "erasure.erase_member": (
+        None,
+        lambda s: s.run(erasure.erase_member, 2, reason="asked by mail"),
+        "erase-member",
+    ),
 }
 
 

@@ -465,6 +465,15 @@ def test_preview_members_and_audit_pages(
         files={"file": ("more.csv", csv, "text/csv")},
     )
     assert r.status_code == 200
+    assert "a plain list" in r.text  # the mapping step first: nothing stored yet
+    assert "new.one@example.org" not in c.get("/desk/members", params={"q": "new.one"}).text
+    data = re.search(r'name="data" value="([^"]+)"', r.text)
+    assert data
+    r = c.post(
+        "/desk/members/import/run",
+        data={"csrf": token, "data": data.group(1), "filename": "more.csv"},
+    )
+    assert r.status_code == 200
     assert "1 added" in r.text
     assert "line 3:" in r.text
     assert "new.one@example.org" in c.get("/desk/members", params={"q": "new.one"}).text

@@ -148,15 +148,22 @@ def test_import_never_resubscribes(tmp_path: Path, sessions: sessionmaker[Sessio
     assert all_members(sessions)["gone@example.org"] == ("Back Again", "unsubscribed")
 
 
-def test_unusable_files_are_refused_whole(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+def test_unusable_files_are_refused(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
     with pytest.raises(NewsletterError, match="no 'email' column"):
         import_csv(sessions, write_csv(tmp_path, "mail,name\nx@example.org,X\n"))
     with pytest.raises(NewsletterError, match="empty"):
         import_csv(sessions, write_csv(tmp_path, ""))
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("email,name\nx@example.org,Jos\xe9\n".encode("latin-1"))
-    with pytest.raises(NewsletterError, match="not UTF-8"):
-        import_csv(sessions, bad)
+    # A line that is not UTF-8 is that line's error; a header that is not refuses the file.
+    report = import_csv(sessions, bad)
+    assert [str(e) for e in report.errors] == [
+        "line 2: not UTF-8 text (byte 18 of the line); save the file as UTF-8"
+    ]
+    header = tmp_path / "latin1-header.csv"
+    header.write_bytes("email,n\xe4me\nx@example.org,X\n".encode("latin-1"))
+    with pytest.raises(NewsletterError, match="line 1 \\(the header\\): not UTF-8"):
+        import_csv(sessions, header)
     assert all_members(sessions) == {}
 
 

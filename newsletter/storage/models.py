@@ -69,12 +69,15 @@ class StatusType(TypeDecorator[E], Generic[E]):
 
 class MemberStatus(StrEnum):
     """Only active members are mailed; pending ones signed up on the web and have not confirmed
-    yet (double opt-in); unsubscribed and bounced ones are never mailed again by an import."""
+    yet (double opt-in); unsubscribed and bounced ones are never mailed again by an import. An
+    erased member is a row with no personal data left (services/erasure.py): it keeps the
+    issues' delivery counts whole, and its address lives on only as a suppression hash."""
 
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     PENDING = "pending"
+    ERASED = "erased"
 
 
 class IssueStatus(StrEnum):
@@ -325,7 +328,10 @@ class Vote(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     survey_id: Mapped[int] = mapped_column(ForeignKey("surveys.id", ondelete="CASCADE"))
-    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    # None once the member was erased: the counted vote stays in the results, unlinked.
+    member_id: Mapped[int | None] = mapped_column(
+        ForeignKey("members.id", ondelete="CASCADE"), nullable=True
+    )
     option: Mapped[int | None] = mapped_column(Integer, nullable=True)  # counted
     counted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     pending_option: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -364,6 +370,20 @@ class AuditEntry(Base):
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     member_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     detail: Mapped[str] = mapped_column(String(2000), default="")
+
+
+class Suppression(Base):
+    """An erased member's address, kept only as HMAC-SHA256 under a key derived from the site's
+    secret (services/erasure.py), so that no import, sign-up or editor adds it again; nothing
+    in the row says who it was."""
+
+    __tablename__ = "suppressions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex
+    # Which secret key made the digest (a fingerprint of it, not the key): lookups hash with
+    # every configured key, and an entry whose key is no longer configured can be reported.
+    key_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Draft(Base):
