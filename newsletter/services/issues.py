@@ -17,7 +17,7 @@ from newsletter.content.compiler import Compiled
 from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import drafts, mail, surveys, votes
+from newsletter.services import drafts, mail, surveys, variants, votes
 from newsletter.services.unit import (
     Actor,
     Permission,
@@ -232,7 +232,13 @@ def release_next(
     if not member_rows.counts(unit.session).get(MemberStatus.ACTIVE):
         # An issue nobody receives would take the items and never reach the archive.
         raise NothingToSend("no active members: nothing to send (the items stay new)")
-    compiled = compile_next(unit, with_survey=with_survey)
+    items, survey = gather(unit, with_survey=with_survey)
+    if not items:
+        raise NothingToSend("no new items since the last issue: nothing to send")
+    plan = variants.compile_all(
+        unit, items, survey, previous=previous_results(unit), shape=drafts.shape(unit)
+    )
+    compiled = plan.own
     issue = rows.add(
         unit.session,
         Issue(
@@ -249,13 +255,16 @@ def release_next(
         ),
     )
     item_rows.claim_for_issue(unit.session, issue.id, compiled.item_ids)
-    queued = rows.snapshot_audience(unit.session, issue.id, compiled.created)
+    queued = rows.snapshot_audience(
+        unit.session, issue.id, compiled.created, variants.store(unit, issue.id, plan), plan.idle
+    )
     draft_rows.clear(unit.session, unit.now, unit.actor)  # what it said went out with it
     where = f"schedule {schedule}, slot {slot_at:%Y-%m-%d %H:%M} UTC" if slot_at else "send"
     unit.audit(
         "release",
         issue_id=issue.id,
-        detail=f"{where}: {len(compiled.item_ids)} items, {queued} members: {compiled.subject}",
+        detail=f"{where}: {len(compiled.item_ids)} items, {plan.compiles} variants, "
+        f"{queued} members: {compiled.subject}",
     )
     unit.after_commit(lambda: unit.services.changed("issues"))
     return Released(issue.id, compiled.subject, queued)

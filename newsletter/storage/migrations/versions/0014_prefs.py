@@ -23,9 +23,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("paused_until", sa.DateTime(), nullable=True))
         # Every member stored so far has chosen nothing: the default variant.
         batch_op.add_column(
-            sa.Column(
-                "variant_key", sa.String(length=64), server_default="default", nullable=False
-            )
+            sa.Column("variant_key", sa.String(length=64), server_default="default", nullable=False)
         )
         batch_op.add_column(sa.Column("new_email", sa.String(length=320), nullable=True))
         batch_op.add_column(sa.Column("new_email_nonce", sa.Integer(), nullable=True))
