@@ -50,7 +50,7 @@ def normalize(code: str) -> str | None:
     """Our code for a language as people write it (zh-CN, zh_Hans, EN), or None if we have no
     catalog for it."""
     folded = code.strip().replace("-", "_").lower()
-    folded = _ALIASES.get(folded, folded)
+    folded = _ALIASES.get(folded, folded).lower()
     for known in languages():
         if known.lower() == folded:
             return known

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from newsletter import i18n
 from newsletter.content.addresses import CONTROL, clean_name, normalize_address
 from newsletter.errors import ImportRowError, NewsletterError
 from newsletter.storage.models import (
@@ -30,6 +31,9 @@ class Row:
     name: str
     status: str
     attributes: dict[str, str]
+    # A new member's first choices (the `language` and `sections` columns); None: none made.
+    language: str | None = None
+    sections: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -102,13 +106,32 @@ def _row(line: int, columns: list[str], values: list[str]) -> Row:
     status_word = record.pop("status", "").strip().lower()
     if status_word not in _STATUS_WORDS:
         raise ValueError(f"unknown status {status_word!r} (use active or unsubscribed)")
+    language, sections = _choices(record.pop("language", ""), record.pop("sections", ""))
     attributes = {}
     for k, v in record.items():
         if CONTROL.search(v.replace("\t", " ")):
             raise ValueError(f"column {k!r} contains a line break or control character")
         if v.strip():
             attributes[k] = v.strip()
-    return Row(line, email, name, _STATUS_WORDS[status_word], attributes)
+    return Row(line, email, name, _STATUS_WORDS[status_word], attributes, language, sections)
+
+
+def _choices(language: str, sections: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """The `language` column (en, zh_Hans, zh-CN …; empty: the list's) and the `sections`
+    column (names separated by ";"; empty: every section)."""
+    code = None
+    if language.strip():
+        code = i18n.normalize(language)
+        if code is None:
+            raise ValueError(
+                f"column 'language': {language.strip()!r} is not a language we have "
+                f"(one of: {', '.join(i18n.languages())})"
+            )
+    names = tuple(dict.fromkeys(" ".join(s.split()) for s in sections.split(";") if s.strip()))
+    for name in names:
+        if CONTROL.search(name) or len(name) > 200:
+            raise ValueError(f"column 'sections': {name[:40]!r} is not a section name")
+    return code, names or None
 
 
 # csv's own idea of a line end: CR LF, CR or LF (not str.splitlines' form feeds and U+2028).
@@ -180,6 +203,8 @@ def merge_duplicates(rows: Iterator[Row], report: ImportReport) -> dict[str, Row
         report.merged += 1
         seen.name = row.name or seen.name
         seen.attributes.update(row.attributes)
+        seen.language = row.language or seen.language
+        seen.sections = row.sections or seen.sections
         if row.status == MemberStatus.UNSUBSCRIBED:
             seen.status = MemberStatus.UNSUBSCRIBED
     return merged

@@ -88,7 +88,8 @@ def effective(
     """The copy a member with these choices gets of an issue whose sections with new items
     are `present` (in the issue's order); None when none of their sections has anything new."""
     language = choice.language if choice.language in i18n.languages() else default_language
-    shown = tuple(s for s in present if choice.sections is None or s in choice.sections)
+    # Items with no section go to everyone: no one could have chosen them away.
+    shown = tuple(s for s in present if choice.sections is None or s == "" or s in choice.sections)
     if not shown:
         return None
     return Variant(language, shown, choice.survey and has_survey)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.content.addresses import clean_name, normalize_address
 from newsletter.content.roster import ImportReport, Row, merge_duplicates, read_rows
+from newsletter.content.variants import member_key, sections_text
 from newsletter.errors import NewsletterError
 from newsletter.services import mail
 from newsletter.services.unit import Permission, Services, Unit, prefetch, requires, use_case
@@ -116,6 +117,8 @@ def import_file(
 def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) -> None:
     now = unit.now
     if member is None:
+        # A new member's first choices come from the list; later imports never overwrite
+        # what a member chose on their preference page.
         unit.session.add(
             Member(
                 email=row.email,
@@ -123,6 +126,9 @@ def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) ->
                 status=row.status,
                 attributes=row.attributes,
                 unsubscribed_at=now if row.status == MemberStatus.UNSUBSCRIBED else None,
+                language=row.language,
+                sections=sections_text(row.sections),
+                variant_key=member_key(row.language, row.sections, True),
             )
         )
         report.added += 1
