@@ -14,21 +14,21 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("members", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("language", sa.String(length=16), nullable=True))
-        batch_op.add_column(sa.Column("sections", sa.Text(), nullable=True))
-        batch_op.add_column(
-            sa.Column("survey", sa.Boolean(), server_default=sa.true(), nullable=False)
-        )
-        batch_op.add_column(sa.Column("paused_until", sa.DateTime(), nullable=True))
+    # Plain ADD COLUMN, not a batch copy: on SQLite, rebuilding members would trip the foreign
+    # keys deliveries and votes hold on it, and take long on a large list.
+    for column in (
+        sa.Column("language", sa.String(length=16), nullable=True),
+        sa.Column("sections", sa.Text(), nullable=True),
+        sa.Column("survey", sa.Boolean(), server_default=sa.true(), nullable=False),
+        sa.Column("paused_until", sa.DateTime(), nullable=True),
         # Every member stored so far has chosen nothing: the default variant.
-        batch_op.add_column(
-            sa.Column("variant_key", sa.String(length=64), server_default="default", nullable=False)
-        )
-        batch_op.add_column(sa.Column("new_email", sa.String(length=320), nullable=True))
-        batch_op.add_column(sa.Column("new_email_nonce", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("new_email_at", sa.DateTime(), nullable=True))
-        batch_op.create_index("ix_members_status_variant", ["status", "variant_key"])
+        sa.Column("variant_key", sa.String(length=64), server_default="default", nullable=False),
+        sa.Column("new_email", sa.String(length=320), nullable=True),
+        sa.Column("new_email_nonce", sa.Integer(), nullable=True),
+        sa.Column("new_email_at", sa.DateTime(), nullable=True),
+    ):
+        op.add_column("members", column)
+    op.create_index("ix_members_status_variant", "members", ["status", "variant_key"])
     op.create_table(
         "issue_variants",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -55,20 +55,28 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # The code before this revision sends every member the issue's own copy: rows that still
-    # wait for a variant get that copy; the variants and the choices are dropped.
-    with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.drop_column("variant_id")
+    # wait for a variant get that copy; the variants and the choices are dropped. Plain DROP
+    # COLUMN (SQLite 3.35+), not a batch copy: rebuilding members would trip the foreign keys
+    # that deliveries and votes hold on it.
+    _drop("deliveries", "variant_id")
     op.drop_table("issue_variants")
-    with op.batch_alter_table("members", schema=None) as batch_op:
-        batch_op.drop_index("ix_members_status_variant")
-        for column in (
-            "new_email_at",
-            "new_email_nonce",
-            "new_email",
-            "variant_key",
-            "paused_until",
-            "survey",
-            "sections",
-            "language",
-        ):
-            batch_op.drop_column(column)
+    op.drop_index("ix_members_status_variant", table_name="members")
+    for column in (
+        "new_email_at",
+        "new_email_nonce",
+        "new_email",
+        "variant_key",
+        "paused_until",
+        "survey",
+        "sections",
+        "language",
+    ):
+        _drop("members", column)
+
+
+def _drop(table: str, column: str) -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        # Alembic would copy the table; SQLite drops a plain column in place.
+        op.execute(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
+    else:
+        op.drop_column(table, column)
