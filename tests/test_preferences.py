@@ -223,6 +223,9 @@ def test_the_page_shows_and_its_form_changes(page: Page) -> None:
     assert saved.status_code == 200, saved.text
     _, _, language, sections, survey, *_ = page.choices()
     assert (language, sections, survey) == ("zh_Hans", '["People watch"]', False)
+    # The page answers in the language just chosen.
+    assert '<html lang="zh-Hans">' in saved.text
+    assert "您的选择已保存" in saved.text
 
 
 @pytest.mark.parametrize(
