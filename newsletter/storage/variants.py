@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter.storage.models import Delivery, IssueVariant, Member, MemberStatus
@@ -39,16 +39,27 @@ def audience_choices(
     session: Session, now: dt.datetime
 ) -> list[tuple[str, str | None, str | None, bool]]:
     """(variant key, language, sections, survey) of each distinct choice among the members the
-    next issue goes to; one row per key (the key is a function of the other three)."""
-    rows = session.execute(
-        select(Member.variant_key, Member.language, Member.sections, Member.survey)
-        .where(receiving(now))
-        .distinct()
-    ).all()
-    seen: dict[str, tuple[str, str | None, str | None, bool]] = {}
-    for key, language, sections, survey in rows:
-        seen.setdefault(key, (key, language, sections, bool(survey)))
-    return sorted(seen.values())
+    next issue goes to: one row a key (the key is a function of the other three).
+
+    The keys are walked in the (status, variant_key) index, one seek a key (a loose index
+    scan), so the cost grows with the number of distinct choices, not with the members; a key
+    whose members are all paused is left out."""
+    found: list[tuple[str, str | None, str | None, bool]] = []
+    last: str | None = None
+    active = Member.status == MemberStatus.ACTIVE
+    while True:
+        after = active if last is None else and_(active, Member.variant_key > last)
+        key = session.scalar(select(func.min(Member.variant_key)).where(after))
+        if key is None:
+            return found
+        last = key
+        row = session.execute(
+            select(Member.language, Member.sections, Member.survey)
+            .where(receiving(now), Member.variant_key == key)
+            .limit(1)
+        ).first()
+        if row is not None:
+            found.append((key, row.language, row.sections, bool(row.survey)))
 
 
 def of_delivery(session: Session, issue_id: int, member_id: int) -> int | None:

@@ -66,6 +66,10 @@ class PreferencePages:
         origin = request.headers.get("origin", "").lower()
         if not origin:
             return True  # an older browser, or a client that is not one
+        if origin == "null":
+            # Our pages send no referrer, so a browser posts their forms with Origin: null;
+            # then only Sec-Fetch-Site can tell this site's form from another's.
+            return site == "same-origin"
         own = origin_of(str(request.url))
         return origin in (self.origin, own)
 
