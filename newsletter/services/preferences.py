@@ -35,7 +35,15 @@ ADDRESS_MAILS_PER_DAY = 3
 
 
 class PreferenceError(NewsletterError, ValueError):
-    """A choice the form cannot make (an unknown section or language, no section at all)."""
+    """A choice the form cannot make (an unknown section or language, no section at all).
+    `message` is a catalog's message id, so the page says it in the member's language."""
+
+    def __init__(self, message: str, **values: object) -> None:
+        self.message, self.values = message, values
+        super().__init__(message % values if values else message)
+
+    def said_in(self, language: str) -> str:
+        return i18n.gettext(language, self.message, **self.values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,7 @@ def visit(
 def _require(unit: Unit, member_id: int) -> Member:
     member = _member(unit, member_id)
     if member is None:
-        raise PreferenceError("the link names a member that does not exist")
+        raise PreferenceError(N_("the link names a member that does not exist"))
     return member
 
 
@@ -144,14 +152,14 @@ def save(
     offered = _view(unit, member).choices
     code = i18n.normalize(language)
     if code is None:
-        raise PreferenceError(f"we have no language {language!r}")
+        raise PreferenceError(N_("we have no language %(code)s"), code=repr(language[:40]))
     chosen = None if sections is None else sorted(set(sections))
     if chosen is not None:
         unknown = [s for s in chosen if s not in offered]
         if unknown:
-            raise PreferenceError(f"there is no section {unknown[0]!r}")
+            raise PreferenceError(N_("there is no section %(name)s"), name=repr(unknown[0][:200]))
         if not chosen:
-            raise PreferenceError("choose at least one section, or unsubscribe")
+            raise PreferenceError(N_("choose at least one section, or unsubscribe"))
         if set(chosen) == set(offered):
             chosen = None
     member.language, member.sections, member.survey = code, sections_text(chosen), survey
@@ -172,7 +180,7 @@ def pause(unit: Unit, member_id: int, weeks: int) -> Preferences:
     already going out that have not reached them are skipped, as for someone who leaves."""
     member = _require(unit, member_id)
     if weeks and weeks not in PAUSE_WEEKS:
-        raise PreferenceError(f"a pause lasts 2, 4 or 8 weeks, not {weeks}")
+        raise PreferenceError(N_("a pause lasts 2, 4 or 8 weeks, not %(weeks)s"), weeks=weeks)
     if weeks:
         member.paused_until = unit.now + dt.timedelta(weeks=weeks)
         rows.skip_unsent(unit.session, member_id, unit.now, "paused by the member")
@@ -193,12 +201,16 @@ def change_address(unit: Unit, member_id: int, new_address: str) -> Preferences:
     try:
         address = normalize_address(new_address)
     except ValueError as exc:
-        raise PreferenceError(str(exc)) from None
+        raise PreferenceError(
+            N_("%(address)s is not an address we can send to: %(reason)s"),
+            address=repr(new_address[:320]),
+            reason=str(exc),
+        ) from None
     if address == member.email:
-        raise PreferenceError("that is the address the list already uses")
+        raise PreferenceError(N_("that is the address the list already uses"))
     since = unit.now - dt.timedelta(days=1)
     if mail_rows.count_for_member(unit.session, member_id, ADDRESS, since) >= ADDRESS_MAILS_PER_DAY:
-        raise PreferenceError("too many changes of address today; try again tomorrow")
+        raise PreferenceError(N_("too many changes of address today; try again tomorrow"))
     member.new_email = address
     member.new_email_nonce = secrets.randbelow(2**31 - 1) + 1
     member.new_email_at = unit.now

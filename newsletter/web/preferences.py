@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from newsletter import i18n
 from newsletter.errors import TokenError
+from newsletter.i18n import N_
 from newsletter.services import preferences
 from newsletter.services.boundary import Gateway
 from newsletter.services.preferences import PreferenceError, Preferences
@@ -54,6 +56,23 @@ class PreferencePages:
             Route("/a/{token}", self.address_page, methods=read),
             Route("/a/{token}", self.address_form, methods=["POST"]),
         ]
+
+    def message(self, title: str, text: str, status: int) -> Response:
+        language = self.services.settings.list.language
+        return self.pages.page(
+            "message.html",
+            status,
+            language=language,
+            title=i18n.gettext(language, title),
+            text=i18n.gettext(language, text),
+        )
+
+    def refused(self) -> Response:
+        return self.message(
+            N_("The form was not accepted"),
+            N_("Open the page from your link again and use its buttons. Nothing was changed."),
+            403,
+        )
 
     def form_token(self, token: str) -> str:
         return hmac.new(self._form_key, token.encode(), hashlib.sha256).hexdigest()[:32]
@@ -127,14 +146,10 @@ class PreferencePages:
             or not self.same_origin(request)
             or not hmac.compare_digest(form.get("csrf", ""), self.form_token(token))
         ):
-            return self.pages.message(
-                "The form was not accepted",
-                "Open the page from your link again and use its buttons. Nothing was changed.",
-                403,
-            )
+            return self.refused()
         action = form.get("action", "")
         if action not in ACTIONS:
-            return self.pages.message("Choose an action", "The form did not say what to do.", 400)
+            return self.message(N_("Choose an action"), N_("The form did not say what to do."), 400)
         actor = f"member:{member_id}"
         try:
             prefs = await self._act(actor, member_id, action, form)
@@ -142,7 +157,7 @@ class PreferencePages:
             current = await self.gateway.read(preferences.show, member_id)
             if current is None:
                 return self.pages.bad_link("the link names a member that does not exist")
-            return self._show(token, current, error=str(exc), status=400)
+            return self._show(token, current, error=exc.said_in(current.language), status=400)
         return self._show(token, prefs)
 
     async def _act(
@@ -211,11 +226,7 @@ class PreferencePages:
             or not hmac.compare_digest(form.get("csrf", ""), self.form_token(token))
             or form.get("action") != "confirm"
         ):
-            return self.pages.message(
-                "The form was not accepted",
-                "Open the page from your link again and use its button. Nothing was changed.",
-                403,
-            )
+            return self.refused()
         change = await self.gateway.call(
             f"member:{member_id}", preferences.confirm_address, member_id, nonce
         )
