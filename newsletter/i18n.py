@@ -82,13 +82,13 @@ def translations(code: str) -> NullTranslations:
     return Translations(buffer, domain=DOMAIN)
 
 
-def gettext(code: str, message: str, **values: Any) -> str:
+def gettext(code: str, message: str, /, **values: Any) -> str:
     """One message in the language, with %(name)s values filled in."""
     text = translations(code).gettext(message)
     return text % values if values else text
 
 
-def ngettext(code: str, singular: str, plural: str, n: int, **values: Any) -> str:
+def ngettext(code: str, singular: str, plural: str, n: int, /, **values: Any) -> str:
     text = translations(code).ngettext(singular, plural, n)
     return text % {"num": n, **values}
 
