@@ -272,8 +272,8 @@ def test_forged_or_altered_tokens_do_nothing(page: Page, cut: int, junk: str, ki
     if kind == "a":
         token = Signer(page.world.settings.require_secret()).make(Kind.ADDRESS, page.member_id, 7)
     forged = token[:cut] + junk + token[cut + len(junk) :]
-    if forged == token:
-        return
+    if forged.rstrip("/") == token:
+        return  # the same link (a trailing slash is redirected to it)
     for method in ("GET", "POST"):
         answer = page.client.request(
             method, f"/{kind}/{forged}", data={"action": "save", "language": "en"}
