@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from newsletter import i18n
@@ -83,13 +83,20 @@ def full(language: str, present: Sequence[str], has_survey: bool) -> Variant:
 
 
 def effective(
-    choice: Choice, default_language: str, present: Sequence[str], has_survey: bool
+    choice: Choice,
+    default_language: str,
+    present: Sequence[str],
+    has_survey: bool,
+    choosable: Collection[str],
 ) -> Variant | None:
     """The copy a member with these choices gets of an issue whose sections with new items
-    are `present` (in the issue's order); None when none of their sections has anything new."""
+    are `present` (in the issue's order); None when none of their sections has anything new.
+    Members choose among `choosable` (issue.sections); items of any other section go to
+    everyone, since no one could have chosen them away."""
     language = choice.language if choice.language in i18n.languages() else default_language
-    # Items with no section go to everyone: no one could have chosen them away.
-    shown = tuple(s for s in present if choice.sections is None or s == "" or s in choice.sections)
+    shown = tuple(
+        s for s in present if choice.sections is None or s not in choosable or s in choice.sections
+    )
     if not shown:
         return None
     return Variant(language, shown, choice.survey and has_survey)

@@ -21,7 +21,6 @@ from newsletter.errors import NewsletterError
 from newsletter.i18n import N_
 from newsletter.services import evidence, mail, members
 from newsletter.services.unit import Unit, use_case
-from newsletter.storage import items as item_rows
 from newsletter.storage import mail as mail_rows
 from newsletter.storage import members as rows
 from newsletter.storage.models import Member, MemberStatus
@@ -59,7 +58,7 @@ class Preferences:
     survey: bool
     paused_until: dt.datetime | None
     new_email: str | None  # a change of address waiting for the new address to confirm
-    choices: tuple[str, ...]  # the sections one may choose
+    choices: tuple[str, ...]  # the sections one may choose (issue.sections)
     languages: tuple[tuple[str, str], ...]  # (code, the language's own name)
     done: str = ""  # what the last form did: saved, paused, resumed, address, unsubscribe, ...
 
@@ -77,9 +76,9 @@ def language_of(unit: Unit, member: Member) -> str:
 
 
 def _view(unit: Unit, member: Member, done: str = "") -> Preferences:
-    choices = sorted({*unit.settings.issue.sections, *item_rows.sections(unit.session)})
-    ordered = [s for s in unit.settings.issue.sections if s in choices]
-    ordered += [s for s in choices if s not in ordered]
+    # Members choose among the sections issue.sections lists; items of other sections go to
+    # everyone (content/variants.effective).
+    ordered = list(dict.fromkeys(unit.settings.issue.sections))
     return Preferences(
         member_id=member.id,
         email=member.email,
@@ -106,7 +105,6 @@ def show(unit: Unit, member_id: int) -> Preferences | None:
     return None if member is None else _view(unit, member)
 
 
-@use_case
 def visit(
     unit: Unit,
     member_id: int,
@@ -117,7 +115,8 @@ def visit(
     user_agent: str = "",
 ) -> Preferences | None:
     """A fetch of the preference link (GET or HEAD): recorded as evidence like any member's
-    link, and the page's content; no preference changes."""
+    link (evidence.visit: a hit, no audit entry), and the page's content; no preference
+    changes."""
     visitor = evidence.visit(
         unit,
         member_id,
@@ -153,7 +152,7 @@ def save(
     code = i18n.normalize(language)
     if code is None:
         raise PreferenceError(N_("we have no language %(code)s"), code=repr(language[:40]))
-    chosen = None if sections is None else sorted(set(sections))
+    chosen = None if sections is None or not offered else sorted(set(sections))
     if chosen is not None:
         unknown = [s for s in chosen if s not in offered]
         if unknown:

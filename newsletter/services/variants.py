@@ -87,7 +87,9 @@ def compile_all(
     idle: set[str] = set()
     for key, language, sections, wants_survey in rows.audience_choices(unit.session, unit.now):
         choice = Choice(language, read_sections(sections), wants_survey)
-        variant = effective(choice, settings.list.language, present, shows_survey)
+        variant = effective(
+            choice, settings.list.language, present, shows_survey, settings.issue.sections
+        )
         if variant is None:
             idle.add(key)
         else:

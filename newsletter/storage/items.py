@@ -100,12 +100,3 @@ def claim_for_issue(session: Session, issue_id: int, item_ids: Sequence[int]) ->
         IssueItem(issue_id=issue_id, item_id=item_id, position=pos)
         for pos, item_id in enumerate(item_ids)
     )
-
-
-def sections(session: Session) -> list[str]:
-    """Every named section an item has had, by name."""
-    return list(
-        session.scalars(
-            select(Item.section).where(Item.section != "").distinct().order_by(Item.section)
-        )
-    )
