@@ -362,3 +362,23 @@ def db_tables(conn: Any) -> set[str]:
     from sqlalchemy import inspect
 
     return set(inspect(conn).get_table_names())
+
+
+def test_the_archive_shows_a_member_their_own_copy_and_anyone_the_whole_issue(
+    world: World,
+) -> None:
+    steps.import_source(world.sessions, str(world.settings.site_dir / "examples" / "sections"))
+    world.send()
+    wang = world.member_id("wang.fang@example.org")  # Chinese; Comprehensive Reports, People watch
+    view = world.services.links.view(1, wang).replace(world.settings.list.base_url, "")
+    with TestClient(create_app(world.settings, world.sessions, clock=world.clock)) as client:
+        own = client.get(view).text
+        public = client.get("/archive/1").text
+        forged = client.get(view[:-2] + ("AA" if not view.endswith("AA") else "BB")).text
+    assert '<html lang="zh-Hans">' in own
+    assert "People watch" in own
+    assert "Inquiry and Assessment" not in own
+    assert '<html lang="en">' in public
+    assert "Inquiry and Assessment" in public
+    assert "People watch" in public
+    assert forged == public  # a bad token: the public copy
