@@ -35,6 +35,7 @@ from newsletter.services import (
     mail,
     members,
     membership,
+    preferences,
     surveys,
     votes,
 )
@@ -171,6 +172,12 @@ def _pending_member(site: Site) -> None:
 
 
 # Each use-case: (what to prepare, the call, the audit action it writes).
+def _address_nonce(site: Site) -> int:
+    """The nonce of member 1's change of address waiting for confirmation."""
+    with site.sessions() as s:
+        return int(s.execute(text("SELECT new_email_nonce FROM members WHERE id = 1")).scalar_one())
+
+
 CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str]] = {
     "members.import_members": (
         None,
@@ -192,6 +199,27 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
     "members.unsubscribe_link": (
         None,
         lambda s: s.run(members.unsubscribe_link, 1, s.issue_id, method="POST", one_click=True),
+        "unsubscribe",
+    ),
+    "preferences.save": (
+        None,
+        lambda s: s.run(preferences.save, 1, sections=None, language="zh_Hans", survey=False),
+        "preferences",
+    ),
+    "preferences.pause": (None, lambda s: s.run(preferences.pause, 1, 2), "pause-member"),
+    "preferences.change_address": (
+        None,
+        lambda s: s.run(preferences.change_address, 1, "new.one@example.net"),
+        "change-address-asked",
+    ),
+    "preferences.confirm_address": (
+        lambda s: s.run(preferences.change_address, 1, "new.two@example.net"),
+        lambda s: s.run(preferences.confirm_address, 1, _address_nonce(s)),
+        "change-address",
+    ),
+    "preferences.leave": (
+        None,
+        lambda s: s.run(preferences.leave, 1, confirmed=True),
         "unsubscribe",
     ),
     "votes.click": (

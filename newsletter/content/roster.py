@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from newsletter import i18n
 from newsletter.content.addresses import CONTROL, clean_name, normalize_address
 from newsletter.content.mapping import (
     DELIMITERS,
@@ -84,6 +85,9 @@ class Row:
     name: str
     status: MemberStatus
     attributes: dict[str, str]
+    # A new member's first choices (the `language` and `sections` columns); None: none made.
+    language: str | None = None
+    sections: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -241,7 +245,9 @@ def _row(line: int, layout: Layout, values: list[str]) -> Row:
     name = names.get(Field.NAME, "")
     if not name:
         name = clean_name(f"{names.get(Field.FIRST_NAME, '')} {names.get(Field.LAST_NAME, '')}")
-    return Row(line, email, name, status, attributes)
+    # A new member's first choices come as the columns `language` and `sections`.
+    language, sections = _choices(attributes.pop("language", ""), attributes.pop("sections", ""))
+    return Row(line, email, name, status, attributes, language, sections)
 
 
 def _status(kind: Field, word: str, where: str) -> MemberStatus:
@@ -310,6 +316,24 @@ def _attribute(attributes: dict[str, str], key: str, value: str) -> None:
     attributes[key] = value
     if len(attributes) > ATTRIBUTES_MAX:
         raise ValueError(f"more than {ATTRIBUTES_MAX} attributes")
+
+
+def _choices(language: str, sections: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """The `language` column (en, zh_Hans, zh-CN …; empty: the list's) and the `sections`
+    column (names separated by ";"; empty: every section)."""
+    code = None
+    if language.strip():
+        code = i18n.normalize(language)
+        if code is None:
+            raise ValueError(
+                f"column 'language': {language.strip()!r} is not a language we have "
+                f"(one of: {', '.join(i18n.languages())})"
+            )
+    names = tuple(dict.fromkeys(" ".join(s.split()) for s in sections.split(";") if s.strip()))
+    for name in names:
+        if CONTROL.search(name) or len(name) > 200:
+            raise ValueError(f"column 'sections': {name[:40]!r} is not a section name")
+    return code, names or None
 
 
 # csv's own idea of a line end: CR LF, CR or LF (not str.splitlines' form feeds and U+2028).
@@ -383,6 +407,8 @@ def merge_duplicates(rows: Iterator[Row], report: ImportReport) -> dict[str, Row
         report.merged += 1
         seen.name = row.name or seen.name
         seen.attributes.update(row.attributes)
+        seen.language = row.language or seen.language
+        seen.sections = row.sections or seen.sections
         if _RANK[row.status] > _RANK[seen.status]:
             seen.status = row.status
     return merged

@@ -25,6 +25,7 @@ from newsletter.content.roster import (
     read_rows,
 )
 from newsletter.content.roster import preview as roster_preview
+from newsletter.content.variants import member_key, sections_text
 from newsletter.errors import NewsletterError
 from newsletter.services import mail
 from newsletter.services.erasure import suppressed
@@ -178,6 +179,8 @@ def import_file(
 def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) -> None:
     now = unit.now
     if member is None:
+        # A new member's first choices come from the list; later imports never overwrite
+        # what a member chose on their preference page.
         unit.session.add(
             Member(
                 email=row.email,
@@ -187,6 +190,9 @@ def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) ->
                 unsubscribed_at=now if row.status in OPTED_OUT else None,
                 created_at=now,
                 updated_at=now,
+                language=row.language,
+                sections=sections_text(row.sections),
+                variant_key=member_key(row.language, row.sections, True),
             )
         )
         report.added += 1
