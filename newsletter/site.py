@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import shutil
 from pathlib import Path
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from newsletter import i18n
 from newsletter.errors import NewsletterError
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -25,13 +28,15 @@ def defaults_dir() -> Path:
     )  # pragma: no cover
 
 
-def environment(site_dir: Path) -> Environment:
-    """Templates from the site's templates/ first, then the shipped defaults; autoescape on."""
+def environment(site_dir: Path, language: str = i18n.SOURCE) -> Environment:
+    """Templates from the site's templates/ first, then the shipped defaults; autoescape on;
+    messages in `language` (Jinja2's i18n extension over its catalog) and its dates."""
     loaders = [FileSystemLoader(str(site_dir / "templates"))]
     default_templates = defaults_dir() / "templates"
     if default_templates.resolve() != (site_dir / "templates").resolve():
         loaders.append(FileSystemLoader(str(default_templates)))
-    return Environment(
+    env = Environment(
+        extensions=["jinja2.ext.i18n"],
         loader=ChoiceLoader(loaders),
         autoescape=select_autoescape(["html", "htm", "xml"]),
         undefined=StrictUndefined,
@@ -42,6 +47,16 @@ def environment(site_dir: Path) -> Environment:
         # view pays for checking the file's timestamp.
         auto_reload=False,
     )
+    # New-style gettext: `_("…%(n)s", n=…)` formats and escapes like {% trans %} does.
+    env.install_gettext_translations(i18n.translations(language), newstyle=True)  # type: ignore[attr-defined]
+    env.filters["format_date"] = functools.partial(_format_date, code=language)
+    env.globals["language"] = language
+    env.globals["html_lang"] = i18n.html_lang(language)
+    return env
+
+
+def _format_date(value: dt.date | dt.datetime, form: str = "long", *, code: str) -> str:
+    return i18n.format_date(value, code, form)
 
 
 def scaffold(target: Path) -> list[Path]:

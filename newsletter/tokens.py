@@ -57,6 +57,11 @@ class Kind(IntEnum):
     CONFIRM = 4, ("member_id",)
     # A link hidden from people, so only machines fetch it.
     TRAP = 5, ("member_id", "issue_id")
+    # The member's preference page, from an issue (bytes 20 and 21: far from the kinds other
+    # work in progress adds, so merges never give two kinds one byte).
+    PREFERENCES = 20, ("member_id", "issue_id")
+    # A change of address, mailed to the new address; the nonce is the pending change's.
+    ADDRESS = 21, ("member_id", "nonce")
 
 
 _KINDS = {int(k): k for k in Kind}

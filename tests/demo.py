@@ -20,9 +20,10 @@ from tests.checks import REPO, parse
 POSTAL = "Room 1203, 88 Example Road, Beijing 100000, China"
 
 
-def demo_settings(**list_values: str) -> config.Settings:
+def demo_settings(postal_address: str = "") -> config.Settings:
     settings = config.load(REPO / "config.toml", env={config.SECRET_ENV: "x" * 32})
-    return dataclasses.replace(settings, list=dataclasses.replace(settings.list, **list_values))
+    lst = dataclasses.replace(settings.list, postal_address=postal_address)
+    return dataclasses.replace(settings, list=lst)
 
 
 def demo_items() -> list[compiler.ItemView]:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.delivery.mailer import Mailer
-from newsletter.services import issues, members
+from newsletter.services import issues, members, preferences
 from newsletter.storage import db
 from tests import steps
 from tests.checks import defects, parse
@@ -74,12 +74,22 @@ def send_test_copy(site: Site) -> list[Received]:
     return site.received_since(start)
 
 
+def change_address(site: Site) -> list[Received]:
+    start = site.smtp.count()
+    steps.import_csv(site.sessions, site.folder / "subscribers" / "example.csv")
+    services = steps.services(site.settings, site.sessions)
+    services.run("member:1", preferences.change_address, 1, "new.home@example.net")
+    site.drain()
+    return site.received_since(start)
+
+
 # Each kind of mail the project sends. A kind added elsewhere (a sign-in link, a reply notice)
 # is one more line here, with the function that makes the project send it.
 KINDS: dict[str, Callable[[Site], list[Received]]] = {
     "issue": send_issue,
     "confirmation": sign_up,
     "test send": send_test_copy,
+    "address change": change_address,
 }
 
 
@@ -117,7 +127,9 @@ def test_every_kind_of_mail_is_complete_and_in_the_sites_style(mail_site: Site, 
         assert isinstance(html, EmailMessage)
         # The site's masthead, whichever kind of mail it is.
         assert "#8b1e1e" in html.get_content()
-        assert mail_site.settings.list.name in html.get_content()
+        lst = mail_site.settings.list
+        names = {lst.name, *(lst.name_in(code) for code in lst.translations)}
+        assert any(name in html.get_content() for name in names)  # in the member's language
         if kind != "issue" and kind != "test send":
             # RFC 3834: made by a program; vacation responders and auto-repliers stay quiet.
             assert msg["Auto-Submitted"] == "auto-generated"

@@ -1,5 +1,5 @@
 """Every command group, imported once so that each registers its commands on the app."""
 
-from newsletter.cli import content, doctor, issues, sending, site, survey
+from newsletter.cli import content, doctor, issues, sending, site, subscribers, survey
 
-__all__ = ["content", "doctor", "issues", "sending", "site", "survey"]
+__all__ = ["content", "doctor", "issues", "sending", "site", "subscribers", "survey"]

@@ -163,8 +163,14 @@ def demo() -> None:
         err.print(f"{csv_path}:{problem}")
     feed = settings.path("examples/seed-feed.xml")
     items_report = items.import_source(services, str(feed), actor=actor())
+    added, names = items_report.added, [feed.name]
+    # The sample items of the other sections (Markdown), so members' choices show.
+    folder = settings.path("examples/sections")
+    if folder.is_dir():
+        added += items.import_source(services, str(folder), actor=actor()).added
+        names.append("examples/sections/")
     console.print(
-        f"members: {report.added} added from {csv_path.name}; items: {items_report.added} new from {feed.name}"
+        f"members: {report.added} added from {csv_path.name}; items: {added} new from {', '.join(names)}"
     )
     outbox = settings.path(settings.sink.outbox)
     handler = OutboxHandler(outbox)

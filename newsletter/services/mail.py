@@ -12,10 +12,12 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from newsletter import i18n
 from newsletter.content import layout
 from newsletter.content.compiler import Compiled
 from newsletter.content.layout import system_message
 from newsletter.content.personalize import Personalizer
+from newsletter.i18n import N_
 from newsletter.services.unit import Permission, Unit, requires, use_case
 from newsletter.storage import mail as mail_rows
 from newsletter.storage.ledger import Recipient
@@ -76,6 +78,7 @@ def queue_system_mail(
     to_name: str = "",
     context: Mapping[str, Any] | None = None,
     preheader: str = "",
+    language: str | None = None,
     member_id: int | None = None,
     signup_id: int | None = None,
     retry_hours: float = RETRY_HOURS,
@@ -88,13 +91,16 @@ def queue_system_mail(
     lays the message out with `layout.system_message` (Date, a Message-ID on the From
     domain, Auto-Submitted: auto-generated, quoted-printable text and HTML parts) and queues
     it; the mailer sends it through the relays with retries, DKIM-signed when [dkim] is set.
-    Returns the queued message's id.
+    `language` (a member's) picks the templates' catalog and the list's name; `subject` is
+    given already in it. Returns the queued message's id.
     """
-    settings, env = unit.settings, unit.services.env
+    settings = unit.settings
     lst = settings.list
+    language = language or lst.language
+    env = unit.services.env_for(language)
+    list_name = lst.name_in(language)
     values = {
-        "list_name": lst.name,
-        "language": lst.language,
+        "list_name": list_name,
         "base_url": lst.base_url.rstrip("/"),
         "archive_url": unit.services.links.archive(),
         "postal_address": lst.postal_address,
@@ -103,7 +109,7 @@ def queue_system_mail(
         **(context or {}),
     }
     msgid, data = system_message(
-        from_name=lst.name,
+        from_name=list_name,
         from_address=lst.from_address,
         to_name=to_name,
         to_address=to_address,
@@ -128,12 +134,14 @@ def queue_system_mail(
 
 def queue_confirmation(unit: Unit, member: Member, *, signup_id: int | None = None) -> int:
     """The double opt-in message for `member` (part of the subscribe use-case)."""
+    lst = unit.settings.list
     return queue_system_mail(
         unit,
         kind=CONFIRM,
         template="confirm",
-        subject=f"Confirm your subscription to {unit.settings.list.name}",
-        preheader="Confirm this address with one click and a button.",
+        subject=i18n.gettext(
+            lst.language, N_("Confirm your subscription to %(list)s"), list=lst.name
+        ),
         to_address=member.email,
         to_name=member.name,
         context={"name": member.name, "link": unit.services.links.confirm(member.id)},

@@ -209,6 +209,7 @@ class Services:
         self.sessions = sessions
         self.clock = clock
         self._lock = threading.Lock()
+        self._envs: dict[str, Environment] = {}
         # Listeners called after a commit that changed what the named thing shows
         # ("issues", "members", "survey:<id>", "mail"): caches drop entries, the mailer wakes.
         self._listeners: list[Callable[[str], None]] = []
@@ -223,7 +224,16 @@ class Services:
 
     @functools.cached_property
     def env(self) -> Environment:
-        return environment(self.settings.site_dir)
+        """The templates in the list's language."""
+        return self.env_for(self.settings.list.language)
+
+    def env_for(self, language: str) -> Environment:
+        """The templates with a language's messages and dates, made once per language."""
+        with self._lock:
+            env = self._envs.get(language)
+            if env is None:
+                env = self._envs[language] = environment(self.settings.site_dir, language)
+            return env
 
     def listen(self, listener: Callable[[str], None]) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ from newsletter.web.desk import Desk
 from newsletter.web.jobs import Jobs
 from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
+from newsletter.web.preferences import PreferencePages
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +154,21 @@ def create_app(
     votes whose quiet period has passed and folds old link hits into counts."""
     services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
     gateway = Gateway(services)
-    pages = Pages(services.env, settings.list.name, settings.list.base_url.rstrip("/"))
+    pages = Pages(
+        services.env,
+        settings.list.name,
+        settings.list.base_url.rstrip("/"),
+        envs=services.env_for,
+        names=settings.list.name_in,
+    )
     jobs = Jobs(gateway)
     member_pages = MemberPages(services, gateway, pages)
+    preference_pages = PreferencePages(services, gateway, pages)
     desk = Desk(gateway, pages, jobs)
     app = Starlette(
         routes=[
             *member_pages.routes(),
+            *preference_pages.routes(),
             static_route(settings),
             *desk.routes(),
             Mount("/api", app=api_app(gateway, jobs)),
