@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from newsletter import config
+from newsletter import config, deliverability
 from newsletter.content.compiler import Compiled
 from newsletter.content.personalize import Personalizer
 from newsletter.errors import ConfigError
@@ -69,7 +69,7 @@ def test_http_on_loopback_is_allowed(
     tmp_path_factory: pytest.TempPathFactory, host: str, port: int | None, path: str
 ) -> None:
     settings = load(tmp_path_factory.mktemp("loop"), url("http", host, port, path))
-    assert config.is_https_or_loopback(settings.list.base_url)
+    assert deliverability.is_https_or_loopback(settings.list.base_url)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_dkim_and_return_path_domains_must_align_with_from(
     if not expected:
         settings = config.load(path, env={})
         assert settings.dkim is not None
-        assert config.mail_problems(settings) == []
+        assert deliverability.mail_problems(settings) == []
         return
     with pytest.raises(ConfigError) as info:
         config.load(path, env={})
@@ -167,17 +167,17 @@ def test_dkim_and_return_path_domains_must_align_with_from(
     assert ".".join(org) in str(info.value)  # says which domain would align
     # Loaded without the checks (as `newsletter doctor` does), every problem is listed.
     settings = config.load(path, env={}, mail_checks=False)
-    assert [p.key for p in config.mail_problems(settings)] == expected
+    assert [p.key for p in deliverability.mail_problems(settings)] == expected
 
 
 def test_the_organizational_domain_is_the_last_two_labels() -> None:
-    assert config.organizational_domain("News.Example.ORG.") == "example.org"
-    assert config.organizational_domain("example.org") == "example.org"
-    assert config.aligned("mail.example.org", "example.org")
-    assert not config.aligned("example.net", "example.org")
+    assert deliverability.organizational_domain("News.Example.ORG.") == "example.org"
+    assert deliverability.organizational_domain("example.org") == "example.org"
+    assert deliverability.aligned("mail.example.org", "example.org")
+    assert not deliverability.aligned("example.net", "example.org")
     # The documented leniency: without the Public Suffix List, two sites under one
     # two-label suffix look aligned.
-    assert config.aligned("a.com.cn", "b.com.cn")
+    assert deliverability.aligned("a.com.cn", "b.com.cn")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import datetime as dt
 import email.utils
 import html
 
-from newsletter.config import Settings, is_https_or_loopback
+from newsletter.config import Settings
 from newsletter.content import qp
 from newsletter.content.compiler import Compiled, slot
 from newsletter.content.layout import (
@@ -31,6 +31,7 @@ from newsletter.content.layout import (
     new_boundary,
 )
 from newsletter.content.links import LinkBuilder
+from newsletter.deliverability import is_https_or_loopback
 from newsletter.storage.ledger import Recipient
 from newsletter.tokens import Signer
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jinja2 import Environment
 from markupsafe import Markup
 
-from newsletter import config
+from newsletter import deliverability
 from newsletter.config import Settings
 from newsletter.content import compiler
 from newsletter.content.layout import system_message
@@ -62,10 +62,10 @@ class Finding:
 
 def config_findings(s: Settings) -> list[Finding]:
     """https, alignment and the key, as config.load checks them (doctor loads without)."""
-    problems = {p.key: str(p) for p in config.mail_problems(s)}
+    problems = {p.key: str(p) for p in deliverability.mail_problems(s)}
     lst, found = s.list, []
-    from_domain = config.domain_of(lst.from_address)
-    bounce_domain = config.domain_of(lst.return_path or lst.from_address)
+    from_domain = deliverability.domain_of(lst.from_address)
+    bounce_domain = deliverability.domain_of(lst.return_path or lst.from_address)
     if "list.base_url" in problems:
         found.append(
             Finding("fail", "https", problems["list.base_url"], "set list.base_url to https://…")
@@ -73,7 +73,7 @@ def config_findings(s: Settings) -> list[Finding]:
     else:
         found.append(Finding("ok", "https", f"links start with {lst.base_url}"))
     if "list.return_path" in problems:
-        fix = f"use a return_path under {config.organizational_domain(from_domain)}"
+        fix = f"use a return_path under {deliverability.organizational_domain(from_domain)}"
         found.append(Finding("fail", "alignment", problems["list.return_path"], fix))
     else:
         found.append(
@@ -92,7 +92,7 @@ def config_findings(s: Settings) -> list[Finding]:
         )
         return found
     if "dkim.domain" in problems:
-        fix = f"set dkim.domain to {config.organizational_domain(from_domain)} or a name under it"
+        fix = f"set dkim.domain to {deliverability.organizational_domain(from_domain)} or a name under it"
         found.append(Finding("fail", "alignment", problems["dkim.domain"], fix))
     else:
         found.append(Finding("ok", "alignment", f"DKIM d={s.dkim.domain} aligns with From"))
@@ -116,9 +116,9 @@ def _key_finding(s: Settings, problem: str | None) -> Finding:
     if problem:
         return Finding("fail", "dkim-key", problem, fix)
     assert s.dkim is not None
-    bits = config.rsa_key_bits(s.path(s.dkim.key_file).read_bytes())
+    bits = deliverability.rsa_key_bits(s.path(s.dkim.key_file).read_bytes())
     assert isinstance(bits, int)
-    if bits < config.GOOD_KEY_BITS:
+    if bits < deliverability.GOOD_KEY_BITS:
         return Finding("warn", "dkim-key", f"a {bits}-bit RSA key; 2048 bits are advised", fix)
     return Finding("ok", "dkim-key", f"a {bits}-bit RSA key")
 
@@ -212,7 +212,7 @@ def _confirmation(s: Settings, env: Environment) -> bytes:
 
 
 def _parsed_back(s: Settings, what: str, data: bytes) -> Iterator[Finding]:
-    if s.dkim is not None and not config.mail_problems(s):
+    if s.dkim is not None and not deliverability.mail_problems(s):
         from newsletter.delivery.signing import signer_for
 
         dkim_signer = signer_for(s)
@@ -340,7 +340,7 @@ def dns_findings(s: Settings, lookup: Lookup) -> list[Finding]:
 
 
 def _spf(s: Settings, lookup: Lookup) -> Finding:
-    domain = config.domain_of(s.list.return_path or s.list.from_address)
+    domain = deliverability.domain_of(s.list.return_path or s.list.from_address)
     records = [r for r in lookup(domain, "TXT") if r.lower().startswith("v=spf1")]
     fix = f'publish one TXT record at {domain}: "v=spf1 <your relay\'s mechanisms> -all"'
     if not records:
@@ -372,8 +372,8 @@ def _dkim_record(s: Settings, lookup: Lookup) -> Finding:
 
 
 def _dmarc(s: Settings, lookup: Lookup) -> Finding:
-    from_domain = config.domain_of(s.list.from_address)
-    org = config.organizational_domain(from_domain)
+    from_domain = deliverability.domain_of(s.list.from_address)
+    org = deliverability.organizational_domain(from_domain)
     fix = f'publish a TXT record at _dmarc.{org}: "v=DMARC1; p=none; rua=mailto:…"'
     for domain in dict.fromkeys((from_domain, org)):
         records = [r for r in lookup(f"_dmarc.{domain}", "TXT") if r.startswith("v=DMARC1")]
@@ -388,7 +388,7 @@ def _dmarc(s: Settings, lookup: Lookup) -> Finding:
 
 
 def _mx(s: Settings, lookup: Lookup) -> Finding:
-    domain = config.domain_of(s.list.return_path or s.list.from_address)
+    domain = deliverability.domain_of(s.list.return_path or s.list.from_address)
     if lookup(domain, "MX"):
         return Finding("ok", "mx", f"{domain} receives mail (bounces come back)")
     if lookup(domain, "A") or lookup(domain, "AAAA"):
