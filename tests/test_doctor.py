@@ -133,6 +133,16 @@ def test_missing_records_are_named_with_their_fix(site: Path) -> None:
     assert any(" mx: " in line for line in lines(result, "WARN"))
 
 
+def test_a_null_mx_means_bounces_are_refused(site: Path) -> None:
+    records = dict(good_records(None))
+    records[("example.org", "MX")] = ["0 ."]  # RFC 7505, as example.org really publishes
+    with DnsServer(records) as dns:
+        result = doctor(site, "--nameserver", dns.address)
+    assert result.returncode == 1
+    (failed,) = lines(result, "FAIL")
+    assert "null MX" in failed
+
+
 def test_a_dns_server_that_does_not_answer_skips_the_dns_checks(site: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))  # takes queries, answers none

@@ -389,7 +389,15 @@ def _dmarc(s: Settings, lookup: Lookup) -> Finding:
 
 def _mx(s: Settings, lookup: Lookup) -> Finding:
     domain = deliverability.domain_of(s.list.return_path or s.list.from_address)
-    if lookup(domain, "MX"):
+    exchanges = lookup(domain, "MX")
+    if [mx.split()[-1] for mx in exchanges] == ["."]:  # RFC 7505: "accepts no mail"
+        return Finding(
+            "fail",
+            "mx",
+            f"{domain} publishes a null MX (it accepts no mail): bounces are refused",
+            "use a return_path on a domain that receives mail",
+        )
+    if exchanges:
         return Finding("ok", "mx", f"{domain} receives mail (bounces come back)")
     if lookup(domain, "A") or lookup(domain, "AAAA"):
         return Finding("warn", "mx", f"{domain} has no MX; bounces go to its A record", "add MX")
