@@ -107,6 +107,18 @@ class ListSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WordingSettings:
+    """The words the shipped templates use for what a site sends, so that a site speaks of
+    its own kind of news (the defaults are neutral; the sample site's are about reports)."""
+
+    item: str = "article"  # one item: "1 article" in an issue's masthead
+    items: str = "articles"  # several: "3 articles"
+    read_more: str = "Read more"  # the link under each item to its full text
+    tagline: str = "News by email."  # the home page's line under the list name
+    search_placeholder: str = "A word or a phrase"  # the example in the search box
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     url: str = "sqlite:///var/newsletter.db"
 
@@ -243,6 +255,7 @@ def _no_editors() -> Editors:
 @dataclass(frozen=True, slots=True)
 class Settings:
     list: ListSettings
+    wording: WordingSettings = field(default_factory=WordingSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -417,6 +430,7 @@ _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 def _validate(s: Settings) -> None:
     """What the types alone do not say, table by table; the first problem found is raised."""
     _check_list(s.list)
+    _check_wording(s.wording)
     _check_smtp(s.smtp)
     if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
         raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
@@ -454,6 +468,15 @@ def _check_list(lst: ListSettings) -> None:
         raise ConfigError(
             "list.timezone", f"{lst.timezone!r} is not a time zone (e.g. UTC, Asia/Shanghai)"
         ) from None
+
+
+def _check_wording(wording: WordingSettings) -> None:
+    for key in ("item", "items", "read_more", "tagline", "search_placeholder"):
+        value = getattr(wording, key)
+        if not value.strip() or len(value) > 200 or re.search(r"[\r\n\x00]", value):
+            raise ConfigError(
+                f"wording.{key}", f"must be one line of 1 to 200 characters, got {value!r}"
+            )
 
 
 def _check_smtp(smtp: SmtpSettings) -> None:

@@ -223,7 +223,7 @@ class Services:
 
     @functools.cached_property
     def env(self) -> Environment:
-        return environment(self.settings.site_dir)
+        return environment(self.settings.site_dir, self.settings.wording)
 
     def listen(self, listener: Callable[[str], None]) -> None:
         with self._lock:
