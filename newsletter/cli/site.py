@@ -125,8 +125,20 @@ def _report_created(directory: Path, created: list[Path]) -> None:
 def db_upgrade() -> None:
     """Create the database, or bring its schema to the current version."""
     settings = state.settings()
-    db.upgrade(db.make_engine(settings.database_url))
-    console.print(f"database is current: {safe_url(settings.database_url)}")
+    engine = db.make_engine(settings.database_url)
+    try:
+        before = db.revision(engine)
+        db.upgrade(engine)
+        after = db.revision(engine)
+    finally:
+        engine.dispose()
+    url = safe_url(settings.database_url)
+    if before is None:
+        console.print(f"created the database {url} (schema {after})")
+    elif before != after:
+        console.print(f"migrated the database {url} from schema {before} to {after}")
+    else:
+        console.print(f"the database {url} is current (schema {after})")
 
 
 @app.command("smtp-sink")
