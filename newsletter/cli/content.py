@@ -50,14 +50,24 @@ def subscribers_import(
 @subscribers_app.command("list")
 def subscribers_list(
     status: Annotated[
-        MemberStatus | None, typer.Option(help="Only members with this status.")
+        str | None,
+        typer.Option(
+            metavar="|".join(MemberStatus),
+            help=f"Only members with this status ({', '.join(MemberStatus)}).",
+        ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
 ) -> None:
     """Show members and how many there are of each status."""
+    if status is not None and status not in set(MemberStatus):
+        raise typer.BadParameter(
+            f"{status!r} is not a member status; use one of {', '.join(MemberStatus)}",
+            param_hint="--status",
+        )
     services = state.services()
     table = Table("id", "email", "name", "status")
-    for m in services.read(members.listing, status, limit):
+    chosen = MemberStatus(status) if status is not None else None
+    for m in services.read(members.listing, chosen, limit):
         table.add_row(str(m.id), m.email, m.name, m.status)
     console.print(table)
     counts = services.read(members.counts)
