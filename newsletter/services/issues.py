@@ -422,6 +422,27 @@ def archive_list(unit: Unit) -> list[ArchiveEntry]:
     return [ArchiveEntry(r.id, r.subject, r.created_at) for r in rows.archived(unit.session)]
 
 
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    id: int
+    subject: str
+    published: dt.datetime
+    items: tuple[tuple[str, str], ...]  # (title, link) of each item, in the issue's order
+
+
+def feed_entries(unit: Unit, limit: int = 20) -> list[FeedEntry]:
+    """The newest issues that have gone out, with their items: the archive's Atom feed."""
+    return [
+        FeedEntry(
+            r.id,
+            r.subject,
+            r.created_at,
+            tuple((i.title, i.url) for i in item_rows.issue_items(unit.session, r.id)),
+        )
+        for r in rows.archived(unit.session, limit)
+    ]
+
+
 def archived(unit: Unit, issue_id: int) -> Compiled | None:
     """A gone-out issue's stored form, or None: an issue nobody has received is not public."""
     if not rows.is_archived(unit.session, issue_id):
