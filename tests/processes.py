@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -17,13 +18,18 @@ class Running:
     """A started process whose merged stdout/stderr is collected line by line in a thread."""
 
     def __init__(
-        self, argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
     ) -> None:
         self.proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -72,6 +78,12 @@ class Running:
             assert time.monotonic() < deadline, f"no {pattern!r} within {timeout} s:\n{self.output}"
             time.sleep(0.1)
 
+    def write(self, text: str) -> None:
+        """Type into the process's standard input (opened with stdin=True)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
@@ -82,8 +94,10 @@ class Running:
             code = self.proc.wait(timeout=30)
         self._reader.join(timeout=10)
         self._drain()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for stream in (self.proc.stdout, self.proc.stdin):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # stdin's last write may meet a closed pipe
+                    stream.close()
         return code
 
     def __enter__(self) -> Running:
