@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
+from newsletter import config
 from newsletter.delivery.sink import ServerThread
 from tests.processes import Running
 from tests.smtpd import RecordingHandler
@@ -387,3 +389,28 @@ def test_readme_using_it_works_line_by_line_in_a_fresh_shell(built: Built, tmp_p
     assert re.search(r"issue #1: 1 delivered", output), output
     (eml,) = (home / "mysite" / "var" / "outbox").glob("*.eml")
     assert "ada@example.org" in eml.read_text(encoding="utf-8")
+
+
+def test_compose_runs_postgresql_serve_and_a_worker_from_the_image() -> None:
+    text = (REPO / "compose.yaml").read_text(encoding="utf-8")
+    services = yaml.safe_load(text)["services"]
+    assert set(services) == {"db", "web", "worker"}
+    assert services["db"]["image"].startswith("postgres:")
+    assert "pg_isready" in services["db"]["healthcheck"]["test"]
+    cmd = exec_form((dockerfile_stages()[-1]).last("CMD"))
+    for name in ("web", "worker"):
+        service = services[name]
+        assert service["build"] == "."
+        assert service["depends_on"] == {"db": {"condition": "service_healthy"}}
+        assert service["volumes"] == ["./site:/srv/newsletter/site"]
+        env = service["environment"]
+        assert env["NEWSLETTER_SECRET_KEY"].startswith("${NEWSLETTER_SECRET_KEY:?")
+        url = re.sub(r"\$\{(\w+):\?[^}]*\}", r"\1", env["NEWSLETTER_DATABASE_URL"])
+        assert config.url_problem(url) is None, url
+    assert "command" not in services["web"]  # the image's CMD: serve
+    assert cmd[:2] == ["newsletter", "serve"]
+    assert services["worker"]["command"] == ["newsletter", "worker"]
+    # The bounce receiver, for when it exists: present, commented out.
+    assert re.search(
+        r'^  # bounces:\n(  #.*\n)*  #   command: \["newsletter", "bounces", "serve"', text, re.M
+    )
