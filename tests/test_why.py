@@ -18,7 +18,7 @@ from newsletter.services import issues
 from tests import steps
 from tests.smtpd import RecordingHandler
 from tests.test_cli import free_port
-from tests.test_init import OPTIONS, cli_env
+from tests.test_init import OPTIONS, cli_env, uncomment
 
 MEMBERS = "email,name\nada@example.org,Ada\nbo@example.org,Bo\ncy@example.org,Cy\n"
 
@@ -168,3 +168,24 @@ def test_a_reason_is_read_from_the_last_code_and_text(
     if code is not None:
         assert str(found).startswith(f"{why}: {code} ")
     assert reason(code, text, "sending").why == Why.SENDING
+
+
+def test_a_scheduled_send_with_the_relay_down_exits_1_like_send(
+    tmp_path: Path, database_url: str
+) -> None:
+    folder = neutral_site(tmp_path, free_port())
+    path = folder / "config.toml"
+    text = path.read_text()
+    # The commented weekly schedule, uncommented to fire every minute.
+    text = uncomment(text, "schedule.weekly")
+    text = text.replace('cron = "0 8 * * mon"', 'cron = "* * * * *"')
+    path.write_text(text)
+    for args in (
+        ["subscribers", "import", "subscribers/members.csv"],
+        ["items", "import", "posts"],
+    ):
+        assert cli(folder, database_url, *args).returncode == 0
+    done = cli(folder, database_url, "send", "--scheduled", "weekly")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "3  relay unreachable: 127.0.0.1:" in done.stdout
+    assert done.stderr.startswith("nothing was delivered")

@@ -290,8 +290,16 @@ def _send_scheduled(services: Services, name: str) -> None:
     result = asyncio.run(schedule.fire(settings, services.sessions, name, slot))
     console.print(f"schedule {name}, slot {slot.isoformat()}: {result.reason}")
     if result.summary is not None:
-        print_summary(result.summary, services)
-        if failed([result.summary]):
+        summary = result.summary
+        print_summary(summary, services)
+        # The slot's issue is new: its counts are this run's. Nothing delivered, some
+        # waiting: the relay took nothing, and cron should hear of it, as from `send`.
+        stalled = (
+            summary.attempted and not summary.counts.get("sent") and summary.counts.get("deferred")
+        )
+        if stalled:
+            err.print("nothing was delivered: the deliveries wait (reasons above)")
+        if failed([summary]) or stalled:
             raise typer.Exit(1)  # as a plain `send` does
 
 
