@@ -86,7 +86,8 @@ def pip(*args: str, env: dict[str, str] | None = None) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
+# Once a session (a worker): the slow tests run first, apart from the quick ones of this module.
+@pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("built")
     checkout = root / "checkout"
