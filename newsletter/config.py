@@ -126,6 +126,19 @@ class ListSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WordingSettings:
+    """The words the shipped templates use for what a site sends, so that a site speaks of
+    its own kind of news. Empty (the default): the translation catalog's neutral words, in
+    each member's language; set, they are used as written for the list's own language."""
+
+    item: str = ""  # one item: "1 report" in an issue's masthead (default "1 article")
+    items: str = ""  # several: "3 reports" (default "3 articles")
+    read_more: str = ""  # the link under each item to its full text (default "Read more")
+    tagline: str = ""  # the home page's line under the list name (default "News by email.")
+    search_placeholder: str = ""  # the example in the search box (default "A word or a phrase")
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     url: str = "sqlite:///var/newsletter.db"
 
@@ -276,6 +289,7 @@ def _no_editors() -> Editors:
 @dataclass(frozen=True, slots=True)
 class Settings:
     list: ListSettings
+    wording: WordingSettings = field(default_factory=WordingSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -450,6 +464,7 @@ _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 def _validate(s: Settings) -> None:
     """What the types alone do not say, table by table; the first problem found is raised."""
     _check_list(s.list)
+    _check_wording(s.wording)
     _check_smtp(s.smtp)
     if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
         raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
@@ -500,6 +515,18 @@ def _check_list_words(translations: dict[str, ListWords]) -> None:
                 raise ConfigError(f"{where}.{key}", "must not contain line breaks")
         if words.subject:
             check_subject(words.subject, f"{where}.subject")
+
+
+def _check_wording(wording: WordingSettings) -> None:
+    for key in ("item", "items", "read_more", "tagline", "search_placeholder"):
+        value = getattr(wording, key)
+        if len(value) > 200 or re.search(r"[\r\n\x00]", value):
+            raise ConfigError(
+                f"wording.{key}",
+                f"must be one line of at most 200 characters (empty: the catalog's), got {value!r}",
+            )
+    if bool(wording.item) != bool(wording.items):
+        raise ConfigError("wording.item", "set both wording.item and wording.items, or neither")
 
 
 def _check_smtp(smtp: SmtpSettings) -> None:

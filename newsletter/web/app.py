@@ -33,6 +33,7 @@ from newsletter.storage import db
 from newsletter.storage.models import utcnow
 from newsletter.web.api import api_app
 from newsletter.web.desk import Desk
+from newsletter.web.feed import feed_route
 from newsletter.web.jobs import Jobs
 from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
@@ -62,6 +63,27 @@ def static_route(settings: Settings) -> Route:
         raise HTTPException(404)
 
     return Route("/static/{name}", static, methods=["GET", "HEAD"])
+
+
+def favicon_route(settings: Settings) -> Route:
+    """/favicon.ico, which browsers ask for on their own: the site's, else the shipped one."""
+    found = [
+        path
+        for path in (
+            settings.site_dir / "templates" / "static" / "favicon.ico",
+            defaults_dir() / "templates" / "static" / "favicon.ico",
+        )
+        if path.is_file()
+    ]
+
+    async def favicon(request: Request) -> Response:
+        if not found:
+            raise HTTPException(404)
+        return FileResponse(
+            found[0], media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"}
+        )
+
+    return Route("/favicon.ico", favicon, methods=["GET", "HEAD"])
 
 
 def under_api(request: Request) -> bool:
@@ -169,7 +191,9 @@ def create_app(
         routes=[
             *member_pages.routes(),
             *preference_pages.routes(),
+            feed_route(gateway, settings.list.name, settings.list.base_url.rstrip("/")),
             static_route(settings),
+            favicon_route(settings),
             *desk.routes(),
             Mount("/api", app=api_app(gateway, jobs)),
         ],
