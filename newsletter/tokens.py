@@ -32,6 +32,10 @@ _EPOCH_DAY = 86400
 VALUE_LIMIT = 2**63
 _VARINT_MAX_BYTES = 9
 
+# A tag (Signer.tag) is 8 base32 characters: 40 bits, so a forger guessing at one address
+# needs about 2**39 tries on average, each a message to the bounce address.
+TAG_LENGTH = 8
+
 _ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -57,6 +61,8 @@ class Kind(IntEnum):
     CONFIRM = 4, ("member_id",)
     # A link hidden from people, so only machines fetch it.
     TRAP = 5, ("member_id", "issue_id")
+    # A link of an issue's own (an item's, the footer's), by its place in the issue's list.
+    CLICK = 6, ("issue_id", "member_id", "link")
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -153,6 +159,27 @@ class Signer:
         mac = self._macs[index].copy()
         mac.update(payload)
         return mac.digest()[:_MAC_LEN]
+
+    def tag(self, text: str, length: int = TAG_LENGTH) -> str:
+        """A short MAC of `text`: lower-case base32 (a-z, 2-7), for places where a token does
+        not fit, such as a VERP return path. Lower case, since many hosts fold the case of a
+        local part. A prefix keeps it apart from every link token's MAC."""
+        return self._tag(0, text)[:length]
+
+    def tag_matches(self, text: str, tag: str) -> bool:
+        """Whether `tag` is `text`'s tag under any key (checked in constant time)."""
+        if len(tag) != TAG_LENGTH:
+            return False
+        tag = tag.lower()
+        return any(
+            hmac.compare_digest(tag, self._tag(i, text)[:TAG_LENGTH])
+            for i in range(len(self._macs))
+        )
+
+    def _tag(self, index: int, text: str) -> str:
+        mac = self._macs[index].copy()
+        mac.update(b"tag\x00" + text.encode())
+        return base64.b32encode(mac.digest()[:10]).decode("ascii").lower()
 
     def make(self, kind: Kind, *values: int, day: int | None = None) -> str:
         """A token carrying `values` (as many as `kind` has fields, each in [0, 2**63))."""

@@ -26,6 +26,7 @@ from newsletter.content.layout import (
     normalize_newlines,
 )
 from newsletter.content.links import LinkBuilder
+from newsletter.content.verp import Verp
 from newsletter.storage.ledger import Recipient
 from newsletter.tokens import Signer
 
@@ -51,7 +52,8 @@ class Personalizer:
         self.domain = settings.list.from_address.rsplit("@", 1)[1]
         bounce = settings.list.return_path or settings.list.from_address
         self._bounce_local, self._bounce_domain = bounce.rsplit("@", 1)
-        self.verp = settings.delivery.verp
+        # Signed VERP needs the signing key; a preview (no signer) uses the plain address.
+        self.verp = Verp(bounce, signer) if settings.delivery.verp and signer else None
         self.boundary = "=_nl_" + secrets.token_hex(12)
         self._date_cache: tuple[int, str] = (-1, "")
         self._literals, self._keys = self._skeleton(compiled, settings)
@@ -131,10 +133,11 @@ class Personalizer:
 
     def envelope_from(self, member_id: int) -> str:
         """The MAIL FROM (and so the Return-Path). With VERP, one per member and issue, so a
-        bounce names who bounced without parsing the DSN: bounces+<issue>-<member>@domain."""
-        if not self.verp:
+        bounce names who bounced without parsing the DSN: bounces+<issue>-<member>-<tag>@domain,
+        the tag a MAC of the two ids (content/verp.py), so a forged bounce names no one."""
+        if self.verp is None:
             return f"{self._bounce_local}@{self._bounce_domain}"
-        return f"{self._bounce_local}+{self.issue_id}-{member_id}@{self._bounce_domain}"
+        return self.verp.address(self.issue_id, member_id)
 
     def message_id(self, member_id: int) -> str:
         return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}@{self.domain}>"
