@@ -56,6 +56,7 @@ class Personalizer:
         self.verp = Verp(bounce, signer) if settings.delivery.verp and signer else None
         self.boundary = "=_nl_" + secrets.token_hex(12)
         self._date_cache: tuple[int, str] = (-1, "")
+        self._last_tag: tuple[int, str] = (-1, "")
         self._literals, self._keys = self._skeleton(compiled, settings)
         # The same skeleton in DATA form (pool.Wire): dot-stuffed once, terminated once.
         self._wire = [dot_stuff(lit) for lit in self._literals]
@@ -137,10 +138,23 @@ class Personalizer:
         the tag a MAC of the two ids (content/verp.py), so a forged bounce names no one."""
         if self.verp is None:
             return f"{self._bounce_local}@{self._bounce_domain}"
-        return self.verp.address(self.issue_id, member_id)
+        return self.verp.address(self.issue_id, member_id, self._tag(member_id))
 
     def message_id(self, member_id: int) -> str:
-        return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}@{self.domain}>"
+        """<issue.member.nonce.tag@domain>: unique per member of an issue. With a signer it
+        ends in the VERP tag, so a bounce whose VERP address was lost can still be tied to a
+        member by the returned message (services/bounces.py), and not by a forger."""
+        if self.signer is None:
+            return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}@{self.domain}>"
+        tag = self._tag(member_id)
+        return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}.{tag}@{self.domain}>"
+
+    def _tag(self, member_id: int) -> str:
+        # A message needs its tag twice (Return-Path, Message-ID): the last one is kept.
+        if self._last_tag[0] != member_id:
+            assert self.signer is not None
+            self._last_tag = (member_id, self.signer.tag(f"{self.issue_id}-{member_id}"))
+        return self._last_tag[1]
 
     def values(self, r: Recipient) -> dict[str, str]:
         """Every slot's value for one member."""

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from newsletter.tokens import TAG_LENGTH, Signer
 
 # ISSUE-MEMBER-TAG after the "+": decimal ids without leading zeros, the tag in base32.
-_DETAIL = re.compile(rf"([1-9][0-9]{{0,17}})-([1-9][0-9]{{0,17}})-([a-z2-7]{{{TAG_LENGTH}}})")
+_DETAIL = re.compile(
+    rf"([1-9][0-9]{{0,17}})-([1-9][0-9]{{0,17}})-([a-z2-7]{{{TAG_LENGTH}}})", re.IGNORECASE
+)
+# An issue message's Message-ID: <ISSUE.MEMBER.NONCE.TAG@domain> (content/personalize.py).
+_MESSAGE_ID = re.compile(
+    rf"<([1-9][0-9]{{0,17}})\.([1-9][0-9]{{0,17}})\.[0-9a-f]+\.([a-z2-7]{{{TAG_LENGTH}}})@[^<>@\s]+>",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +40,21 @@ class Verp:
         self.signer = signer
         self._prefix = (self.local + "+").lower()
 
-    def address(self, issue_id: int, member_id: int) -> str:
-        """The envelope sender of one member's message of one issue."""
+    def address(self, issue_id: int, member_id: int, tag: str | None = None) -> str:
+        """The envelope sender of one member's message of one issue (`tag`, when the caller
+        has it already, is signer.tag("ISSUE-MEMBER"))."""
         detail = f"{issue_id}-{member_id}"
-        return f"{self.local}+{detail}-{self.signer.tag(detail)}@{self.domain}"
+        return f"{self.local}+{detail}-{tag or self.signer.tag(detail)}@{self.domain}"
+
+    def message_id(self, message_id: str) -> VerpMatch | None:
+        """The issue and member a genuine issue Message-ID names (<I.M.NONCE.TAG@domain>)."""
+        found = _MESSAGE_ID.fullmatch(message_id.strip())
+        if found is None:
+            return None
+        issue, member, tag = found.groups()
+        if not self.signer.tag_matches(f"{issue}-{member}", tag):
+            return None
+        return VerpMatch(int(issue), int(member))
 
     def read(self, address: str) -> VerpMatch | str:
         """The issue and member a genuine return path names, or why it names no one."""
