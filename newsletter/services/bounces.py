@@ -331,3 +331,9 @@ def history(unit: Unit, member_id: int) -> History | None:
         member.left_reason,
         events,
     )
+
+
+def history_of(unit: Unit, address: str) -> History | None:
+    """The history of the member with this (normalised) address."""
+    found = member_rows.by_email(unit.session, address)
+    return None if found is None else history(unit, found.id)
