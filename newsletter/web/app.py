@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 
 from newsletter.config import Settings
 from newsletter.delivery.mailer import Mailer
+from newsletter.delivery.providers import Fetch, fetch_https
 from newsletter.services import evidence, votes
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Services
@@ -33,6 +34,7 @@ from newsletter.storage import db
 from newsletter.storage.models import utcnow
 from newsletter.web.api import api_app
 from newsletter.web.desk import Desk
+from newsletter.web.hooks import Hooks
 from newsletter.web.jobs import Jobs
 from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
@@ -147,8 +149,10 @@ def create_app(
     *,
     clock: Callable[[], dt.datetime] = utcnow,
     background: bool = True,
+    fetch: Fetch = fetch_https,
 ) -> Starlette:
-    """The web app for one site. `clock` is a seam for tests. With `background`, while the app
+    """The web app for one site. `clock` and `fetch` (how a webhook fetches a provider's
+    certificate and confirms a subscription over HTTPS) are seams for tests. With `background`, while the app
     runs (its lifespan) it delivers the system mail queue, and every few seconds settles the
     votes whose quiet period has passed and folds old link hits into counts."""
     services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
@@ -162,6 +166,7 @@ def create_app(
             *member_pages.routes(),
             static_route(settings),
             *desk.routes(),
+            *Hooks(gateway, fetch).routes(),
             Mount("/api", app=api_app(gateway, jobs)),
         ],
         middleware=[Middleware(SecurityHeaders)],
