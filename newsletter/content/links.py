@@ -52,6 +52,12 @@ class LinkBuilder:
             return self.page(f"/preview/vote/{option}")
         return self.page(f"/v/{self.signer.make(Kind.VOTE, survey_id, member_id, option)}")
 
+    def click(self, issue_id: int, member_id: int, link: int, target: str) -> str:
+        """The /r/ redirect to the issue's link number `link` (its target when inert)."""
+        if self.signer is None:
+            return target
+        return self.page(f"/r/{self.signer.make(Kind.CLICK, issue_id, member_id, link)}")
+
     def confirm(self, member_id: int) -> str:
         if self.signer is None:
             return self.page("/preview/confirm")

@@ -119,7 +119,8 @@ class Personalizer:
                 literals.append(pending.encode())
                 pending = ""
                 name = m.group(1)
-                keys.append(name + suffix if name == "name" else name)
+                # In the HTML part a name, and a link's target (a preview's), are escaped.
+                keys.append(name + suffix if name == "name" or name.startswith("link") else name)
                 pos = m.end()
             pending += chunk[pos:]
         literals.append(pending.encode())
@@ -173,6 +174,11 @@ class Personalizer:
         survey_id = self.compiled.survey_id or 0
         for pos in self.compiled.vote_positions:
             values[f"vote{pos}"] = links.vote(survey_id, member, pos)
+        for i, target in enumerate(self.compiled.links):
+            url = links.click(issue, member, i, target)
+            values[f"link{i}"] = url
+            # A signed /r/ link needs no escaping; an inert preview's target may hold "&".
+            values[f"link{i}_html"] = url if self.signer else html.escape(url)
         return values
 
     @property
@@ -207,4 +213,11 @@ class Personalizer:
         v = self.values(r)
         if html_part:
             v["name"] = v["name_html"]
+            v.update(
+                {
+                    k[:-5]: val
+                    for k, val in v.items()
+                    if k.startswith("link") and k.endswith("_html")
+                }
+            )
         return self.compiled.slot_pattern.sub(lambda m: v[m.group(1)], text)

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from newsletter.config import Settings
 from newsletter.delivery.mailer import Mailer
 from newsletter.delivery.providers import Fetch, fetch_https
-from newsletter.services import evidence, votes
+from newsletter.services import clicks, evidence, votes
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Services
 from newsletter.site import defaults_dir
@@ -38,6 +38,7 @@ from newsletter.web.hooks import Hooks
 from newsletter.web.jobs import Jobs
 from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
+from newsletter.web.redirects import Redirects
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def error_handlers(pages: Pages) -> dict[Any, Callable[[Request, Exception], Any
 
 async def maintain(gateway: Gateway, jobs: Jobs) -> None:
     """Every few seconds: release the next issue if its scheduled send is due (and send it in
-    the background), settle the clicks whose quiet period has passed and fold old hits, a
+    the background), settle the votes and link clicks whose quiet period has passed and fold
+    old hits, a
     chunk a transaction, so a burst's requests never pay for it nor wait on its lock."""
     interval = min(60.0, max(1.0, gateway.services.settings.web.vote_window_seconds / 3))
     while True:
@@ -107,6 +109,8 @@ async def maintain(gateway: Gateway, jobs: Jobs) -> None:
         try:
             await jobs.send_if_scheduled()
             while (await gateway.call("system", votes.settle)).decided == votes.SETTLE_CHUNK:
+                pass
+            while (await gateway.call("system", clicks.settle)).decided == clicks.SETTLE_CHUNK:
                 pass
             while await gateway.call("system", evidence.fold) == evidence.FOLD_CHUNK:
                 pass
@@ -164,6 +168,7 @@ def create_app(
     app = Starlette(
         routes=[
             *member_pages.routes(),
+            *Redirects(gateway, pages).routes(),
             static_route(settings),
             *desk.routes(),
             *Hooks(gateway, fetch).routes(),
