@@ -29,11 +29,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from newsletter.services import issues, items, members, sending, votes
+from newsletter.content.verp import Verp
+from newsletter.services import bounces, issues, items, members, sending, votes
 from newsletter.services.unit import Services
+from newsletter.storage import clicks as click_rows
 from newsletter.storage import db
 from newsletter.storage.models import Issue
 from newsletter.web.app import create_app
+from tests import returns
 from tests.browser import IN_CI, live_server
 from tests.smtpd import RecordingHandler
 from tests.test_desk import EDITOR, PASSWORD, desk_settings
@@ -57,6 +60,7 @@ class Ids:
     item: int
     issue: int
     survey: int
+    member: int = 1  # one whose mail came back
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ PAGES: tuple[DeskPage, ...] = (
     DeskPage("survey-refused", "/desk/surveys/new", act=refused_survey),
     DeskPage("survey", "/desk/surveys/{survey}"),
     DeskPage("members", "/desk/members"),
+    DeskPage("member", "/desk/members/{member}"),
     DeskPage("audit", "/desk/audit"),
     DeskPage("not-found", "/desk/issues/999", status=404),
 )
@@ -158,6 +163,15 @@ def desk_site(
     chosen = (options[0], options[1], options[0], options[2])
     for member_id, option in zip((1, 2, 3, 4), chosen, strict=True):
         services.run(ACTOR, votes.click, survey_id, member_id, option, method="POST", person=True)
+    # What came back: a bounce and a delay for member 1, clicks people and scanners made.
+    verp = Verp(settings.list.return_path, services.signer).address(released.issue_id, 1)
+    for raw in (
+        returns.dsn(to=verp, recipient="li.wei@example.org"),
+        returns.dsn(to=verp, recipient="li.wei@example.org", action="delayed", status="4.4.7"),
+    ):
+        bounces.take(services, raw, source="smtp")
+    with sessions.begin() as s:
+        click_rows.add_counts(s, {(released.issue_id, 0): (3, 5), (released.issue_id, 2): (1, 4)})
     drafts = [
         items.ItemDraft(
             title="Court backs the patent holder in a long-running dispute over battery cells",
@@ -343,7 +357,10 @@ def test_every_desk_page_looks_right(
                 logged_in = True
             where = f"{desk_page.name} ({desk_page.path}) at {width} px"
             response = page.goto(
-                base + desk_page.path.format(item=ids.item, issue=ids.issue, survey=ids.survey)
+                base
+                + desk_page.path.format(
+                    item=ids.item, issue=ids.issue, survey=ids.survey, member=ids.member
+                )
             )
             assert response is not None, where
             assert response.status == desk_page.status, where

@@ -8,10 +8,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from newsletter.errors import NewsletterError
-from newsletter.services import audit, members
+from newsletter.services import audit, bounces, members
 from newsletter.services.unit import Permission
 from newsletter.web.auth import Editor
 from newsletter.web.desk.base import MAX_UPLOAD, DeskBase
+
+MAX_ID = 2**31 - 1
 
 
 class MemberPages:
@@ -27,6 +29,11 @@ class MemberPages:
                 "/desk/members/import",
                 f(self.members_import, Permission.MEMBERS),
                 methods=["POST"],
+            ),
+            Route(
+                "/desk/members/{member_id:int}",
+                p(self.member_page, Permission.MEMBERS),
+                methods=["GET"],
             ),
             Route("/desk/audit", p(self.audit_page), methods=["GET"]),
         ]
@@ -44,6 +51,23 @@ class MemberPages:
             report=None,
             notice=text,
             notice_kind=kind,
+        )
+
+    async def member_page(self, request: Request, editor: Editor) -> Response:
+        """One member: status, why they left, and what came back for them (bounce history)."""
+        member_id = int(request.path_params["member_id"])
+        history = None
+        if member_id <= MAX_ID:
+            history = await self.gateway.read(bounces.history, member_id)
+        if history is None:
+            return self.desk.page(
+                "message.html", editor, 404, title="No such member", text="There is no such member."
+            )
+        return self.desk.page(
+            "member.html",
+            editor,
+            history=history,
+            threshold=self.gateway.services.settings.bounces.threshold,
         )
 
     async def members_import(self, request: Request, editor: Editor, form: FormData) -> Response:
