@@ -112,7 +112,7 @@ PAGES: tuple[DeskPage, ...] = (
     DeskPage("survey-refused", "/desk/surveys/new", act=refused_survey),
     DeskPage("survey", "/desk/surveys/{survey}"),
     DeskPage("members", "/desk/members"),
-    DeskPage("member", "/desk/members/{member}"),
+    DeskPage("member-bounces", "/desk/members/{member}/bounces"),
     DeskPage("audit", "/desk/audit"),
     DeskPage("not-found", "/desk/issues/999", status=404),
 )

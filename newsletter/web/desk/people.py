@@ -31,7 +31,7 @@ class MemberPages:
                 methods=["POST"],
             ),
             Route(
-                "/desk/members/{member_id:int}",
+                "/desk/members/{member_id:int}/bounces",
                 p(self.member_page, Permission.MEMBERS),
                 methods=["GET"],
             ),
@@ -64,7 +64,7 @@ class MemberPages:
                 "message.html", editor, 404, title="No such member", text="There is no such member."
             )
         return self.desk.page(
-            "member.html",
+            "member_bounces.html",
             editor,
             history=history,
             threshold=self.gateway.services.settings.bounces.threshold,
