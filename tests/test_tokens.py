@@ -346,3 +346,18 @@ def test_expiry() -> None:
 @given(st.text(max_size=80))
 def test_arbitrary_input_never_passes(text: str) -> None:
     refused(text, Kind.VOTE)
+
+
+@given(
+    st.integers(0, VALUE_LIMIT - 1),
+    st.integers(0, VALUE_LIMIT - 1),
+    st.integers(0, 300),
+    st.integers(0, 40),
+)
+def test_a_series_of_click_tokens_is_the_tokens_made_one_by_one(
+    issue: int, member: int, start: int, count: int
+) -> None:
+    last = range(start, start + count)
+    series = SIGNER.make_series(Kind.CLICK, issue, member, last=last)
+    assert series == [SIGNER.make(Kind.CLICK, issue, member, n) for n in last]
+    assert [SIGNER.check(t, Kind.CLICK) for t in series] == [(issue, member, n) for n in last]

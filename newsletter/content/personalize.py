@@ -174,8 +174,7 @@ class Personalizer:
         survey_id = self.compiled.survey_id or 0
         for pos in self.compiled.vote_positions:
             values[f"vote{pos}"] = links.vote(survey_id, member, pos)
-        for i, target in enumerate(self.compiled.links):
-            url = links.click(issue, member, i, target)
+        for i, url in enumerate(links.clicks(issue, member, self.compiled.links)):
             values[f"link{i}"] = url
             # A signed /r/ link needs no escaping; an inert preview's target may hold "&".
             values[f"link{i}_html"] = url if self.signer else html.escape(url)
