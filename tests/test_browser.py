@@ -118,9 +118,20 @@ class Served:
             kept = s.scalar(select(func.count()).select_from(MemberClick)) or 0
             return int(hits + kept)
 
-    def settle_clicks(self) -> None:
-        """Run the click rule as `serve` does in the background, at the app's time; past the
-        settle window, as many times as it takes to purge the evidence too."""
+    def settle_clicks(self, fetches: int) -> None:
+        """Once `fetches` link fetches wait to be decided (a redirect answers before its fetch
+        is stored), run the click rule as `serve` does in the background, at the app's time;
+        then again past the settle window, which purges the evidence."""
+        deadline = time.monotonic() + 10
+        while True:
+            with self.sessions() as s:
+                waiting = s.scalar(
+                    select(func.count()).select_from(ClickHit).where(ClickHit.decided.is_(False))
+                )
+            if (waiting or 0) >= fetches:
+                break
+            assert time.monotonic() < deadline, f"{waiting} fetches stored, not {fetches}"
+            time.sleep(0.05)
         services = Services(self.settings, self.sessions, clock=self.clock)
         services.run("system", clicks.settle)
         self.clock.now += dt.timedelta(minutes=2)
@@ -246,7 +257,7 @@ def test_scanner_in_a_browser_counts_nothing(demo: Demo, served: Served, page: P
     page.goto(f"{served.url}/survey/1")  # settles pending clicks
     assert served.counted(email) is None
     assert served.status(email) == "active"
-    served.settle_clicks()
+    served.settle_clicks(2 * sum(1 for u in every if "/r/" in u))
     people, scanners = served.clicks(), served.clicks(scanners=True)
     assert people == clicks_before  # not one of the redirect fetches counted as a person's
     assert scanners >= sum(1 for u in every if "/r/" in u)
@@ -283,6 +294,7 @@ def test_a_persons_click_on_an_items_link_counts_once(
     page.locator("a[href*='/r/']").nth(1).click()
     page.wait_for_url("https://chinaip.example.org/**")
     assert page.locator("h1").inner_text() == "The report"
-    served.settle_clicks()
+    served.clock.now += dt.timedelta(seconds=31)
+    served.settle_clicks(1)
     assert served.clicks() == before + 1
     assert served.click_rows() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,14 @@ class Clicked:
             people = s.scalar(select(func.coalesce(func.sum(ClickCount.people), 0)))
             scanners = s.scalar(select(func.coalesce(func.sum(ClickCount.scanners), 0)))
             return int(people or 0), int(scanners or 0)
+
+    def wait_for(self, fetches: int) -> None:
+        """Until `fetches` link fetches are stored: a redirect answers before its fetch is
+        (the batcher stores it moments later)."""
+        deadline = time.monotonic() + 10
+        while self.rows(ClickHit) < fetches:
+            assert time.monotonic() < deadline, f"{self.rows(ClickHit)} fetches, not {fetches}"
+            time.sleep(0.01)
 
     def rows(self, table: type[ClickHit] | type[MemberClick]) -> int:
         with self.sessions() as s:
@@ -139,7 +148,8 @@ def test_an_issues_links_go_through_redirects_to_its_own_list(clicked: Clicked) 
 def test_a_persons_click_counts_once_and_leaves_no_row_naming_them(clicked: Clicked) -> None:
     path = clicked.redirects(ADDRESS)[1]
     assert clicked.client.get(path, follow_redirects=False).status_code == 302
-    assert clicked.rows(ClickHit) == 1  # held as evidence for the window
+    clicked.wait_for(1)  # held as evidence for the window
+    assert clicked.rows(ClickHit) == 1
     clicked.clock.advance(31)
     clicked.settle()
     assert clicked.counts() == (1, 0)
@@ -163,6 +173,7 @@ def test_the_scanner_simulation_counts_no_click(clicked: Clicked) -> None:
     for path in clicked.redirects(later):  # GETs only, but all at once
         clicked.client.get(path, follow_redirects=False)
         clicked.clock.advance(0.05)
+    clicked.wait_for(len(clicked.redirects(first)) * 2 + len(clicked.redirects(later)))
     clicked.clock.advance(31)
     clicked.settle()
     people, scanners = clicked.counts()
@@ -176,6 +187,7 @@ def test_a_click_right_after_a_hidden_link_fetch_is_a_scanners(clicked: Clicked)
     trap = next(u for u in HREF.findall(clicked.html[ADDRESS]) if "/t/" in u)
     clicked.client.get(trap.replace(base, ""))
     clicked.client.get(clicked.redirects(ADDRESS)[0], follow_redirects=False)
+    clicked.wait_for(1)
     clicked.clock.advance(31)
     clicked.settle()
     assert clicked.counts() == (0, 1)
@@ -188,6 +200,7 @@ def per_member(site: Path, database_url: str, smtp_server: RecordingHandler) -> 
 
 def test_with_per_member_tracking_a_persons_click_is_kept_by_member(per_member: Clicked) -> None:
     per_member.client.get(per_member.redirects(ADDRESS)[1], follow_redirects=False)
+    per_member.wait_for(1)
     per_member.clock.advance(31)
     per_member.settle()
     assert per_member.counts() == (1, 0)

@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 
 from newsletter import config
 from newsletter.content.verp import Verp
-from newsletter.services import bounces
+from newsletter.services import bounces, clicks
 from newsletter.services.unit import Services
 from newsletter.storage import db
 from newsletter.storage.models import Delivery
@@ -60,6 +61,10 @@ def test_the_report_counts_what_went_out_and_came_back(
             c.get(redirect.replace(settings.list.base_url, ""), follow_redirects=False).status_code
             == 302
         )
+        deadline = time.monotonic() + 10  # the redirect answers before its fetch is stored
+        while not services.read(clicks.link_counts, 1)[1]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         now[0] += dt.timedelta(minutes=5)  # past the window: the page decides it
         log_in(c)
         page = c.get("/desk/issues/1")

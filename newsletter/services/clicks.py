@@ -33,10 +33,18 @@ def _load_members(session: Session, calls: list[tuple[tuple[Any, ...], dict[str,
 
 
 @prefetch(_load_members)
-def fetch(unit: Unit, issue_id: int, member_id: int, link: int, *, method: str) -> None:
-    """A member's message's link was fetched (GET or HEAD): held as evidence. A member who
-    no longer exists (or member 0, a test copy's) records nothing. Changes nothing else, so
-    it writes no audit entry."""
+def fetch(
+    unit: Unit,
+    issue_id: int,
+    member_id: int,
+    link: int,
+    *,
+    method: str,
+    at: dt.datetime | None = None,
+) -> None:
+    """A member's message's link was fetched (GET or HEAD) at `at` (when the request came;
+    default now): held as evidence. A member who no longer exists (or member 0, a test
+    copy's) records nothing. Changes nothing else, so it writes no audit entry."""
     if member_rows.get(unit.session, member_id) is None:
         return
     rows.add(
@@ -46,7 +54,7 @@ def fetch(unit: Unit, issue_id: int, member_id: int, link: int, *, method: str) 
             member_id=member_id,
             link=link,
             method=method[:8],
-            at=unit.now,
+            at=at or unit.now,
             decided=False,
         ),
     )

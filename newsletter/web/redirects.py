@@ -3,8 +3,8 @@
 The token names the issue, the member and the link's place in the issue's stored link list,
 signed; the redirect goes only to that stored URL, so the endpoint can never be used to send
 anyone elsewhere (no open redirect). The fetch is held as evidence for the click rule
-(services/clicks.py), through the batcher, and nothing else changes: a GET on a link in an
-email is never more than evidence.
+(services/clicks.py), put in the batcher's next batch without waiting for it, and nothing
+else changes: a GET on a link in an email is never more than evidence.
 """
 
 from __future__ import annotations
@@ -54,8 +54,16 @@ class Redirects:
         links = None if max(issue_id, member_id) > MAX_ID else await self._links(issue_id)
         if links is None or link >= len(links):
             return self.pages.message("Not found", "This link leads nowhere any more.", 404)
-        await self.gateway.submit(
-            f"member:{member_id}", clicks.fetch, issue_id, member_id, link, method=request.method
+        # Answered at once: the fetch goes into the next batch, not waited for (it is
+        # evidence for a count, not an action the member is shown).
+        self.gateway.post(
+            f"member:{member_id}",
+            clicks.fetch,
+            issue_id,
+            member_id,
+            link,
+            method=request.method,
+            at=self.gateway.services.clock(),  # the request's time, not the batch's
         )
         # The security middleware adds its headers (no-referrer: the target never sees the token).
         return Response(status_code=302, headers={"Location": links[link]})
