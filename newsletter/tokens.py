@@ -62,7 +62,12 @@ class Kind(IntEnum):
     # A link hidden from people, so only machines fetch it.
     TRAP = 5, ("member_id", "issue_id")
     # A link of an issue's own (an item's, the footer's), by its place in the issue's list.
-    CLICK = 6, ("issue_id", "member_id", "link")
+    CLICK = 11, ("issue_id", "member_id", "link")
+    # The member's preference page, from an issue (bytes 20 and 21: far from the kinds other
+    # work in progress adds, so merges never give two kinds one byte).
+    PREFERENCES = 20, ("member_id", "issue_id")
+    # A change of address, mailed to the new address; the nonce is the pending change's.
+    ADDRESS = 21, ("member_id", "nonce")
 
 
 _KINDS = {int(k): k for k in Kind}

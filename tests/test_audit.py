@@ -32,11 +32,14 @@ from newsletter.services import (
     clicks,
     drafts,
     editors,
+    erasure,
     evidence,
     issues,
     items,
     mail,
     members,
+    membership,
+    preferences,
     surveys,
     votes,
 )
@@ -192,6 +195,12 @@ def _pending_member(site: Site) -> None:
 
 
 # Each use-case: (what to prepare, the call, the audit action it writes).
+def _address_nonce(site: Site) -> int:
+    """The nonce of member 1's change of address waiting for confirmation."""
+    with site.sessions() as s:
+        return int(s.execute(text("SELECT new_email_nonce FROM members WHERE id = 1")).scalar_one())
+
+
 CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str]] = {
     "members.import_members": (
         None,
@@ -213,6 +222,27 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
     "members.unsubscribe_link": (
         None,
         lambda s: s.run(members.unsubscribe_link, 1, s.issue_id, method="POST", one_click=True),
+        "unsubscribe",
+    ),
+    "preferences.save": (
+        None,
+        lambda s: s.run(preferences.save, 1, sections=None, language="zh_Hans", survey=False),
+        "preferences",
+    ),
+    "preferences.pause": (None, lambda s: s.run(preferences.pause, 1, 2), "pause-member"),
+    "preferences.change_address": (
+        None,
+        lambda s: s.run(preferences.change_address, 1, "new.one@example.net"),
+        "change-address-asked",
+    ),
+    "preferences.confirm_address": (
+        lambda s: s.run(preferences.change_address, 1, "new.two@example.net"),
+        lambda s: s.run(preferences.confirm_address, 1, _address_nonce(s)),
+        "change-address",
+    ),
+    "preferences.leave": (
+        None,
+        lambda s: s.run(preferences.leave, 1, confirmed=True),
         "unsubscribe",
     ),
     "votes.click": (
@@ -294,6 +324,31 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
         "edit-item",
     ),
     "items.reorder": (None, lambda s: s.run(items.reorder, ["md:extra1"]), "reorder-items"),
+    "membership.add_member": (
+        None,
+        lambda s: s.run(membership.add_member, "added@example.org", "Added"),
+        "add-member",
+    ),
+    "membership.edit_member": (
+        None,
+        lambda s: s.run(membership.edit_member, 1, name="Renamed", attributes={"city": "Xi'an"}),
+        "edit-member",
+    ),
+    "membership.unsubscribe_member": (
+        None,
+        lambda s: s.run(membership.unsubscribe_member, 1, reason="asked by phone"),
+        "unsubscribe-member",
+    ),
+    "membership.export_members": (
+        None,
+        lambda s: s.run(membership.export_members),
+        "export-members",
+    ),
+    "erasure.erase_member": (
+        None,
+        lambda s: s.run(erasure.erase_member, 2, reason="asked by mail"),
+        "erase-member",
+    ),
 }
 
 

@@ -147,6 +147,7 @@ class Served:
 def served(demo: Demo) -> Iterator[Served]:
     handler = RecordingHandler()
     with ServerThread(handler) as smtp:
+        handler.port = smtp.port
         settings = config.load(
             demo.site / "config.toml",
             env={config.SECRET_FILE_ENV: str(demo.site / "var" / "secret.key")},
@@ -245,6 +246,10 @@ def test_scanner_in_a_browser_counts_nothing(demo: Demo, served: Served, page: P
     assert any("/t/" in u for u in every)  # the hidden link is there for scanners to find
     assert any("/r/" in u for u in every)  # the items' links go through redirects
     clicks_before = served.clicks()
+    assert any("/p/" in u for u in every)  # and the preference link
+    with served.sessions() as s:
+        choices = s.execute(select(Member).where(Member.id == member_id)).scalar_one()
+        before = (choices.language, choices.sections, choices.survey, choices.paused_until)
     for url in every:  # HEAD and GET of every link, then each page loaded with its script run
         # A redirect is not followed: its target is elsewhere, and tests reach only loopback.
         assert page.request.head(url, max_redirects=0).status < 400
@@ -262,6 +267,10 @@ def test_scanner_in_a_browser_counts_nothing(demo: Demo, served: Served, page: P
     assert people == clicks_before  # not one of the redirect fetches counted as a person's
     assert scanners >= sum(1 for u in every if "/r/" in u)
     assert served.click_rows() == 0  # decided and gone: only counts remain
+    with served.sessions() as s:
+        choices = s.execute(select(Member).where(Member.id == member_id)).scalar_one()
+        after = (choices.language, choices.sections, choices.survey, choices.paused_until)
+    assert after == before  # a scanner that loads the preference page changes nothing
     # Five minutes later the member clicks one option; after the quiet period it counts.
     served.clock.now += dt.timedelta(minutes=5)
     page.goto(links(demo, email, "v")[2])

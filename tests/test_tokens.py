@@ -141,7 +141,16 @@ def test_make_refuses_the_wrong_number_of_values(kind: Kind, count: int) -> None
 def test_kinds_fit_their_byte_and_carry_their_values() -> None:
     assert all(0 < kind < 256 and kind.fields for kind in Kind)
     counts = {kind.name: len(kind.fields) for kind in Kind}
-    assert counts == {"VOTE": 3, "UNSUBSCRIBE": 2, "VIEW": 2, "CONFIRM": 1, "TRAP": 2, "CLICK": 3}
+    assert counts == {
+        "VOTE": 3,
+        "UNSUBSCRIBE": 2,
+        "VIEW": 2,
+        "CONFIRM": 1,
+        "TRAP": 2,
+        "CLICK": 3,
+        "PREFERENCES": 2,
+        "ADDRESS": 2,
+    }
     top = VALUE_LIMIT - 1
     assert len(SIGNER.make(Kind.VOTE, top, top, top, day=top)) == LONGEST
 

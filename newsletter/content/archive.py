@@ -33,13 +33,14 @@ class ArchivePage:
         values.update(self._targets)
         if member is None:
             values["name"] = "reader"
-            values["unsubscribe"] = links.subscribe()
+            values["unsubscribe"] = values["prefs"] = links.subscribe()
             for pos in self.vote_positions:
                 values[f"vote{pos}"] = links.survey(self.survey_id or 0)
             return values
         member_id, name = member
         values["name"] = html.escape(name or "reader", quote=False)
         values["unsubscribe"] = links.unsubscribe(member_id, issue)
+        values["prefs"] = links.preferences(member_id, issue)
         for pos in self.vote_positions:
             values[f"vote{pos}"] = links.vote(self.survey_id or 0, member_id, pos)
         return values

@@ -169,6 +169,7 @@ class Personalizer:
         }
         links, member, issue = self.links, r.member_id, self.issue_id
         values["unsubscribe"] = links.unsubscribe(member, issue)
+        values["prefs"] = links.preferences(member, issue)
         values["view"] = links.view(issue, member)
         values["trap"] = links.trap(member, issue)
         survey_id = self.compiled.survey_id or 0

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_bounces"
-down_revision = "0010"
+down_revision = "0014_prefs"
 branch_labels = None
 depends_on = None
 
