@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -22,7 +23,15 @@ from newsletter.config import Settings
 from newsletter.services import clicks
 from newsletter.services.unit import Services
 from newsletter.storage import db
-from newsletter.storage.models import ClickCount, ClickHit, Delivery, Issue, MemberClick
+from newsletter.storage.models import (
+    ClickCount,
+    ClickHit,
+    Delivery,
+    Issue,
+    Item,
+    Member,
+    MemberClick,
+)
 from newsletter.tokens import Kind, Signer
 from newsletter.web.app import create_app
 from tests import steps
@@ -83,7 +92,11 @@ class Clicked:
 
 
 def _clicked(
-    site: Path, database_url: str, smtp_server: RecordingHandler, **tracking: object
+    site: Path,
+    database_url: str,
+    smtp_server: RecordingHandler,
+    sections: bool = False,
+    **tracking: object,
 ) -> Iterator[Clicked]:
     settings = config.load(
         site / "config.toml",
@@ -98,6 +111,16 @@ def _clicked(
     sessions = db.open_database(settings.database_url)
     steps.import_csv(sessions, site / "subscribers" / "example.csv")
     steps.import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    if sections:  # items of the other sections too (with links): members' choices differ
+        folder = site / "more"
+        folder.mkdir()
+        for n, section in enumerate(["International IP Firms", "People watch"] * 2):
+            (folder / f"{n}.md").write_text(
+                f"---\ntitle: Item {n}\nsection: {section}\n"
+                f"url: https://more.example.org/{n}\n---\nText {n}.\n",
+                encoding="utf-8",
+            )
+        steps.import_source(sessions, str(folder))
     asyncio.run(steps.send(settings, sessions))
     html, text = {}, {}
     for address, (message,) in smtp_server.by_recipient().items():
@@ -143,6 +166,34 @@ def test_an_issues_links_go_through_redirects_to_its_own_list(clicked: Clicked) 
     page = clicked.client.get(f"/archive/{issue.id}")
     assert "/r/" not in page.text
     assert "chinaip.example.org/reports/alibaba-cbbc-brand-protection" in page.text
+
+
+def test_each_variants_redirects_lead_to_its_own_items(
+    site: Path, database_url: str, smtp_server: RecordingHandler
+) -> None:
+    """Members of other sections and languages get other copies of the issue, compiled apart;
+    their /r/ links still number into the issue's one list, so each leads to their own item."""
+    gen = _clicked(site, database_url, smtp_server, sections=True)
+    clicked = next(gen)
+    with clicked.sessions() as s:
+        items = s.execute(select(Item.url, Item.section).where(Item.url != "")).all()
+        chosen = {m.email: m.sections for m in s.scalars(select(Member))}
+    assert len({section for _, section in items}) > 1
+    copies = set()
+    for email in clicked.html:
+        wanted = json.loads(chosen[email]) if chosen[email] else None
+        mine = {url for url, section in items if wanted is None or section in wanted}
+        others = {url for url, _ in items} - mine
+        targets = set()
+        for path in set(clicked.redirects(email)):
+            answer = clicked.client.get(path, follow_redirects=False)
+            assert answer.status_code == 302
+            targets.add(answer.headers["location"])
+        assert mine <= targets, email
+        assert not targets & others, email
+        copies.add(frozenset(targets))
+    assert len(copies) > 1  # several variants went out, not one copy for all
+    next(gen, None)
 
 
 def test_a_persons_click_counts_once_and_leaves_no_row_naming_them(clicked: Clicked) -> None:

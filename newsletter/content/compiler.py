@@ -251,10 +251,12 @@ def compile_issue(
     shape: Shape | None = None,
     language: str | None = None,
     sections: Collection[str] | None = None,
+    links: tuple[str, ...] = (),
 ) -> Compiled:
     """Render, inline and make the text part of one issue (or of one variant: only the items of
     `sections`, in `language`; env must carry that language's messages). Runs once per issue
-    and variant, never per member."""
+    and variant, never per member. `links`: the issue's link list so far (another variant's),
+    which this copy's link slots number on from, so that one list serves every variant."""
     shape = shape or Shape()
     now = now or utcnow()
     nonce = nonce or new_nonce()
@@ -306,12 +308,11 @@ def compile_issue(
     timings.update(render_s=t1 - t0, inline_s=t2 - t1, text_s=_clock() - t2)
     pattern = slot_pattern(nonce)
     text = _tidy_text(text)
-    links: tuple[str, ...] = ()
     if settings.tracking.clicks:
         # Imported here: redirects.py uses this module's `slot`.
         from newsletter.content.redirects import route_links
 
-        inlined, text, links = route_links(inlined, text, nonce)
+        inlined, text, links = route_links(inlined, text, nonce, links)
     compiled = Compiled(
         subject=subject,
         html=wrap_lines(inlined, pattern),

@@ -22,11 +22,14 @@ _TEXT_URL = re.compile(r"https?://[^\s<>\"'\[\]()]+")
 _TRAILING = ".,;:!?"
 
 
-def route_links(html_text: str, text: str, nonce: str) -> tuple[str, str, tuple[str, ...]]:
-    """The HTML and text with their links as slots, and the issue's link list."""
+def route_links(
+    html_text: str, text: str, nonce: str, known: tuple[str, ...] = ()
+) -> tuple[str, str, tuple[str, ...]]:
+    """The HTML and text with their links as slots, and the issue's link list: `known` (the
+    list another variant of the issue made) followed by the links new in this one."""
     marker = f"XSLOT{nonce}"
-    links: list[str] = []
-    index: dict[str, int] = {}
+    links: list[str] = list(known)
+    index: dict[str, int] = {url: i for i, url in enumerate(known)}
 
     def number(url: str) -> int:
         if url not in index:
