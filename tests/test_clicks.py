@@ -181,7 +181,8 @@ def test_each_variants_redirects_lead_to_its_own_items(
     assert len({section for _, section in items}) > 1
     copies = set()
     for email in clicked.html:
-        wanted = json.loads(chosen[email]) if chosen[email] else None
+        sections = chosen[email]
+        wanted = json.loads(sections) if sections else None
         mine = {url for url, section in items if wanted is None or section in wanted}
         others = {url for url, _ in items} - mine
         targets = set()
