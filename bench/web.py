@@ -112,6 +112,10 @@ def _archived(signer: Signer, ids: Ids, i: int) -> tuple[str, str]:
     return f"/archive/{ids.issue_id}?t={token}", ""
 
 
+def _click(signer: Signer, ids: Ids, i: int) -> tuple[str, str]:
+    return f"/r/{signer.make(Kind.CLICK, ids.issue_id, ids.members[i], i % 3)}", ""
+
+
 def _fixed(path: str) -> Callable[[Signer, Ids, int], tuple[str, str]]:
     return lambda _s, _ids, _i: (path, "")
 
@@ -141,6 +145,8 @@ ENDPOINTS = [
     Endpoint("archive-issue", "GET", "/archive/<id>?t=<view token>", OK, _archived),
     Endpoint("search", "GET", "/search?q=patent", OK, _fixed("/search?q=patent")),
     Endpoint("home", "GET", "/", OK, _fixed("/")),
+    # An item's link: a redirect (302) to the issue's own link, the fetch held as evidence.
+    Endpoint("redirect", "GET", "/r/<click token>", frozenset({302}), _click),
     Endpoint(
         "one-click",
         "POST",
@@ -278,7 +284,7 @@ class Site:
         """init, the database, N members, the sample feed, one issue sent into a discarding sink."""
         started = time.perf_counter()
         subprocess.run(
-            [*newsletter_command(), "init", str(self.folder)],
+            [*newsletter_command(), "init", str(self.folder), "--sample"],
             check=True,
             capture_output=True,
             timeout=120,

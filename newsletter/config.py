@@ -59,6 +59,8 @@ SMTP_PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 API_TOKEN_ENV = "NEWSLETTER_API_TOKEN"
 WRITER_TOKEN_ENV = "NEWSLETTER_API_TOKEN_WRITER"
 DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
+IMAP_PASSWORD_ENV = "NEWSLETTER_IMAP_PASSWORD"
+POSTMARK_PASSWORD_ENV = "NEWSLETTER_POSTMARK_PASSWORD"
 
 T = TypeVar("T")
 KB, MB = 1024, 1024 * 1024
@@ -129,6 +131,19 @@ class ListSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WordingSettings:
+    """The words the shipped templates use for what a site sends, so that a site speaks of
+    its own kind of news. Empty (the default): the translation catalog's neutral words, in
+    each member's language; set, they are used as written for the list's own language."""
+
+    item: str = ""  # one item: "1 report" in an issue's masthead (default "1 article")
+    items: str = ""  # several: "3 reports" (default "3 articles")
+    read_more: str = ""  # the link under each item to its full text (default "Read more")
+    tagline: str = ""  # the home page's line under the list name (default "News by email.")
+    search_placeholder: str = ""  # the example in the search box (default "A word or a phrase")
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     url: str = "sqlite:///var/newsletter.db"
 
@@ -196,6 +211,41 @@ class WebSettings:
     login_attempts_per_address: int = between(10, 1, 10_000)
     login_attempts_per_name: int = between(30, 1, 100_000)
     login_window_seconds: float = between(900.0, 1, DAY)
+
+
+@dataclass(frozen=True, slots=True)
+class BouncesSettings:
+    # Mailman's scoring: a hard bounce adds 1, a soft one 0.5, at most once a day; at the
+    # threshold the member is suppressed; the score lapses after quiet_days without one.
+    threshold: float = between(5.0, 0.5, 1000)
+    quiet_days: float = between(7.0, 0.01, 3650)
+    # `newsletter bounces serve`: the SMTP receiver of the bounce domain.
+    host: str = "127.0.0.1"
+    port: int = between(8026, 1, 65535)
+    max_bytes: int = between(10 * MB, 1 * KB, 100 * MB)
+    # `newsletter bounces fetch`: an IMAP mailbox (the password from NEWSLETTER_IMAP_PASSWORD).
+    imap_host: str = ""
+    imap_port: int = between(993, 1, 65535)
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    imap_user: str = ""
+    imap_folder: str = "INBOX"
+    imap_done_folder: str = "Processed"
+    # Webhooks: the SNS topics whose SES notifications are taken (empty: SES's hook is off),
+    # and Postmark's basic-auth user (its password from NEWSLETTER_POSTMARK_PASSWORD).
+    ses_topics: list[str] = field(default_factory=list)
+    postmark_user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingSettings:
+    # Links of items and the footer go through /r/TOKEN, counted per issue and link.
+    clicks: bool = True
+    # Keep a row per member and click (who clicked what); off: only counts remain.
+    per_member: bool = False
+    # A member fetching this many different links of an issue within burst_seconds is a
+    # scanner (a person opens one or two).
+    burst_links: int = between(3, 2, 1000)
+    burst_seconds: float = between(10.0, 0.1, 3600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +329,14 @@ def _no_editors() -> Editors:
 @dataclass(frozen=True, slots=True)
 class Settings:
     list: ListSettings
+    wording: WordingSettings = field(default_factory=WordingSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     dkim: DkimSettings | None = None
     web: WebSettings = field(default_factory=WebSettings)
+    bounces: BouncesSettings = field(default_factory=BouncesSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     editor: Editors = field(default_factory=_no_editors)
     sink: SinkSettings = field(default_factory=SinkSettings)
     issue: IssueSettings = field(default_factory=IssueSettings)
@@ -296,6 +349,8 @@ class Settings:
     secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
     api_token: str = field(default="", repr=False)
     writer_api_token: str = field(default="", repr=False)
+    imap_password: str = field(default="", repr=False)
+    postmark_password: str = field(default="", repr=False)
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the config against the site folder."""
@@ -347,7 +402,15 @@ def load(
         Settings,
         raw,
         "",
-        skip={"site_dir", "config_path", "secret_keys", "api_token", "writer_api_token"},
+        skip={
+            "site_dir",
+            "config_path",
+            "secret_keys",
+            "api_token",
+            "writer_api_token",
+            "imap_password",
+            "postmark_password",
+        },
     )
     settings = dataclasses.replace(
         settings,
@@ -356,6 +419,8 @@ def load(
         secret_keys=_secret_keys(env, path.resolve().parent),
         api_token=env.get(API_TOKEN_ENV, ""),
         writer_api_token=env.get(WRITER_TOKEN_ENV, ""),
+        imap_password=env.get(IMAP_PASSWORD_ENV, ""),
+        postmark_password=env.get(POSTMARK_PASSWORD_ENV, ""),
     )
     _validate(settings, mail_checks)
     problem = url_problem(settings.database.url)
@@ -458,6 +523,7 @@ _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 def _validate(s: Settings, mail_checks: bool = True) -> None:
     """What the types alone do not say, table by table; the first problem found is raised."""
     _check_list(s.list)
+    _check_wording(s.wording)
     _check_smtp(s.smtp)
     if mail_checks:
         for problem in mail_problems(s):
@@ -473,6 +539,7 @@ def _validate(s: Settings, mail_checks: bool = True) -> None:
         raise ConfigError("api_token", f"{WRITER_TOKEN_ENV} must differ from {API_TOKEN_ENV}")
     _check_editors(s.editor)
     _check_schedules(s.schedule)
+    _check_bounces(s)
 
 
 def _check_list(lst: ListSettings) -> None:
@@ -509,6 +576,18 @@ def _check_list_words(translations: dict[str, ListWords]) -> None:
                 raise ConfigError(f"{where}.{key}", "must not contain line breaks")
         if words.subject:
             check_subject(words.subject, f"{where}.subject")
+
+
+def _check_wording(wording: WordingSettings) -> None:
+    for key in ("item", "items", "read_more", "tagline", "search_placeholder"):
+        value = getattr(wording, key)
+        if len(value) > 200 or re.search(r"[\r\n\x00]", value):
+            raise ConfigError(
+                f"wording.{key}",
+                f"must be one line of at most 200 characters (empty: the catalog's), got {value!r}",
+            )
+    if bool(wording.item) != bool(wording.items):
+        raise ConfigError("wording.item", "set both wording.item and wording.items, or neither")
 
 
 def _check_smtp(smtp: SmtpSettings) -> None:
@@ -556,6 +635,24 @@ def _check_language(where: str, code: str, *, exact: bool = False) -> None:
         raise ConfigError(
             where, f"{code!r} is not a language we have (one of: {', '.join(i18n.languages())})"
         )
+
+
+def _check_bounces(s: Settings) -> None:
+    b = s.bounces
+    if b.postmark_user and len(s.postmark_password) < 16:
+        raise MissingSecret(
+            "bounces.postmark_user",
+            POSTMARK_PASSWORD_ENV,
+            "Postmark's webhook needs a password of 16 characters or more",
+        )
+    for i, topic in enumerate(b.ses_topics):
+        if not re.fullmatch(r"arn:aws[\w-]*:sns:[\w-]+:\d{12}:[\w-]{1,256}", topic):
+            raise ConfigError(
+                f"bounces.ses_topics[{i}]",
+                f"not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME): {topic!r}",
+            )
+    if re.search(r"[\r\n\x00]", b.imap_folder + b.imap_done_folder + b.imap_user):
+        raise ConfigError("bounces.imap_folder", "must not contain line breaks")
 
 
 def _check_editors(editors: Editors) -> None:

@@ -17,6 +17,7 @@ from newsletter.config import Settings
 from newsletter.content.variants import member_key
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
 from newsletter.storage.models import Delivery, Issue, IssueItem, Member, utcnow
+from newsletter.tokens import Signer
 from tests import steps as publish
 from tests.checks import VOTE_LINK, check_message, defects, parse, seed_titles
 from tests.smtpd import RecordingHandler
@@ -56,8 +57,10 @@ def test_one_message_per_active_member(
     with sessions() as s:
         member_ids = {m.email: m.id for m in s.scalars(select(Member))}
     for rcpt, (msg_rec,) in received.items():
-        # VERP: the envelope sender names the issue and the member.
-        assert msg_rec.mail_from == f"bounces+1-{member_ids[rcpt]}@example.org"
+        # VERP: the envelope sender names the issue and the member, with their tag.
+        detail = f"1-{member_ids[rcpt]}"
+        tag = Signer(settings.require_secret()).tag(detail)
+        assert msg_rec.mail_from == f"bounces+{detail}-{tag}@example.org"
         assert "BODY=8BITMIME" not in msg_rec.mail_options  # 7bit: quoted-printable bodies
         msg, text, html, links = check_message(msg_rec.data)
         assert msg["To"].addresses[0].addr_spec == rcpt

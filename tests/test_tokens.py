@@ -141,7 +141,16 @@ def test_make_refuses_the_wrong_number_of_values(kind: Kind, count: int) -> None
 def test_kinds_fit_their_byte_and_carry_their_values() -> None:
     assert all(0 < kind < 256 and kind.fields for kind in Kind)
     counts = {kind.name: len(kind.fields) for kind in Kind}
-    assert counts == {"VOTE": 3, "UNSUBSCRIBE": 2, "VIEW": 2, "CONFIRM": 1, "TRAP": 2}
+    assert counts == {
+        "VOTE": 3,
+        "UNSUBSCRIBE": 2,
+        "VIEW": 2,
+        "CONFIRM": 1,
+        "TRAP": 2,
+        "CLICK": 3,
+        "PREFERENCES": 2,
+        "ADDRESS": 2,
+    }
     top = VALUE_LIMIT - 1
     assert len(SIGNER.make(Kind.VOTE, top, top, top, day=top)) == LONGEST
 
@@ -346,3 +355,18 @@ def test_expiry() -> None:
 @given(st.text(max_size=80))
 def test_arbitrary_input_never_passes(text: str) -> None:
     refused(text, Kind.VOTE)
+
+
+@given(
+    st.integers(0, VALUE_LIMIT - 1),
+    st.integers(0, VALUE_LIMIT - 1),
+    st.integers(0, 300),
+    st.integers(0, 40),
+)
+def test_a_series_of_click_tokens_is_the_tokens_made_one_by_one(
+    issue: int, member: int, start: int, count: int
+) -> None:
+    last = range(start, start + count)
+    series = SIGNER.make_series(Kind.CLICK, issue, member, last=last)
+    assert series == [SIGNER.make(Kind.CLICK, issue, member, n) for n in last]
+    assert [SIGNER.check(t, Kind.CLICK) for t in series] == [(issue, member, n) for n in last]

@@ -40,8 +40,8 @@ def extracted() -> dict[str | tuple[str, ...], list[str]]:
 def test_every_message_has_a_translation(code: str) -> None:
     messages = extracted()
     assert len(messages) > 100  # the email chrome, members' pages, system mail
-    assert "Read the full report →" in messages
-    assert ("%(count)s report", "%(count)s reports") in messages
+    assert "Read more" in messages
+    assert ("%(count)s article", "%(count)s articles") in messages
     path = i18n.LOCALE_DIR / code / "LC_MESSAGES" / "messages.po"
     with path.open("rb") as f:
         catalog = read_po(f, locale=code)
@@ -65,8 +65,8 @@ def test_every_message_has_a_translation(code: str) -> None:
 def test_the_catalog_speaks_chinese_with_chinese_dates_and_one_plural_form() -> None:
     env = environment(REPO, "zh_Hans")
     template = env.from_string(
-        "{{ day | format_date }} · {% trans count=n %}{{ count }} report"
-        "{% pluralize %}{{ count }} reports{% endtrans %} · {{ _('Archive') }}"
+        "{{ day | format_date }} · {% trans count=n %}{{ count }} article"
+        "{% pluralize %}{{ count }} articles{% endtrans %} · {{ _('Archive') }}"
     )
     assert template.render(day=dt.date(2026, 3, 5), n=3) == "2026年3月5日 · 3篇报道 · 往期"
     english = environment(REPO, "en").from_string(template_source := "{{ day | format_date }}")

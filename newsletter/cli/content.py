@@ -102,7 +102,7 @@ def items_add(
     title: Annotated[str, typer.Option(help="The item's title.")],
     body: BodyOption = None,
     section: Annotated[str, typer.Option(help="Its section (default: News).")] = "",
-    url: Annotated[str, typer.Option(help="A link to the full report.")] = "",
+    url: Annotated[str, typer.Option(help="A link to the full text.")] = "",
     date: Annotated[str | None, typer.Option(help="Its date, YYYY-MM-DD.")] = None,
 ) -> None:
     """Write a new item (Markdown), as the desk's item editor does."""

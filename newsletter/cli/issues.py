@@ -1,4 +1,4 @@
-"""`newsletter issue ...`: preview, list, show, status, test, pause, resume, cancel."""
+"""`newsletter issue ...`: preview, list, show, report, status, test, pause, resume, cancel."""
 
 from __future__ import annotations
 
@@ -11,12 +11,24 @@ import typer
 from rich.table import Table
 
 from newsletter.cli.app import actor, console, err, group, progress_bar, state
-from newsletter.cli.sending import drain_mail, exit_if_stopped, print_summary, send, with_progress
+from newsletter.cli.sending import (
+    drain_mail,
+    exit_if_stopped,
+    print_summary,
+    print_waiting,
+    send,
+    with_progress,
+)
 from newsletter.content.preview import write_preview
-from newsletter.services import issues, mail, sending
+from newsletter.services import issues, mail, reports, sending
 from newsletter.storage.models import IssueStatus, MailStatus
 
-issue_app = group("issue", "The next issue before it goes out, and the issues since.")
+issue_app = group(
+    "issue",
+    "The next issue before it goes out, and the issues since: preview the next one or send "
+    "it a test copy; list, show and follow (status) the issues; send, pause, resume or "
+    "cancel a send.",
+)
 
 
 @issue_app.command("preview")
@@ -79,6 +91,55 @@ def issue_show(issue_id: Annotated[int, typer.Argument(help="The issue.")]) -> N
     )
 
 
+@issue_app.command("report")
+def issue_report(
+    issue_id: Annotated[int, typer.Argument(help="The issue.")],
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the report to this CSV file.")
+    ] = None,
+) -> None:
+    """What went out and what came back: delivered, bounced, complaints, unsubscribes, people's
+    clicks per link (a bar each; scanners' clicks left out and counted apart), survey votes."""
+    found = state.services().run(actor(), reports.settled_report, issue_id)
+    i = found.issue
+    console.print(f"issue #{i.id}: {i.subject} ({i.status})")
+    for name, value in (
+        ("delivered", found.delivered),
+        ("refused by the relay", found.refused),
+        ("bounced later", found.bounced),
+        ("delayed (warnings)", found.warnings),
+        ("complaints", found.complaints),
+        ("unsubscribes", found.unsubscribes),
+    ):
+        console.print(f"  {name:<22}{value:>8}")
+    console.print(
+        f"clicks by people: {found.people} (by scanners, left out: {found.scanners}"
+        + (f"; still being weighed: {found.pending_clicks}" if found.pending_clicks else "")
+        + ")"
+    )
+    table = Table()
+    table.add_column("link")
+    table.add_column("people", justify="right")
+    table.add_column("", min_width=20)
+    table.add_column("scanners", justify="right")
+    for link in found.links:
+        width = round(20 * link.people / found.most_clicked) if found.most_clicked else 0
+        table.add_row(
+            link.url,
+            str(link.people),
+            "█" * width or ("▏" if link.people else ""),
+            str(link.scanners),
+        )
+    console.print(table)
+    if found.results is not None:
+        console.print(f"survey: {found.results.question}")
+        for o in found.results.options:
+            console.print(f"  {o.votes:>5}  {'█' * round(o.percent / 5):<20} {o.label}")
+    if csv_path is not None:
+        csv_path.write_text(reports.as_csv(found), encoding="utf-8", newline="")
+        console.print(f"wrote {csv_path}")
+
+
 @issue_app.command("status")
 def issue_status(
     issue_id: Annotated[int, typer.Argument(help="The issue.")],
@@ -86,16 +147,22 @@ def issue_status(
         bool, typer.Option("--watch", help="Follow a running send with a live progress bar.")
     ] = False,
 ) -> None:
-    """Progress of an issue's send (queued, sent, failed, bounced); --watch follows it live."""
+    """Progress of an issue's send (queued, sent, failed, bounced) and why deliveries wait.
+
+    Waiting deliveries are grouped by reason: the relay unreachable or refusing (with its
+    reply), rate-limited by the relay, or not tried yet, with when each is tried next.
+    --watch follows a running send live.
+    """
     services = state.services()
     info = services.read(issues.info, issue_id)
     if watch and info.status == IssueStatus.SENDING:
         with progress_bar() as progress:
-            task = progress.add_task(f"issue #{issue_id}", total=info.total, completed=info.done)
+            # The bar counts delivered messages: it never reads 100% while any wait.
+            task = progress.add_task(f"issue #{issue_id}", total=info.total, completed=info.sent)
             while info.status == IssueStatus.SENDING:
                 time.sleep(0.5)
                 info = services.read(issues.info, issue_id)
-                progress.update(task, completed=info.done)
+                progress.update(task, completed=info.sent)
     table = Table(title=info.summary)
     table.add_column("deliveries")
     table.add_column("members", justify="right")
@@ -112,6 +179,9 @@ def issue_status(
         if info.counts.get(status) or status in ("queued", "sent", "failed", "bounced"):
             table.add_row(status, str(info.counts.get(status, 0)))
     console.print(table)
+    if info.pause_reason:
+        console.print(f"paused: {info.pause_reason}")
+    print_waiting(services.read(issues.waiting, issue_id))
 
 
 @issue_app.command("test")
@@ -141,9 +211,19 @@ def issue_test(
 
 
 @issue_app.command("send")
-def issue_send() -> None:
+def issue_send(
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            "-p",
+            min=1,
+            help="Sender processes sharing the issue through the ledger (one per core is a good start).",
+        ),
+    ] = 1,
+) -> None:
     """The same as `newsletter send`: finish what is pending, then send the next issue."""
-    send(processes=1, scheduled=None)
+    send(processes=processes, scheduled=None)
 
 
 @issue_app.command("pause")
@@ -159,7 +239,7 @@ def issue_resume(issue_id: Annotated[int, typer.Argument(help="The issue to resu
     services = state.services()
     services.run(actor(), issues.resume, issue_id)
     console.print(f"issue #{issue_id} resumed")
-    print_summary(with_progress(functools.partial(sending.deliver, services, issue_id)))
+    print_summary(with_progress(functools.partial(sending.deliver, services, issue_id)), services)
     exit_if_stopped()
 
 

@@ -90,14 +90,24 @@ def subscribers_import(
 @subscribers_app.command("list")
 def subscribers_list(
     status: Annotated[
-        MemberStatus | None, typer.Option(help="Only members with this status.")
+        str | None,
+        typer.Option(
+            metavar="|".join(MemberStatus),
+            help=f"Only members with this status ({', '.join(MemberStatus)}).",
+        ),
     ] = None,
     search: Annotated[str, typer.Option(help="Only addresses or names containing this.")] = "",
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Show at most this many.")] = 50,
 ) -> None:
     """Show members (by address) and how many there are of each status."""
+    if status is not None and status not in set(MemberStatus):
+        raise typer.BadParameter(
+            f"{status!r} is not a member status; use one of {', '.join(MemberStatus)}",
+            param_hint="--status",
+        )
+    chosen = MemberStatus(status) if status is not None else None
     services = state.services()
-    found = services.read(membership.overview, search, status, 1, limit)
+    found = services.read(membership.overview, search, chosen, 1, limit)
     table = Table("id", "email", "name", "status")
     for m in found.members:
         table.add_row(str(m.id), m.email, m.name, m.status)

@@ -78,6 +78,8 @@ class Compiled:
     vote_positions: tuple[int, ...]
     created: dt.datetime
     stats: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The issue's own links, in slot order (link0, link1, …): the /r/ redirects' targets.
+    links: tuple[str, ...] = ()
 
     @property
     def slot_pattern(self) -> re.Pattern[str]:
@@ -266,10 +268,12 @@ def compile_issue(
     shape: Shape | None = None,
     language: str | None = None,
     sections: Collection[str] | None = None,
+    links: tuple[str, ...] = (),
 ) -> Compiled:
     """Render, inline and make the text part of one issue (or of one variant: only the items of
     `sections`, in `language`; env must carry that language's messages). Runs once per issue
-    and variant, never per member."""
+    and variant, never per member. `links`: the issue's link list so far (another variant's),
+    which this copy's link slots number on from, so that one list serves every variant."""
     shape = shape or Shape()
     now = now or utcnow()
     nonce = nonce or new_nonce()
@@ -321,16 +325,23 @@ def compile_issue(
     text = env.get_template("email/issue.txt").render(context)
     timings.update(render_s=t1 - t0, inline_s=t2 - t1, text_s=_clock() - t2)
     pattern = slot_pattern(nonce)
+    text = _tidy_text(text)
+    if settings.tracking.clicks:
+        # Imported here: redirects.py uses this module's `slot`.
+        from newsletter.content.redirects import route_links
+
+        inlined, text, links = route_links(inlined, text, nonce, links)
     compiled = Compiled(
         subject=subject,
         html=wrap_lines(inlined, pattern),
-        text=wrap_lines(_tidy_text(text), pattern),
+        text=wrap_lines(text, pattern),
         nonce=nonce,
         item_ids=tuple(i.id for i in items),
         survey_id=survey_view.id if survey_view else None,
         vote_positions=tuple(o.position for o in survey_view.options) if survey_view else (),
         created=now,
         stats=timings,
+        links=links,
     )
     size = compiled.html_bytes_estimate()
     if size > settings.issue.size_limit:
@@ -360,4 +371,5 @@ def from_row(row: IssueRow) -> Compiled:
         survey_id=row.survey_id,
         vote_positions=tuple(votes),
         created=row.created_at,
+        links=tuple(row.links or ()),
     )

@@ -31,6 +31,7 @@ from newsletter.content.layout import (
     new_boundary,
 )
 from newsletter.content.links import LinkBuilder
+from newsletter.content.verp import Verp
 from newsletter.deliverability import is_https_or_loopback
 from newsletter.storage.ledger import Recipient
 from newsletter.tokens import Signer
@@ -60,14 +61,21 @@ class Personalizer:
         self.domain = settings.list.from_address.rsplit("@", 1)[1]
         bounce = settings.list.return_path or settings.list.from_address
         self._bounce_local, self._bounce_domain = bounce.rsplit("@", 1)
-        self.verp = settings.delivery.verp
+        # Signed VERP needs the signing key; a preview (no signer) uses the plain address.
+        self.verp = Verp(bounce, signer) if settings.delivery.verp and signer else None
         self.boundary = new_boundary()
         self._date_cache: tuple[int, str] = (-1, "")
+        self._last_tag: tuple[int, str] = (-1, "")
         self._literals, self._keys = self._skeleton(compiled, settings)
-        # Per slot: the value's name (the HTML part's name is HTML-escaped) and whether it
-        # goes in a header as it is (else quoted-printable in a body).
+        # Per slot: the value's name (in the HTML part a name, and a link's target, are
+        # HTML-escaped) and whether it goes in a header as it is (else quoted-printable).
         self._plan = [
-            ("name_html" if (name, where) == ("name", "html") else name, where == "header")
+            (
+                f"{name}_html"
+                if where == "html" and (name == "name" or name.startswith("link"))
+                else name,
+                where == "header",
+            )
             for name, where in self._keys
         ]
         # The same skeleton in DATA form (pool.Wire): dot-stuffed once, terminated once.
@@ -123,13 +131,27 @@ class Personalizer:
 
     def envelope_from(self, member_id: int) -> str:
         """The MAIL FROM (and so the Return-Path). With VERP, one per member and issue, so a
-        bounce names who bounced without parsing the DSN: bounces+<issue>-<member>@domain."""
-        if not self.verp:
+        bounce names who bounced without parsing the DSN: bounces+<issue>-<member>-<tag>@domain,
+        the tag a MAC of the two ids (content/verp.py), so a forged bounce names no one."""
+        if self.verp is None:
             return f"{self._bounce_local}@{self._bounce_domain}"
-        return f"{self._bounce_local}+{self.issue_id}-{member_id}@{self._bounce_domain}"
+        return self.verp.address(self.issue_id, member_id, self._tag(member_id))
 
     def message_id(self, member_id: int) -> str:
-        return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}@{self.domain}>"
+        """<issue.member.nonce.tag@domain>: unique per member of an issue. With a signer it
+        ends in the VERP tag, so a bounce whose VERP address was lost can still be tied to a
+        member by the returned message (services/bounces.py), and not by a forger."""
+        if self.signer is None:
+            return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}@{self.domain}>"
+        tag = self._tag(member_id)
+        return f"<{self.issue_id}.{member_id}.{self.compiled.nonce}.{tag}@{self.domain}>"
+
+    def _tag(self, member_id: int) -> str:
+        # A message needs its tag twice (Return-Path, Message-ID): the last one is kept.
+        if self._last_tag[0] != member_id:
+            assert self.signer is not None
+            self._last_tag = (member_id, self.signer.tag(f"{self.issue_id}-{member_id}"))
+        return self._last_tag[1]
 
     def values(self, r: Recipient) -> dict[str, str]:
         """Every slot's value for one member."""
@@ -150,6 +172,10 @@ class Personalizer:
         survey_id = self.compiled.survey_id or 0
         for pos in self.compiled.vote_positions:
             values[f"vote{pos}"] = links.vote(survey_id, member, pos)
+        for i, url in enumerate(links.clicks(issue, member, self.compiled.links)):
+            values[f"link{i}"] = url
+            # A signed /r/ link needs no escaping; an inert preview's target may hold "&".
+            values[f"link{i}_html"] = url if self.signer else html.escape(url)
         return values
 
     @property
@@ -199,4 +225,11 @@ class Personalizer:
         v = self.values(r)
         if html_part:
             v["name"] = v["name_html"]
+            v.update(
+                {
+                    k[:-5]: val
+                    for k, val in v.items()
+                    if k.startswith("link") and k.endswith("_html")
+                }
+            )
         return self.compiled.slot_pattern.sub(lambda m: v[m.group(1)], text)

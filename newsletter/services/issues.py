@@ -17,6 +17,7 @@ from newsletter.content.addresses import normalize_address
 from newsletter.content.compiler import Compiled
 from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
+from newsletter.delivery.reasons import Reason, reason
 from newsletter.errors import NewsletterError, NothingToSend
 from newsletter.services import drafts, mail, surveys, variants, votes
 from newsletter.services.unit import (
@@ -150,6 +151,32 @@ def failures(unit: Unit, issue_id: int) -> list[Failure]:
     return [Failure(*f) for f in rows.failures(unit.session, issue_id)]
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Deliveries of an issue still to go out, for one reason."""
+
+    reason: Reason
+    count: int
+    next_from: dt.datetime | None  # the earliest of their next attempts (deferred rows)
+    next_until: dt.datetime | None  # the latest
+
+
+def waiting(unit: Unit, issue_id: int) -> list[Waiting]:
+    """The issue's deliveries still to go out, grouped by why (what their last attempt left
+    in the ledger: the relay unreachable, refusing or rate-limiting, or not tried yet), the
+    largest group first."""
+    _row(unit, issue_id)
+    groups: dict[Reason, list[Any]] = {}
+    for status, code, text, count, lo, hi in rows.waiting(unit.session, issue_id):
+        why = reason(code, text, status)
+        group = groups.setdefault(why, [0, None, None])
+        group[0] += count
+        group[1] = min((t for t in (group[1], lo) if t is not None), default=None)
+        group[2] = max((t for t in (group[2], hi) if t is not None), default=None)
+    found = [Waiting(r, n, lo, hi) for r, (n, lo, hi) in groups.items()]
+    return sorted(found, key=lambda w: -w.count)
+
+
 def item_titles(unit: Unit, issue_id: int) -> list[tuple[str, str]]:
     """(section, title) of each item an issue carried, in its order."""
     return [(i.section, i.title) for i in item_rows.issue_items(unit.session, issue_id)]
@@ -248,6 +275,7 @@ def release_next(
             html=compiled.html,
             text=compiled.text,
             nonce=compiled.nonce,
+            links=list(compiled.links),
             survey_id=compiled.survey_id,
             created_at=compiled.created,
             schedule=schedule,
@@ -404,6 +432,27 @@ class ArchiveEntry:
 def archive_list(unit: Unit) -> list[ArchiveEntry]:
     """Issues that have gone out (at least one message delivered), newest first."""
     return [ArchiveEntry(r.id, r.subject, r.created_at) for r in rows.archived(unit.session)]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    id: int
+    subject: str
+    published: dt.datetime
+    items: tuple[tuple[str, str], ...]  # (title, link) of each item, in the issue's order
+
+
+def feed_entries(unit: Unit, limit: int = 20) -> list[FeedEntry]:
+    """The newest issues that have gone out, with their items: the archive's Atom feed."""
+    return [
+        FeedEntry(
+            r.id,
+            r.subject,
+            r.created_at,
+            tuple((i.title, i.url) for i in item_rows.issue_items(unit.session, r.id)),
+        )
+        for r in rows.archived(unit.session, limit)
+    ]
 
 
 def archived(unit: Unit, issue_id: int, variant_id: int | None = None) -> Compiled | None:

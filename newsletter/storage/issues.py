@@ -10,6 +10,7 @@ from sqlalchemy import Integer, and_, case, exists, func, insert, literal, or_, 
 from sqlalchemy.orm import Session
 
 from newsletter.storage.models import (
+    UNFINISHED,
     Delivery,
     DeliveryStatus,
     Issue,
@@ -91,6 +92,27 @@ def failures(session: Session, issue_id: int) -> list[tuple[str, int | None, str
         .order_by(func.count().desc())
     ).all()
     return [(str(st), code, str(text), int(n)) for st, code, text, n in rows]
+
+
+def waiting(
+    session: Session, issue_id: int
+) -> list[tuple[str, int | None, str, int, dt.datetime | None, dt.datetime | None]]:
+    """(status, SMTP code, reply text, how many, earliest and latest next attempt) of the
+    issue's rows still to go out (queued, sending, deferred), the most common first."""
+    rows = session.execute(
+        select(
+            Delivery.status,
+            Delivery.last_code,
+            Delivery.last_message,
+            func.count(),
+            func.min(Delivery.next_attempt_at),
+            func.max(Delivery.next_attempt_at),
+        )
+        .where(Delivery.issue_id == issue_id, Delivery.status.in_(UNFINISHED))
+        .group_by(Delivery.status, Delivery.last_code, Delivery.last_message)
+        .order_by(func.count().desc())
+    ).all()
+    return [(str(st), code, str(text), int(n), lo, hi) for st, code, text, n, lo, hi in rows]
 
 
 def snapshot_audience(
