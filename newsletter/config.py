@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from newsletter import i18n
+from newsletter.deliverability import mail_problems
 from newsletter.errors import ConfigError, MissingSecret
 
 SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
@@ -116,6 +117,8 @@ class ListSettings:
     language: str = "en"
     # The time zone of times editors read and set (a scheduled send), e.g. "Asia/Shanghai".
     timezone: str = "UTC"
+    # The sender's postal address, shown in every message's footer (CAN-SPAM asks for one).
+    postal_address: str = ""
     translations: dict[str, ListWords] = field(default_factory=dict)
 
     def name_in(self, language: str) -> str:
@@ -376,8 +379,13 @@ def load(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    mail_checks: bool = True,
 ) -> Settings:
-    """Read config.toml (plus overrides, a nested dict) and the environment into Settings."""
+    """Read config.toml (plus overrides, a nested dict) and the environment into Settings.
+
+    `mail_checks=False` loads a site whose domains or DKIM key mailbox providers would
+    refuse (`newsletter doctor` does, to list every such problem with mail_problems).
+    """
     path = Path(path)
     env = os.environ if env is None else env
     raw = _read_toml(path)
@@ -414,7 +422,7 @@ def load(
         imap_password=env.get(IMAP_PASSWORD_ENV, ""),
         postmark_password=env.get(POSTMARK_PASSWORD_ENV, ""),
     )
-    _validate(settings)
+    _validate(settings, mail_checks)
     problem = url_problem(settings.database.url)
     if problem:
         where = f" (from {DATABASE_URL_ENV})" if url_from_env else ""
@@ -512,13 +520,14 @@ def _resolve_sqlite_url(url: str, site_dir: Path) -> str:
 _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 
 
-def _validate(s: Settings) -> None:
+def _validate(s: Settings, mail_checks: bool = True) -> None:
     """What the types alone do not say, table by table; the first problem found is raised."""
     _check_list(s.list)
     _check_wording(s.wording)
     _check_smtp(s.smtp)
-    if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
-        raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
+    if mail_checks:
+        for problem in mail_problems(s):
+            raise problem
     _check_sizes(s.items, s.issue)
     if s.survey is not None:
         _check_survey(s.survey)
@@ -535,7 +544,7 @@ def _validate(s: Settings) -> None:
 
 def _check_list(lst: ListSettings) -> None:
     if not lst.base_url.startswith(("http://", "https://")):
-        raise ConfigError("list.base_url", "must start with http:// or https://")
+        raise ConfigError("list.base_url", "must start with https:// (or http:// on loopback)")
     if not _ADDRESS.match(lst.from_address):
         raise ConfigError("list.from_address", f"not an email address: {lst.from_address!r}")
     for key in ("return_path", "reply_to"):
@@ -544,7 +553,7 @@ def _check_list(lst: ListSettings) -> None:
             raise ConfigError(f"list.{key}", f"not an email address: {value!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", lst.id):
         raise ConfigError("list.id", "must be a dotted name such as news.example.org (RFC 2919)")
-    for key in ("name", "subject"):
+    for key in ("name", "subject", "postal_address"):
         if re.search(r"[\r\n\x00]", getattr(lst, key)):
             raise ConfigError(f"list.{key}", "must not contain line breaks")
     check_subject(lst.subject)

@@ -28,7 +28,7 @@ from tests import mta, returns, steps
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
 
-BOUNCE_DOMAIN = "bounces.example.net"
+BOUNCE_DOMAIN = "bounces.example.org"  # aligned with From (example.org), as config.toml asks
 DEAD, SLOW = "li.wei@example.org", "wang.fang@example.org"
 
 

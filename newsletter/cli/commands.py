@@ -1,5 +1,14 @@
 """Every command group, imported once so that each registers its commands on the app."""
 
-from newsletter.cli import bounces, content, issues, sending, site, subscribers, survey
+from newsletter.cli import bounces, content, doctor, issues, sending, site, subscribers, survey
 
-__all__ = ["bounces", "content", "issues", "sending", "site", "subscribers", "survey"]
+__all__ = [
+    "bounces",
+    "content",
+    "doctor",
+    "issues",
+    "sending",
+    "site",
+    "subscribers",
+    "survey",
+]

@@ -239,6 +239,23 @@ class Shape:
     preheader: str = ""  # the line mail clients show after the subject in the inbox
 
 
+PREHEADER_LENGTH = 140  # about what an inbox line shows after the subject
+
+
+def default_preheader(items: Sequence[ItemView]) -> str:
+    """The inbox preview line when an editor set none: the first titles, as many as fit."""
+    line = ""
+    for item in items:
+        title = " ".join(item.title.split())
+        candidate = f"{line} · {title}" if line else title
+        if len(candidate) > PREHEADER_LENGTH:
+            if not line:
+                line = title[: PREHEADER_LENGTH - 1].rstrip() + "…"
+            break
+        line = candidate
+    return line
+
+
 def compile_issue(
     settings: Settings,
     env: Environment,
@@ -286,6 +303,7 @@ def compile_issue(
             "language": i18n.html_lang(language),
             "base_url": base,
             "archive_url": f"{base}/archive",
+            "postal_address": settings.list.postal_address,
         },
         "subject": subject,
         "date": now,
@@ -296,7 +314,7 @@ def compile_issue(
         "slots": slots,
         "note_html": Markup(shape.note_html),  # sanitised by nh3 when it was saved
         "note_text": shape.note_text,
-        "preheader": shape.preheader,
+        "preheader": shape.preheader or default_preheader(items),
     }
     timings: dict[str, Any] = {}
     t0 = _clock()
