@@ -84,7 +84,7 @@ def test_managing_members_in_chromium(
         assert rows["reader@example.org"][:3] == ["reader@example.org", "Rhea Der", "unsubscribed"]
 
         # Erase: refused until the box is ticked (the browser asks first), then done.
-        page.get_by_role("link", name="reader@example.org").click()
+        page.get_by_role("link", name="reader@example.org", exact=True).click()
         page.get_by_label("Reason for the audit log: their request, a ticket").fill(
             "GDPR request 41"
         )

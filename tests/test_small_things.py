@@ -26,7 +26,7 @@ def test_the_issue_group_help_describes_every_command() -> None:
     intro = done.output.split("Options:")[0]
     commands = re.findall(r"^  (\w+)  ", done.output.split("Commands:")[1], re.M)
     assert set(commands) == {
-        "preview", "list", "show", "status", "test", "send", "pause", "resume", "cancel"
+        "preview", "list", "show", "status", "report", "test", "send", "pause", "resume", "cancel"
     }  # fmt: skip
     for command in commands:
         word = "follow" if command == "status" else command  # "follow (status) the issues"

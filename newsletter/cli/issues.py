@@ -26,8 +26,8 @@ from newsletter.storage.models import IssueStatus, MailStatus
 issue_app = group(
     "issue",
     "The next issue before it goes out, and the issues since: preview the next one or send "
-    "it a test copy; list, show and follow (status) the issues; send, pause, resume or "
-    "cancel a send.",
+    "it a test copy; list, show and follow (status) the issues, and report what came back "
+    "from one; send, pause, resume or cancel a send.",
 )
 
 

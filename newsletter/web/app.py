@@ -142,9 +142,10 @@ async def maintain(gateway: Gateway, jobs: Jobs) -> None:
 
 
 def lifespan(
-    gateway: Gateway, jobs: Jobs, background: bool
+    gateway: Gateway, jobs: Jobs, background: bool, owned: bool = False
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    """While the app runs: the system mail queue and the maintenance task (with background)."""
+    """While the app runs: the system mail queue and the maintenance task (with background).
+    `owned`: the app opened its database itself, and closes its connections when it stops."""
 
     @contextlib.asynccontextmanager
     async def running(app: Starlette) -> AsyncIterator[None]:
@@ -166,6 +167,8 @@ def lifespan(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             gateway.close()
+            if owned:
+                gateway.services.sessions.kw["bind"].dispose()
 
     return running
 
@@ -209,7 +212,7 @@ def create_app(
         ],
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers=error_handlers(pages),
-        lifespan=lifespan(gateway, jobs, background),
+        lifespan=lifespan(gateway, jobs, background, owned=sessions is None),
     )
     app.state.services = services
     app.state.gateway = gateway
