@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 # The objects migration 0003 makes and the ORM models do not know about.
 FTS_TABLE = "items_fts"  # SQLite: FTS5 table; its shadow tables are items_fts_*
 PG_INDEX = "ix_items_fts"  # PostgreSQL: GIN expression index on items
+BOARD_FTS_TABLE = "board_fts"  # the same for board messages (migration 0012_board)
+BOARD_PG_INDEX = "ix_board_fts"
 
 MAX_QUERY_CHARS = 500  # longer input is cut: a search box needs no more
 MAX_TERMS = 16  # more words than this are dropped: each one costs an index lookup
@@ -193,7 +195,7 @@ def _split_markers(value: str) -> list[str]:
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
     """Alembic include_name filter: leave the search objects out of autogenerate comparisons."""
     if type_ == "table" and name is not None:
-        return name != FTS_TABLE and not name.startswith(FTS_TABLE + "_")
+        return not any(name == t or name.startswith(t + "_") for t in (FTS_TABLE, BOARD_FTS_TABLE))
     if type_ == "index":
-        return name != PG_INDEX
+        return name not in (PG_INDEX, BOARD_PG_INDEX)
     return True
