@@ -149,9 +149,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_board_signins")),
     )
-    op.create_index(
-        "ix_board_signins_member_created", "board_signins", ["member_id", "created_at"]
-    )
+    op.create_index("ix_board_signins_member_created", "board_signins", ["member_id", "created_at"])
     op.create_index("ix_board_signins_ip_created", "board_signins", ["ip", "created_at"])
     dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
