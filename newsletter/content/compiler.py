@@ -59,6 +59,17 @@ class SurveyView:
 
 
 @dataclass(frozen=True, slots=True)
+class BoardPost:
+    """A thread an issue carries in "From the members' board"."""
+
+    id: int
+    name: str  # its author, as the board names them
+    excerpt: str  # the start of its text
+    replies: int
+    link: str  # the thread on the board
+
+
+@dataclass(frozen=True, slots=True)
 class Section:
     name: str
     items: tuple[ItemView, ...]
@@ -234,12 +245,13 @@ def compile_issue(
     now: dt.datetime | None = None,
     nonce: str | None = None,
     shape: Shape | None = None,
+    board: Sequence[BoardPost] = (),
 ) -> Compiled:
     """Render, inline and make the text part of one issue. Runs once per issue, never per member."""
     shape = shape or Shape()
     now = now or utcnow()
     nonce = nonce or new_nonce()
-    slots = {name: slot(nonce, name) for name in ("name", "view", "unsubscribe", "trap")}
+    slots = {name: slot(nonce, name) for name in ("name", "view", "unsubscribe", "trap", "board")}
     survey_view = None
     if survey is not None:
         survey_id, question, options = survey
@@ -272,6 +284,7 @@ def compile_issue(
         "note_html": Markup(shape.note_html),  # sanitised by nh3 when it was saved
         "note_text": shape.note_text,
         "preheader": shape.preheader,
+        "board": tuple(board),
     }
     timings: dict[str, Any] = {}
     t0 = _clock()

@@ -17,7 +17,7 @@ from newsletter.content.compiler import Compiled
 from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import drafts, mail, surveys, votes
+from newsletter.services import board, drafts, mail, surveys, votes
 from newsletter.services.unit import (
     Actor,
     Permission,
@@ -196,6 +196,7 @@ def compile_next(unit: Unit, *, with_survey: bool = True) -> Compiled:
         previous=previous_results(unit),
         now=unit.now,
         shape=drafts.shape(unit),
+        board=board.for_issue(unit),
     )
 
 

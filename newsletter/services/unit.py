@@ -47,6 +47,7 @@ class Permission(StrEnum):
     SEND = "send"  # release, schedule, pause, resume, cancel, retry
     MEMBERS = "members"  # add, edit, unsubscribe, erase, import, export members
     SURVEYS = "surveys"  # make, open and close surveys
+    MODERATE = "moderate"  # approve, hide and delete board messages; block members from posting
 
 
 class Role(StrEnum):

@@ -32,10 +32,12 @@ from newsletter.site import defaults_dir
 from newsletter.storage import db
 from newsletter.storage.models import utcnow
 from newsletter.web.api import api_app
+from newsletter.web.board import BoardPages
 from newsletter.web.desk import Desk
 from newsletter.web.jobs import Jobs
 from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
+from newsletter.web.signin import SigninPages
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +157,15 @@ def create_app(
     gateway = Gateway(services)
     pages = Pages(services.env, settings.list.name, settings.list.base_url.rstrip("/"))
     jobs = Jobs(gateway)
-    member_pages = MemberPages(services, gateway, pages)
+    signins = SigninPages(services, gateway, pages)
+    board_pages = BoardPages(services, gateway, pages, signins)
+    member_pages = MemberPages(services, gateway, pages, viewer=signins.viewer)
     desk = Desk(gateway, pages, jobs)
     app = Starlette(
         routes=[
             *member_pages.routes(),
+            *signins.routes(),
+            *board_pages.routes(),
             static_route(settings),
             *desk.routes(),
             Mount("/api", app=api_app(gateway, jobs)),

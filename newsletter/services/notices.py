@@ -1,0 +1,119 @@
+"""Mail from the board: sign-in links and reply notices, queued as system mail by the asking use-case.
+
+Each is laid out by content/layout.system_message and queued with services/mail.queue in the
+transaction that asks for it; the mailer delivers it (DKIM-signed when configured) and
+retries it. A reply notice goes to the thread's author at most once a thread a day, never to
+a member who left or bounced, and carries List-Unsubscribe (RFC 2369) with RFC 8058's
+one-click POST: it switches reply notices off, not the newsletter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from markupsafe import Markup
+
+from newsletter.content.board import display_name
+from newsletter.content.layout import system_message
+from newsletter.services import mail
+from newsletter.services.unit import Unit
+from newsletter.storage import board as board_rows
+from newsletter.storage import members as member_rows
+from newsletter.storage.models import BoardMessage, Member, MemberStatus
+
+SIGNIN, REPLY = "signin", "board-reply"
+NOTICE_SPACING = dt.timedelta(days=1)  # reply notices for one thread
+
+
+def _queue(
+    unit: Unit,
+    member: Member,
+    kind: str,
+    subject: str,
+    template: str,
+    context: dict[str, object],
+    *,
+    retry_hours: float = mail.RETRY_HOURS,
+    headers: dict[str, str] | None = None,
+) -> int:
+    settings, env = unit.settings, unit.services.env
+    context = {"list_name": settings.list.name, "name": member.name, **context}
+    msgid, data = system_message(
+        from_name=settings.list.name,
+        from_address=settings.list.from_address,
+        to_name=member.name,
+        to_address=member.email,
+        subject=subject,
+        text=env.get_template(f"email/{template}.txt").render(context),
+        html=env.get_template(f"email/{template}.html").render(context),
+        now=unit.now,
+        headers=headers,
+    )
+    row = mail.queue(
+        unit,
+        kind=kind,
+        to_address=member.email,
+        message_id=msgid,
+        message=data,
+        member_id=member.id,
+        retry_hours=retry_hours,
+    )
+    return row.id
+
+
+def queue_signin(unit: Unit, member: Member, signin_id: int) -> int:
+    """The sign-in link for `member`; retried only while the link is still valid."""
+    minutes = unit.settings.board.signin_minutes
+    return _queue(
+        unit,
+        member,
+        SIGNIN,
+        f"Sign in to {unit.settings.list.name}",
+        "signin",
+        {"link": unit.services.links.signin(member.id, signin_id), "minutes": minutes},
+        retry_hours=minutes / 60,
+    )
+
+
+def reply(unit: Unit, thread: BoardMessage, message: BoardMessage, replier: str) -> int | None:
+    """Tell a thread's author that `message` (now on the board) replied to it, unless notices
+    are off (by config or by the author), the author replied to themselves, has left or
+    bounced, or had a notice for this thread within a day. The queued mail's id, or None."""
+    if not unit.settings.board.reply_notices or thread.member_id == message.member_id:
+        return None
+    author = member_rows.get(unit.session, thread.member_id)
+    if author is None or author.status != MemberStatus.ACTIVE:
+        return None
+    standing = board_rows.standing(unit.session, author.id)
+    if standing is not None and not standing.notices:
+        return None
+    if thread.notified_at is not None and unit.now - thread.notified_at < NOTICE_SPACING:
+        return None
+    links = unit.services.links
+    stop = links.notices(author.id)
+    mail_id = _queue(
+        unit,
+        author,
+        REPLY,
+        f"A reply to your message on the {unit.settings.list.name} board",
+        "board_reply",
+        {
+            "replier": display_name(replier),
+            "reply_html": Markup(message.body_html),  # sanitised when it was posted
+            "reply_text": message.body_text,
+            "thread_link": links.thread(thread.id),
+            "stop_link": stop,
+        },
+        # RFC 2369 and RFC 8058: the mail client's unsubscribe stops these notices only.
+        headers={
+            "List-Unsubscribe": f"<{stop}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+    )
+    thread.notified_at = unit.now
+    unit.audit(
+        "board-notice",
+        member_id=author.id,
+        detail=f"reply notice for thread #{thread.id} queued",
+    )
+    return mail_id

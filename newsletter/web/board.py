@@ -1,0 +1,396 @@
+"""The members' board pages (/board): threads newest first, a thread's page, posting and replying,
+a member's edits and deletions, reports.
+
+A page of the board is rendered once for each state (the board's messages, the page or
+thread, signed in or not) and cut at the marks that differ per reader: the CSRF token, the
+signed-in member's bar with its form, each message's controls (edit and delete one's own
+within board.edit_minutes, report anyone else's) and the notice line. A request fills those
+in: a join of strings. Entries are dropped when this process changes the board (the
+services' "board" event) and after two seconds anyway, so other processes' changes show too.
+Posts go to the batcher (Gateway.submit), which commits many at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from markupsafe import Markup
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from newsletter.services import board
+from newsletter.services.boundary import Gateway
+from newsletter.services.unit import Services
+from newsletter.web.auth import MemberSession
+from newsletter.web.members import TTLCache, client_ip
+from newsletter.web.pages import Pages, security_headers
+from newsletter.web.signin import DONE, SigninPages
+
+MAX_ID = 2**31 - 1
+MARK = re.compile("\x00([a-z]+)(?:-([0-9]+))?\x00")
+CSRF, ME, NOTICE, NAME = "\x00csrf\x00", "\x00me\x00", "\x00notice\x00", "\x00name\x00"
+# Statuses of a refused post, by the rule that refused it.
+REFUSED = {"blocked": 403, "limit": 429, "thread": 404, "session": 403}
+
+Viewer = tuple[MemberSession, board.Viewer]
+
+
+def control(message_id: int) -> str:
+    """The mark where a message's controls go."""
+    return f"\x00ctl-{message_id}\x00"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cut:
+    """A rendered page cut at its marks, with each message's author and time for its controls."""
+
+    literals: tuple[str, ...]
+    marks: tuple[tuple[str, int], ...]
+    messages: dict[int, tuple[int, dt.datetime]]
+
+    @classmethod
+    def of(cls, page: str, messages: dict[int, tuple[int, dt.datetime]]) -> Cut:
+        parts = MARK.split(page)
+        marks = tuple((name, int(n or 0)) for name, n in zip(parts[1::3], parts[2::3], strict=True))
+        return cls(tuple(parts[0::3]), marks, messages)
+
+    def fill(self, value: Callable[[str, int], str]) -> str:
+        out = [self.literals[0]]
+        for (name, n), literal in zip(self.marks, self.literals[1:], strict=True):
+            out.append(value(name, n))
+            out.append(literal)
+        return "".join(out)
+
+
+def _messages(threads: tuple[board.ThreadView, ...]) -> dict[int, tuple[int, dt.datetime]]:
+    found: dict[int, tuple[int, dt.datetime]] = {}
+    for t in threads:
+        for m in (t.message, *t.replies):
+            found[m.id] = (m.member_id, m.created_at)
+    return found
+
+
+class BoardPages:
+    def __init__(
+        self, services: Services, gateway: Gateway, pages: Pages, signins: SigninPages
+    ) -> None:
+        self.services = services
+        self.gateway = gateway
+        self.pages = pages
+        self.signins = signins
+        self.auth = signins.auth
+        self.limits = services.settings.board
+        self.cache = TTLCache(ttl=2.0, size=256)
+        self.bars: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+        self.controls: dict[str, str] = {}
+        services.listen(self._changed)
+
+    def _changed(self, what: str) -> None:
+        if what == "board":
+            self.cache.drop()
+
+    def routes(self) -> list[Route]:
+        read = ["GET", "HEAD"]
+        one = "/board/{message_id:int}"
+        return [
+            Route("/board", self.index, methods=read),
+            Route("/board", self.post_thread, methods=["POST"]),
+            Route(one, self.thread_page, methods=read),
+            Route(one, self.post_reply, methods=["POST"]),
+            Route(f"{one}/edit", self.edit_page, methods=read),
+            Route(f"{one}/edit", self.edit_form, methods=["POST"]),
+            Route(f"{one}/delete", self.delete, methods=["POST"]),
+            Route(f"{one}/report", self.report, methods=["POST"]),
+        ]
+
+    # --- filling a cut page for one reader -------------------------------------------------------
+
+    def _fragment(self, template: str) -> str:
+        found = self.controls.get(template)
+        if found is None:
+            found = self.controls[template] = self.pages.render(
+                f"web/{template}",
+                message_id="\x00id\x00",
+                csrf=CSRF,
+                minutes=self.limits.edit_minutes,
+            )
+        return found
+
+    def _bar(self, who: board.Viewer, action: str, error: str = "", draft: str = "") -> str:
+        """The signed-in member's bar and form, with NAME and CSRF marks left in it."""
+        key = (who.notices, who.blocked, who.block_reason, who.blocked_until, action)
+        found = None if error or draft else self.bars.get(key)
+        if found is None:
+            found = self.pages.render(
+                "web/_board_me.html",
+                name=NAME,
+                csrf=CSRF,
+                notices=who.notices,
+                blocked=board.block_text(who) if who.blocked else "",
+                action=action,
+                reply=action != "/board",
+                error=error,
+                draft=draft,
+                limits=self.limits,
+            )
+            if not (error or draft):
+                self.bars[key] = found
+                while len(self.bars) > 512:
+                    self.bars.popitem(last=False)
+        return found
+
+    def _fill(self, cut: Cut, viewer: Viewer | None, request: Request, bar: str = "") -> str:
+        csrf = self.auth.csrf(viewer[0]) if viewer else ""
+        done = DONE.get(request.query_params.get("done", ""))
+        notice = f'<p class="done" role="status">{html.escape(done)}</p>' if done else ""
+        now = self.services.clock()
+        window = dt.timedelta(minutes=self.limits.edit_minutes)
+        who = viewer[1] if viewer else None
+
+        def value(name: str, n: int) -> str:
+            if name == "csrf":
+                return csrf
+            if name == "notice":
+                return notice
+            if name == "me":
+                if who is None:
+                    return ""
+                return bar.replace(NAME, html.escape(who.name)).replace(CSRF, csrf)
+            if name == "ctl" and who is not None and n in cut.messages:
+                author, posted = cut.messages[n]
+                if author != who.member_id:
+                    template = "_board_report.html"
+                elif now - posted <= window:
+                    template = "_board_own.html"
+                else:
+                    return ""
+                return self._fragment(template).replace("\x00id\x00", str(n)).replace(CSRF, csrf)
+            return ""
+
+        return cut.fill(value)
+
+    def _answer(self, page: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(page, status_code=status, headers=security_headers())
+
+    # --- the board and a thread ----------------------------------------------------------------
+
+    def _gate(self, viewer: Viewer | None) -> HTMLResponse | None:
+        """Members-only reading: everyone else sees the seed's sentence."""
+        if viewer is None and self.limits.read == "members":
+            return self.pages.page("board_gate.html")
+        return None
+
+    async def _board_cut(self, number: int, signed_in: bool) -> Cut:
+        async def compute() -> Cut:
+            found = await self.gateway.read(board.page, number)
+            page = self.pages.render(
+                "web/board.html",
+                page=found,
+                signed_in=signed_in,
+                me=Markup(ME),
+                notice=Markup(NOTICE),
+                ctl=control,
+            )
+            return Cut.of(page, _messages(found.threads))
+
+        cached: Cut = await self.cache.get(("board", number, signed_in), compute)
+        return cached
+
+    def _number(self, request: Request) -> int:
+        raw = request.query_params.get("page", "1")
+        return int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_ID else 1
+
+    async def index(self, request: Request) -> Response:
+        viewer = await self.signins.viewer(request)
+        gate = self._gate(viewer)
+        if gate is not None:
+            return gate
+        cut = await self._board_cut(self._number(request), viewer is not None)
+        bar = self._bar(viewer[1], "/board") if viewer else ""
+        return self._answer(self._fill(cut, viewer, request, bar))
+
+    async def _thread_cut(self, thread_id: int, signed_in: bool) -> Cut | None:
+        async def compute() -> Cut | None:
+            found = await self.gateway.read(board.thread, thread_id)
+            if found is None:
+                return None
+            page = self.pages.render(
+                "web/thread.html",
+                thread=found,
+                signed_in=signed_in,
+                me=Markup(ME),
+                notice=Markup(NOTICE),
+                ctl=control,
+            )
+            return Cut.of(page, _messages((found,)))
+
+        if not 1 <= thread_id <= MAX_ID:
+            return None
+        cached: Cut | None = await self.cache.get(("thread", thread_id, signed_in), compute)
+        return cached
+
+    def _no_thread(self) -> HTMLResponse:
+        return self.pages.message("Not found", "There is no such thread on the board.", 404)
+
+    async def thread_page(self, request: Request) -> Response:
+        viewer = await self.signins.viewer(request)
+        gate = self._gate(viewer)
+        if gate is not None:
+            return gate
+        thread_id = int(request.path_params["message_id"])
+        cut = await self._thread_cut(thread_id, viewer is not None)
+        if cut is None:
+            return self._no_thread()
+        bar = self._bar(viewer[1], f"/board/{thread_id}") if viewer else ""
+        return self._answer(self._fill(cut, viewer, request, bar))
+
+    # --- posting -------------------------------------------------------------------------------
+
+    async def _post(
+        self,
+        request: Request,
+        parent_id: int | None,
+        refused_page: Callable[[Viewer, str, str, int], Awaitable[Response]],
+    ) -> Response:
+        checked = await self.signins.checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        session, who, form = checked
+        done_path = "/board" if parent_id is None else f"/board/{parent_id}"
+        if form.get("website"):  # a field people never see: only bots fill it in
+            return self.signins.to_board("held", done_path)
+        body = form.get("body", "")
+        posted = await self.gateway.submit(
+            f"member:{session.member_id}",
+            board.post,
+            session.member_id,
+            session.generation,
+            body,
+            parent_id=parent_id,
+            ip=client_ip(request),
+        )
+        if posted.rule == "session":
+            return self.signins.members_only()
+        if posted.refused:
+            return await refused_page(
+                (session, who), posted.refused, body, REFUSED.get(posted.rule, 400)
+            )
+        return self.signins.to_board("held" if posted.held else "posted", done_path)
+
+    async def post_thread(self, request: Request) -> Response:
+        async def refused(viewer: Viewer, error: str, draft: str, status: int) -> Response:
+            cut = await self._board_cut(1, True)
+            bar = self._bar(viewer[1], "/board", error, draft)
+            return self._answer(self._fill(cut, viewer, request, bar), status)
+
+        return await self._post(request, None, refused)
+
+    async def post_reply(self, request: Request) -> Response:
+        thread_id = int(request.path_params["message_id"])
+
+        async def refused(viewer: Viewer, error: str, draft: str, status: int) -> Response:
+            cut = await self._thread_cut(thread_id, True)
+            if cut is None:
+                return self._no_thread()
+            bar = self._bar(viewer[1], f"/board/{thread_id}", error, draft)
+            return self._answer(self._fill(cut, viewer, request, bar), status)
+
+        if not 1 <= thread_id <= MAX_ID:
+            return self._no_thread()
+        return await self._post(request, thread_id, refused)
+
+    # --- a member's own messages, and reports --------------------------------------------------
+
+    def _not_yours(self, reason: str) -> HTMLResponse:
+        return self.pages.message("Not possible", f"{reason[:1].upper()}{reason[1:]}.", 400)
+
+    async def edit_page(self, request: Request) -> Response:
+        viewer = await self.signins.viewer(request)
+        if viewer is None:
+            return self.signins.members_only()
+        message_id = int(request.path_params["message_id"])
+        if not 1 <= message_id <= MAX_ID:
+            return self._no_thread()
+        own = await self.gateway.read(board.own, viewer[1].member_id, message_id)
+        if isinstance(own, str):
+            return self._not_yours(own)
+        return self._edit(viewer, own.id, own.markdown, "")
+
+    def _edit(
+        self, viewer: Viewer, message_id: int, draft: str, error: str, status: int = 200
+    ) -> HTMLResponse:
+        return self.pages.page(
+            "board_edit.html",
+            status,
+            message_id=message_id,
+            draft=draft,
+            error=error,
+            csrf=self.auth.csrf(viewer[0]),
+            limits=self.limits,
+        )
+
+    async def edit_form(self, request: Request) -> Response:
+        checked = await self.signins.checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        session, who, form = checked
+        message_id = int(request.path_params["message_id"])
+        body = form.get("body", "")
+        changed = await self.gateway.call(
+            f"member:{session.member_id}",
+            board.edit,
+            session.member_id,
+            session.generation,
+            message_id,
+            body,
+        )
+        if changed.signed_out:
+            return self.signins.members_only()
+        if changed.refused and changed.thread_id is not None:  # the text: the form again
+            return self._edit((session, who), message_id, body, changed.refused, 400)
+        if changed.refused:
+            return self._not_yours(changed.refused)
+        return self.signins.to_board("edited", f"/board/{changed.thread_id}")
+
+    async def _act(
+        self, request: Request, fn: Callable[..., board.Changed], done: str, **extra: Any
+    ) -> Response:
+        checked = await self.signins.checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        session, _, form = checked
+        message_id = int(request.path_params["message_id"])
+        if not 1 <= message_id <= MAX_ID:
+            return self._no_thread()
+        if "reason" in extra:
+            extra["reason"] = form.get("reason", "")
+        changed = await self.gateway.call(
+            f"member:{session.member_id}",
+            fn,
+            session.member_id,
+            session.generation,
+            message_id,
+            **extra,
+        )
+        if changed.signed_out:
+            return self.signins.members_only()
+        if changed.refused:
+            return self._not_yours(changed.refused)
+        path = "/board" if changed.thread_id is None else f"/board/{changed.thread_id}"
+        return self.signins.to_board(done, path)
+
+    async def delete(self, request: Request) -> Response:
+        return await self._act(request, board.delete, "deleted")
+
+    async def report(self, request: Request) -> Response:
+        return await self._act(request, board.report, "reported", reason="")
+
+
+__all__ = ["BoardPages"]
