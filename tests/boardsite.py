@@ -90,7 +90,7 @@ class Reader:
         return found.group(1)
 
     def post(self, body: str, path: str = "/board", **extra: str) -> httpx.Response:
-        data = {"csrf": self.csrf(path), "body": body, **extra}
+        data = {"csrf": self.csrf(), "body": body, **extra}
         return self.client.post(path, data=data, follow_redirects=False)
 
 
@@ -178,9 +178,7 @@ def make_board(
     if board:
         import dataclasses
 
-        settings = dataclasses.replace(
-            settings, board=dataclasses.replace(settings.board, **board)
-        )
+        settings = dataclasses.replace(settings, board=dataclasses.replace(settings.board, **board))
     sessions = db.open_database(settings.database_url)
     services = Services(settings, sessions)
     members.import_file(services, REPO / "subscribers" / "example.csv", actor="test")

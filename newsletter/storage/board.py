@@ -92,7 +92,7 @@ _REPLIES = (
 
 def threads(session: Session, limit: int, offset: int) -> list[Row]:
     """Shown threads, newest first."""
-    return _rows(session.execute(_THREADS, {"n": limit, "skip": offset}).tuples().all())
+    return _rows(session.execute(_THREADS, {"n": limit, "skip": offset}).all())
 
 
 def thread_count(session: Session) -> int:
@@ -103,7 +103,7 @@ def replies(session: Session, thread_ids: Collection[int]) -> dict[int, list[Row
     """Each thread's shown replies, oldest first."""
     out: dict[int, list[Row]] = {t: [] for t in thread_ids}
     if thread_ids:
-        for row in _rows(session.execute(_REPLIES, {"ids": list(thread_ids)}).tuples().all()):
+        for row in _rows(session.execute(_REPLIES, {"ids": list(thread_ids)}).all()):
             assert row.message.parent_id is not None
             out[row.message.parent_id].append(row)
     return out
@@ -150,7 +150,7 @@ def digest(session: Session, since: dt.datetime | None, limit: int) -> list[tupl
     )
     if since is not None:
         query = query.where(BoardMessage.approved_at > since)
-    return [(Row(m, n, e), int(c)) for m, n, e, c in session.execute(query).tuples()]
+    return [(Row(m, n, e), int(c)) for m, n, e, c in session.execute(query)]
 
 
 # --- moderation --------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def reports(session: Session, message_ids: Collection[int]) -> dict[int, list[tu
             .join(Member, Member.id == BoardReport.member_id)
             .where(BoardReport.message_id.in_(message_ids))
             .order_by(BoardReport.at)
-        ).tuples()
+        )
         for message_id, email, reason in rows:
             out[message_id].append((email, reason))
     return out
@@ -216,7 +216,7 @@ def blocked(session: Session, now: dt.datetime) -> list[tuple[BoardMember, str, 
             (BoardMember.blocked_until.is_(None)) | (BoardMember.blocked_until > now),
         )
         .order_by(BoardMember.blocked_at.desc())
-    ).tuples()
+    )
     return list(rows)
 
 
@@ -266,7 +266,7 @@ def load_counts(session: Session, member_ids: set[int], ips: set[str], since: dt
             select(BoardMessage.member_id, recent, approved)
             .where(BoardMessage.member_id.in_(wanted))
             .group_by(BoardMessage.member_id)
-        ).tuples()
+        )
         counted = {int(m): [int(r or 0), int(a or 0)] for m, r, a in rows}
         for member_id in wanted:
             members[member_id] = counted.get(member_id, [0, 0])
@@ -276,7 +276,7 @@ def load_counts(session: Session, member_ids: set[int], ips: set[str], since: dt
             select(BoardMessage.ip, func.count())
             .where(BoardMessage.ip.in_(wanted_ips), BoardMessage.created_at >= since)
             .group_by(BoardMessage.ip)
-        ).tuples()
+        )
         counted_ip = {str(ip): int(n) for ip, n in rows_ip}
         for ip in wanted_ips:
             ips_known[ip] = counted_ip.get(ip, 0)

@@ -1,0 +1,418 @@
+"""The members' board over HTTP, on SQLite and PostgreSQL, on an injected clock: signing in by an
+emailed link, posting and the new member's held first post, limits, blocks, reports, a member's
+own edits, signing out everywhere, reply notices, members-only reading and search."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from sqlalchemy import update
+
+from newsletter.services import board, members, moderation
+from newsletter.storage.models import BoardStatus, Member, MemberStatus
+from tests.boardsite import (
+    CHEN,
+    FORMER,
+    JOHN,
+    LI,
+    MARIA,
+    WANG,
+    Board,
+    board_site,
+    html_of,
+    text_of,
+)
+from tests.snapshot import snapshot
+
+__all__ = ["board_site"]
+
+SEED = "Only our members can leave a message, so please register or login."
+
+
+def visible(page: str) -> str:
+    """A page's text without its tags (for "is it on the page" questions)."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page))
+
+
+# --- signing in ----------------------------------------------------------------------------------
+
+
+def test_a_signin_link_works_once_and_not_after_fifteen_minutes(board_site: Board) -> None:
+    b = board_site
+    link = b.signin_link(LI)
+    person = b.reader()
+    page = person.client.get(link)
+    assert page.status_code == 200
+    assert "Sign in" in page.text
+    assert LI in page.text
+    assert "set-cookie" not in page.headers  # the GET signs nobody in
+    b.clock.advance(minutes=14, seconds=59)
+    first = person.client.post(link, data={"person": "1"}, follow_redirects=False)
+    assert first.status_code == 303
+    assert first.headers["location"] == "/board?done=signedin"
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith("member_session=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Secure" not in cookie  # the site is served over http here
+    assert "Signed in as <strong>Li Wei</strong>" in person.client.get("/board").text
+
+    again = b.reader().client.post(link, data={"person": "1"}, follow_redirects=False)
+    assert again.status_code == 400
+    assert "used already" in again.text
+    assert "set-cookie" not in again.headers
+
+    late = b.signin_link(LI)
+    b.clock.advance(minutes=15, seconds=1)
+    expired = b.reader().client.post(late, data={"person": "1"}, follow_redirects=False)
+    assert expired.status_code == 400
+    assert "expired" in expired.text
+    assert "set-cookie" not in expired.headers
+    assert b.audits("sign-in") == 1
+
+
+def test_who_may_not_sign_in_gets_no_link_and_the_same_page(board_site: Board) -> None:
+    b = board_site
+    with b.sessions.begin() as s:
+        s.execute(update(Member).where(Member.email == MARIA).values(status=MemberStatus.BOUNCED))
+    b.run(moderation.block, b.member_id(JOHN), "Spam")
+    early = b.signin_link(CHEN)  # asked for before the block below
+    b.run(moderation.block, b.member_id(CHEN), "Abuse")
+    for email in (FORMER, MARIA, JOHN, "nobody@example.org"):
+        answer = b.reader().client.post("/signin", data={"email": email})
+        assert answer.status_code == 200
+        assert "Check your inbox" in answer.text
+        assert b.mails("signin", email) == []
+    refused = b.reader().client.post(early, data={"person": "1"}, follow_redirects=False)
+    assert refused.status_code == 400
+    assert "blocked" in refused.text
+    assert "set-cookie" not in refused.headers
+
+
+def test_a_member_who_leaves_is_signed_out(board_site: Board) -> None:
+    b = board_site
+    li = b.sign_in(LI)
+    assert "Signed in as" in li.client.get("/board").text
+    b.run(members.unsubscribe, b.member_id(LI), via="test")
+    page = li.client.get("/board").text
+    assert SEED in visible(page)
+    assert "Signed in as" not in page
+
+
+def test_sign_out_everywhere_ends_every_session(board_site: Board) -> None:
+    b = board_site
+    phone, laptop = b.sign_in(LI), b.sign_in(LI)
+    csrf = laptop.csrf()
+    done = laptop.client.post("/signout/everywhere", data={"csrf": csrf}, follow_redirects=False)
+    assert done.status_code == 303
+    assert 'member_session=""' in done.headers["set-cookie"]
+    assert "Signed in as" not in phone.client.get("/board").text
+    forged = phone.client.post(
+        "/board", data={"csrf": csrf, "body": "still here?"}, follow_redirects=False
+    )
+    assert forged.status_code == 403
+    assert b.messages() == []
+    assert "Signed in as" in b.sign_in(LI).client.get("/board").text  # a new sign-in works
+    assert b.audits("sign-out-everywhere") == 1
+
+
+def test_signing_out_clears_the_cookie(board_site: Board) -> None:
+    b = board_site
+    li = b.sign_in(LI)
+    done = li.client.post("/signout", data={"csrf": li.csrf()}, follow_redirects=False)
+    assert done.status_code == 303
+    assert "Signed in as" not in li.client.get("/board").text
+
+
+# --- posting -------------------------------------------------------------------------------------
+
+
+def test_a_new_members_first_post_waits_for_an_editor(board_site: Board) -> None:
+    b = board_site
+    li, anyone = b.sign_in(LI), b.reader()
+    first = li.post("First **post** on the board")
+    assert first.status_code == 303
+    assert first.headers["location"] == "/board?done=held"
+    assert "waits for an editor" in li.client.get(first.headers["location"]).text
+    assert "First" not in anyone.client.get("/board").text
+    (held,) = b.messages()
+    assert held.status == BoardStatus.HELD
+    queue = b.services.read(moderation.queue)
+    assert [w.id for w in queue.waiting] == [held.id]
+    b.run(moderation.approve, held.id)
+    assert "First <strong>post</strong> on the board" in anyone.client.get("/board").text
+    second = li.post("A second one")
+    assert second.headers["location"] == "/board?done=posted"  # approved once: trusted now
+    assert "A second one" in anyone.client.get("/board").text
+    assert [m.status for m in b.messages()] == [BoardStatus.SHOWN, BoardStatus.SHOWN]
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_replies_are_one_level_under_their_thread(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("Where do we file?")
+    (thread,) = b.messages()
+    answer = wang.post("At the office.", f"/board/{thread.id}")
+    assert answer.headers["location"] == f"/board/{thread.id}?done=posted"
+    reply = b.messages()[1]
+    assert reply.parent_id == thread.id
+    nested = li.post("A reply to a reply", f"/board/{reply.id}")
+    assert nested.status_code == 404  # a reply has no replies: one level only
+    assert "no such thread" in nested.text
+    page = b.reader().client.get("/board").text
+    assert page.index("Where do we file?") < page.index("At the office.")
+    assert '<ol class="replies">' in page
+
+
+@pytest.mark.board_config(held_posts=0, posts_per_hour=2, posts_per_ip_hour=3)
+def test_posts_are_limited_per_member_and_per_address(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    assert li.post("one").status_code == 303
+    assert li.post("two").status_code == 303
+    third = li.post("three")
+    assert third.status_code == 429
+    assert "board.posts_per_hour" in third.text
+    assert "three" in third.text  # the form keeps what was typed
+    assert wang.post("four").status_code == 303
+    crowded = wang.post("five")  # the same network address (the test client's)
+    assert crowded.status_code == 429
+    assert "board.posts_per_ip_hour" in crowded.text
+    assert len(b.messages()) == 3
+    b.clock.advance(hours=1, seconds=1)
+    assert li.post("later").status_code == 303
+
+
+def test_the_honeypot_stores_nothing(board_site: Board) -> None:
+    b = board_site
+    li = b.sign_in(LI)
+    before = snapshot(b.sessions)
+    bot = li.post("Buy now", website="http://spam.example")
+    assert bot.status_code == 303  # the same answer a person gets
+    assert snapshot(b.sessions) == before
+
+
+@pytest.mark.board_config(held_posts=0, report_threshold=3)
+def test_reported_messages_leave_the_board_until_an_editor_acts(board_site: Board) -> None:
+    b = board_site
+    li = b.sign_in(LI)
+    li.post("A message some dislike")
+    (message,) = b.messages()
+    anyone = b.reader()
+    refused = li.client.post(
+        f"/board/{message.id}/report", data={"csrf": li.csrf()}, follow_redirects=False
+    )
+    assert refused.status_code == 400  # one's own message
+    for n, email in enumerate((WANG, JOHN, MARIA), start=1):
+        reporter = b.sign_in(email)
+        for _ in range(1 if n == 3 else 2):  # twice: it counts once
+            done = reporter.client.post(
+                f"/board/{message.id}/report",
+                data={"csrf": reporter.csrf(), "reason": f"reason {n}"},
+                follow_redirects=False,
+            )
+            assert done.status_code == 303
+        shown = "A message some dislike" in anyone.client.get("/board").text
+        assert shown == (n < 3)
+    assert "A message some dislike" not in li.client.get("/board").text
+    assert anyone.client.get(f"/board/{message.id}").status_code == 404
+    (waiting,) = b.services.read(moderation.queue).waiting
+    assert waiting.status == BoardStatus.REPORTED
+    assert [reason for _, reason in waiting.reports] == ["reason 1", "reason 2", "reason 3"]
+    b.run(moderation.approve, message.id)  # the editor looked: it may stay
+    assert "A message some dislike" in anyone.client.get("/board").text
+    assert b.services.read(moderation.queue).waiting == ()
+    b.run(moderation.hide, message.id)
+    assert "A message some dislike" not in anyone.client.get("/board").text
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_a_blocked_member_cannot_post_until_the_block_ends(board_site: Board) -> None:
+    b = board_site
+    li = b.sign_in(LI)
+    until = b.clock.now + dt.timedelta(days=1)
+    b.run(moderation.block, b.member_id(LI), "Links to counterfeit goods", until)
+    page = li.client.get("/board").text
+    assert "Links to counterfeit goods" in page
+    assert 'id="post"' not in page
+    before = snapshot(b.sessions)
+    refused = li.client.post(
+        "/board", data={"csrf": li.csrf(), "body": "Let me in"}, follow_redirects=False
+    )
+    assert refused.status_code == 403
+    assert "blocked you from posting" in refused.text
+    assert snapshot(b.sessions) == before
+    b.clock.advance(days=1, seconds=1)
+    assert li.post("Back again").status_code == 303
+    assert b.audits("board-block") == 1
+
+
+@pytest.mark.board_config(held_posts=0, edit_minutes=15)
+def test_own_messages_are_edited_and_deleted_for_fifteen_minutes(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("Frist draft")
+    (message,) = b.messages()
+    assert f'href="/board/{message.id}/edit"' in li.client.get("/board").text
+    theirs = wang.client.get("/board").text
+    assert f'href="/board/{message.id}/edit"' not in theirs
+    assert f'action="/board/{message.id}/report"' in theirs
+    assert "Frist draft" in li.client.get(f"/board/{message.id}/edit").text
+    edited = li.client.post(
+        f"/board/{message.id}/edit",
+        data={"csrf": li.csrf(), "body": "First draft"},
+        follow_redirects=False,
+    )
+    assert edited.status_code == 303
+    assert "First draft" in b.reader().client.get("/board").text
+    not_theirs = wang.client.post(
+        f"/board/{message.id}/edit", data={"csrf": wang.csrf(), "body": "mine now"}
+    )
+    assert not_theirs.status_code == 400
+    assert "not one of your messages" in not_theirs.text
+    b.clock.advance(minutes=15, seconds=1)
+    assert f'href="/board/{message.id}/edit"' not in li.client.get("/board").text
+    late = li.client.post(
+        f"/board/{message.id}/delete", data={"csrf": li.csrf()}, follow_redirects=False
+    )
+    assert late.status_code == 400
+    assert "15 minutes" in late.text
+    li.post("Posted in error")
+    mistake = b.messages()[-1]
+    gone = li.client.post(
+        f"/board/{mistake.id}/delete", data={"csrf": li.csrf()}, follow_redirects=False
+    )
+    assert gone.status_code == 303
+    assert "Posted in error" not in b.reader().client.get("/board").text
+    assert b.messages()[-1].status == BoardStatus.DELETED
+    assert b.messages()[-1].body_md == ""
+
+
+# --- who may read ------------------------------------------------------------------------------
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_a_non_member_reads_the_public_board_and_sees_the_seeds_sentence(board_site: Board) -> None:
+    b = board_site
+    b.sign_in(LI).post("Open to all readers")
+    page = b.reader().client.get("/board").text
+    assert SEED in visible(page)
+    assert 'href="/subscribe">register</a>' in page
+    assert 'href="/signin">login</a>' in page
+    assert "Open to all readers" in page
+    assert "<textarea" not in page
+    found = b.reader().client.get("/search", params={"q": "readers"}).text
+    assert 'id="board-hits"' in found
+
+
+@pytest.mark.board_config(held_posts=0, read="members")
+def test_a_members_only_board_shows_non_members_the_seeds_sentence_only(board_site: Board) -> None:
+    b = board_site
+    li = b.sign_in(LI)
+    li.post("For members only")
+    (message,) = b.messages()
+    anyone = b.reader()
+    for path in ("/board", f"/board/{message.id}"):
+        page = anyone.client.get(path).text
+        assert SEED in visible(page)
+        assert "For members only" not in page
+    assert 'id="board-hits"' not in anyone.client.get("/search", params={"q": "members"}).text
+    assert "For members only" in li.client.get("/board").text
+    assert 'id="board-hits"' in li.client.get("/search", params={"q": "members"}).text
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_search_finds_only_what_the_board_shows(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("Pledge valuation of patents")
+    thread = b.messages()[0]
+    wang.post("A pledge of trademarks too", f"/board/{thread.id}")
+    wang.post("Another pledge thread")
+    hits = b.services.read(board.search_board, "pledge")
+    assert {h.message_id for h in hits} == {m.id for m in b.messages()}
+    assert {h.name for h in hits} == {"Li Wei", "王芳"}
+    b.run(moderation.hide, thread.id)  # its reply goes with it
+    assert [h.message_id for h in b.services.read(board.search_board, "pledge")] == [
+        b.messages()[2].id
+    ]
+    assert b.services.read(board.search_board, "valuation") == []
+
+
+# --- reply notices -------------------------------------------------------------------------------
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_a_reply_mails_the_author_once_a_thread_a_day(board_site: Board) -> None:
+    b = board_site
+    li, wang, john = b.sign_in(LI), b.sign_in(WANG), b.sign_in(JOHN)
+    li.post("Who has filed in Shanghai?")
+    thread = b.messages()[0]
+    li.post("Myself, replying", f"/board/{thread.id}")
+    assert b.mails("board-reply") == []  # not to oneself
+    wang.post("We did, last **May**.", f"/board/{thread.id}")
+    (notice,) = b.mails("board-reply", LI)
+    assert notice["List-Unsubscribe"].startswith("<http://127.0.0.1:8000/n/")
+    assert notice["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert notice["Auto-Submitted"] == "auto-generated"
+    assert "王芳 replied to your message" in text_of(notice)
+    assert "We did, last May." in text_of(notice)
+    assert "<strong>May</strong>" in html_of(notice)
+    assert f"/board/{thread.id}" in text_of(notice)
+    john.post("So did we.", f"/board/{thread.id}")
+    assert len(b.mails("board-reply", LI)) == 1  # one a thread a day
+    b.clock.advance(days=1, seconds=1)
+    john.post("And again.", f"/board/{thread.id}")
+    assert len(b.mails("board-reply", LI)) == 2
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_reply_notices_are_switched_off_by_the_member(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("A thread")
+    thread = b.messages()[0]
+    wang.post("A reply", f"/board/{thread.id}")
+    (notice,) = b.mails("board-reply", LI)
+    stop = b.path(notice["List-Unsubscribe"].strip("<>"))
+    before = snapshot(b.sessions)
+    for method in ("HEAD", "GET"):  # a scanner's fetches change nothing
+        assert b.reader().client.request(method, stop).status_code == 200
+    assert snapshot(b.sessions) == before
+    one_click = b.reader().client.post(stop, data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200
+    b.clock.advance(days=2)
+    wang.post("Another reply", f"/board/{thread.id}")
+    assert len(b.mails("board-reply", LI)) == 1
+    on = li.client.post(
+        "/board/notices", data={"csrf": li.csrf(), "notices": "on"}, follow_redirects=False
+    )
+    assert on.status_code == 303
+    b.clock.advance(days=2)
+    wang.post("A third reply", f"/board/{thread.id}")
+    assert len(b.mails("board-reply", LI)) == 2
+
+
+@pytest.mark.board_config(held_posts=0, reply_notices=False)
+def test_reply_notices_are_switched_off_by_config(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("A thread")
+    wang.post("A reply", f"/board/{b.messages()[0].id}")
+    assert b.mails("board-reply") == []
+
+
+def test_an_approved_reply_mails_the_author(board_site: Board) -> None:
+    """held_posts = 1: the reply waits, and its notice goes when an editor approves it."""
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("A thread")
+    thread = b.messages()[0]
+    b.run(moderation.approve, thread.id)
+    wang.post("A first post, as a reply", f"/board/{thread.id}")
+    assert b.mails("board-reply") == []
+    b.run(moderation.approve, b.messages()[1].id)
+    assert len(b.mails("board-reply", LI)) == 1
