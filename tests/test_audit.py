@@ -26,6 +26,7 @@ from newsletter.cli.main import app as cli
 from newsletter.config import Settings
 from newsletter.content.sources import read_source
 from newsletter.services import (
+    board,
     drafts,
     editors,
     evidence,
@@ -33,6 +34,8 @@ from newsletter.services import (
     items,
     mail,
     members,
+    moderation,
+    signin,
     surveys,
     votes,
 )
@@ -168,6 +171,20 @@ def _pending_member(site: Site) -> None:
         s.execute(text("UPDATE members SET status = 'pending' WHERE id = 3"))
 
 
+def _posted(site: Site) -> None:
+    """Member 1's first post on the board (held for approval)."""
+    site.run(board.post, 1, 0, "A first message", ip="192.0.2.1")
+
+
+def _shown(site: Site) -> None:
+    _posted(site)
+    site.run(moderation.approve, 1)
+
+
+def _signin_link(site: Site) -> None:
+    site.run(signin.request_link, "li.wei@example.org", ip="192.0.2.1")
+
+
 # Each use-case: (what to prepare, the call, the audit action it writes).
 CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str]] = {
     "members.import_members": (
@@ -269,6 +286,35 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
         "edit-item",
     ),
     "items.reorder": (None, lambda s: s.run(items.reorder, ["md:extra1"]), "reorder-items"),
+    "board.post": (None, _posted, "board-post"),
+    "board.edit": (_posted, lambda s: s.run(board.edit, 1, 0, 1, "Changed"), "board-edit"),
+    "board.delete": (_posted, lambda s: s.run(board.delete, 1, 0, 1), "board-delete"),
+    "board.report": (_shown, lambda s: s.run(board.report, 2, 0, 1, "spam"), "board-report"),
+    "moderation.approve": (_posted, lambda s: s.run(moderation.approve, 1), "board-approve"),
+    "moderation.hide": (_posted, lambda s: s.run(moderation.hide, 1), "board-hide"),
+    "moderation.remove": (_posted, lambda s: s.run(moderation.remove, 1), "board-remove"),
+    "moderation.block": (None, lambda s: s.run(moderation.block, 1, "Spam"), "board-block"),
+    "moderation.unblock": (
+        lambda s: s.run(moderation.block, 1, "Spam"),
+        lambda s: s.run(moderation.unblock, 1),
+        "board-unblock",
+    ),
+    "signin.request_link": (None, _signin_link, "signin-link"),
+    "signin.sign_in": (
+        _signin_link,
+        lambda s: s.run(signin.sign_in, 1, signin_id=1, person=True),
+        "sign-in",
+    ),
+    "signin.sign_out_everywhere": (
+        None,
+        lambda s: s.run(signin.sign_out_everywhere, 1, 0),
+        "sign-out-everywhere",
+    ),
+    "signin.set_notices": (
+        None,
+        lambda s: s.run(signin.set_notices, 1, False, via="t"),
+        "board-notices",
+    ),
 }
 
 
