@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
+from newsletter.services import board, moderation
 from newsletter.storage.models import Delivery, Issue, IssueItem, Member, utcnow
 from tests import steps as publish
 from tests.checks import check_message, seed_titles
@@ -98,6 +99,13 @@ def test_rendering_and_inlining_run_once_per_issue(
     (tmp_path / "many.csv").write_text("email,name\n" + rows)
     import_csv(sessions, tmp_path / "many.csv")
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    # Approved messages on the board: the issue carries them, compiled with the rest.
+    services = publish.services(settings, sessions)
+    for member_id, body in ((1, "A thread on **pledge loans**"), (2, "A thread on customs")):
+        services.run("test", board.post, member_id, 0, body, ip="192.0.2.1")
+        services.run("test", moderation.approve, member_id)
+    services.run("test", board.post, 3, 0, "A reply", parent_id=1, ip="192.0.2.1")
+    services.run("test", moderation.approve, 3)
     calls: Counter[str] = Counter()
     transform, render = premailer.Premailer.transform, jinja2.Template.render
 
@@ -114,6 +122,11 @@ def test_rendering_and_inlining_run_once_per_issue(
     send(settings, sessions)
     assert len(smtp_server.messages) == 60
     assert calls == {"premailer": 1, "email/issue.html": 1, "email/issue.txt": 1, "subject": 1}
+    for received in smtp_server.messages:
+        _, text, html, _ = check_message(received.data)
+        for part in (text, html):
+            assert "From the members' board" in part
+            assert part.index("A thread on pledge loans") < part.index("A thread on customs")
 
 
 def test_chinese_names_and_titles_survive_the_headers(
