@@ -13,7 +13,7 @@ import datetime as dt
 
 from markupsafe import Markup
 
-from newsletter.content.board import display_name
+from newsletter.content.board import display_name, tidy
 from newsletter.content.layout import system_message
 from newsletter.services import mail
 from newsletter.services.unit import Unit
@@ -41,7 +41,9 @@ def _queue(
     msgid, data = system_message(
         from_name=settings.list.name,
         from_address=settings.list.from_address,
-        to_name=member.name,
+        # Names are cleaned when they come in; one stored otherwise must still not break the
+        # header (a line break in To would be refused, and the reply with it).
+        to_name=" ".join(tidy(member.name).split()),
         to_address=member.email,
         subject=subject,
         text=env.get_template(f"email/{template}.txt").render(context),

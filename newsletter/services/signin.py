@@ -107,7 +107,12 @@ def visit(
     user_agent: str = "",
 ) -> LinkPage | None:
     """A GET or HEAD of a sign-in link (kind "signin") or an issue's board link ("board"):
-    recorded as evidence, nothing else. None when the link names no member."""
+    recorded as evidence, nothing else. None (and nothing recorded) when the link names no
+    member, or a sign-in that is not the member's."""
+    if signin_id is not None:
+        row = signins.get(unit.session, signin_id)
+        if row is None or row.member_id != member_id:
+            return None
     visitor = evidence.visit(
         unit,
         member_id,

@@ -164,7 +164,7 @@ class SigninPages:
             user_agent=agent(request),
         )
         if page is None:
-            return self.pages.bad_link("the link names a member that does not exist")
+            return self.pages.bad_link("the link names a member or sign-in that does not exist")
         if request.method == "HEAD":
             return empty()
         return self.pages.page(
