@@ -8,9 +8,12 @@ import datetime as dt
 import re
 
 import pytest
-from sqlalchemy import update
+from alembic import command
+from sqlalchemy import inspect, text, update
+from sqlalchemy.orm import Session
 
 from newsletter.services import board, members, moderation
+from newsletter.storage import db, search
 from newsletter.storage.models import BoardStatus, Member, MemberStatus
 from tests.boardsite import (
     CHEN,
@@ -416,3 +419,43 @@ def test_an_approved_reply_mails_the_author(board_site: Board) -> None:
     assert b.mails("board-reply") == []
     b.run(moderation.approve, b.messages()[1].id)
     assert len(b.mails("board-reply", LI)) == 1
+
+
+# --- the migration -------------------------------------------------------------------------------
+
+
+def test_the_migration_makes_the_board_and_takes_it_away(database_url: str) -> None:
+    """0012_board on a database at 0010: its tables and search index, which finds a message;
+    downgraded, nothing of them is left; upgraded again, all is back."""
+    engine = db.make_engine(database_url)
+    config = db._alembic_config(engine)
+    command.upgrade(config, "0010")
+    command.upgrade(config, "0012_board")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO members (email, name, status, attributes, created_at, updated_at, "
+                "bounce_count) VALUES ('a@example.org', 'A', 'active', '{}', :t, :t, 0)"
+            ),
+            {"t": dt.datetime(2026, 12, 1)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO board_messages (member_id, status, body_md, body_html, body_text, "
+                "ip, created_at) VALUES (1, 'shown', 'x', '<p>x</p>', 'pledge valuation', '', :t)"
+            ),
+            {"t": dt.datetime(2026, 12, 1)},
+        )
+    with Session(engine) as session:
+        assert [h.message_id for h in search.search_board(session, "valuation")] == [1]
+    board_tables = {"board_messages", "board_reports", "board_members", "board_signins"}
+    assert board_tables <= set(inspect(engine).get_table_names())
+    command.downgrade(config, "0010")
+    left = set(inspect(engine).get_table_names())
+    assert not {t for t in left if t.startswith("board")}
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT to_regclass('ix_board_fts')")) is None
+    command.upgrade(config, "head")
+    assert board_tables <= set(inspect(engine).get_table_names())
+    engine.dispose()
