@@ -170,6 +170,37 @@ def test_replies_are_one_level_under_their_thread(board_site: Board) -> None:
     assert '<ol class="replies">' in page
 
 
+@pytest.mark.board_config(held_posts=0)
+def test_the_board_shows_a_threads_last_replies_and_its_page_all(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("A long thread")
+    (thread,) = b.messages()
+    for n in range(1, 6):
+        wang.post(f"Reply number {n}", f"/board/{thread.id}")
+    board_page = b.reader().client.get("/board").text
+    assert [f"Reply number {n}" in board_page for n in range(1, 6)] == [False, False] + [True] * 3
+    assert "All 5 replies" in board_page
+    thread_page = b.reader().client.get(f"/board/{thread.id}").text
+    assert all(f"Reply number {n}" in thread_page for n in range(1, 6))
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_the_report_page_asks_before_reporting(board_site: Board) -> None:
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("Report me if you dare")
+    (message,) = b.messages()
+    page = wang.client.get(f"/board/{message.id}/report")
+    assert page.status_code == 200
+    assert "Report me if you dare" in page.text
+    assert f'action="/board/{message.id}/report"' in page.text
+    assert li.client.get(f"/board/{message.id}/report").status_code == 400  # her own
+    assert b.reader().client.get(f"/board/{message.id}/report").status_code == 403
+    assert wang.client.get("/board/999/report").status_code == 404
+    assert b.audits("board-report") == 0  # the GET reported nothing
+
+
 @pytest.mark.board_config(held_posts=0, posts_per_hour=2, posts_per_ip_hour=3)
 def test_posts_are_limited_per_member_and_per_address(board_site: Board) -> None:
     b = board_site
@@ -262,7 +293,7 @@ def test_own_messages_are_edited_and_deleted_for_fifteen_minutes(board_site: Boa
     assert f'href="/board/{message.id}/edit"' in li.client.get("/board").text
     theirs = wang.client.get("/board").text
     assert f'href="/board/{message.id}/edit"' not in theirs
-    assert f'action="/board/{message.id}/report"' in theirs
+    assert f'href="/board/{message.id}/report"' in theirs
     assert "Frist draft" in li.client.get(f"/board/{message.id}/edit").text
     edited = li.client.post(
         f"/board/{message.id}/edit",
@@ -343,6 +374,35 @@ def test_search_finds_only_what_the_board_shows(board_site: Board) -> None:
         b.messages()[2].id
     ]
     assert b.services.read(board.search_board, "valuation") == []
+
+
+def test_the_search_index_follows_approval_edits_and_deletion(board_site: Board) -> None:
+    """held_posts = 1: the index holds what the board shows, through every change."""
+    b = board_site
+    li = b.sign_in(LI)
+
+    def found(word: str) -> list[int]:
+        return [h.message_id for h in b.services.read(board.search_board, word)]
+
+    li.post("Trademark squatting in Hangzhou")
+    (message,) = b.messages()
+    assert found("squatting") == []  # held: not on the board, not in search
+    b.run(moderation.approve, message.id)
+    assert found("squatting") == [message.id]
+    edited = li.client.post(
+        f"/board/{message.id}/edit",
+        data={"csrf": li.csrf(), "body": "Trademark hoarding in Hangzhou"},
+        follow_redirects=False,
+    )
+    assert edited.status_code == 303
+    assert found("squatting") == []
+    assert found("hoarding") == [message.id]
+    li.client.post(f"/board/{message.id}/delete", data={"csrf": li.csrf()})
+    assert found("hoarding") == []
+    assert found("Hangzhou") == []
+    if b.settings.database_url.startswith("sqlite"):
+        with b.sessions.begin() as s:  # FTS5 checks its index's structure: raises if broken
+            s.execute(text("INSERT INTO board_fts(board_fts) VALUES ('integrity-check')"))
 
 
 # --- reply notices -------------------------------------------------------------------------------

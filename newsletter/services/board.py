@@ -39,9 +39,10 @@ from newsletter.storage.models import (
 
 HOUR = dt.timedelta(hours=1)
 REASON_CHARS = 300  # a report's reason
+REPLIES_SHOWN = 3  # a thread's last replies on the board's pages (its own page has them all)
 
 
-def blocked(standing: BoardMember | None, now: dt.datetime) -> bool:
+def blocked(standing: BoardMember | rows.Person | None, now: dt.datetime) -> bool:
     """Whether a block from posting holds at `now`."""
     if standing is None or standing.blocked_at is None:
         return False
@@ -62,27 +63,24 @@ class Viewer:
 
 
 def _load_viewers(session: Session, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
-    ids = {args[0] for args, _ in calls}
-    member_rows.load(session, ids)
-    rows.load_standing(session, ids)
+    rows.load_people(session, {args[0] for args, _ in calls})
 
 
 def _viewer(unit: Unit, member_id: int, generation: int) -> Viewer | None:
-    member = member_rows.get(unit.session, member_id)
-    if member is None or member.status != MemberStatus.ACTIVE:
+    found = rows.person(unit.session, member_id)
+    if found is None or found.status != MemberStatus.ACTIVE:
         return None
-    standing = rows.standing(unit.session, member_id)
-    if (standing.generation if standing else 0) != generation:
+    if found.generation != generation:
         return None  # signed out everywhere since this session began
-    held = blocked(standing, unit.now)
+    held = blocked(found, unit.now)
     return Viewer(
-        member.id,
-        text.display_name(member.name),
+        found.member_id,
+        text.display_name(found.name),
         generation,
         held,
-        standing.block_reason if standing and held else "",
-        standing.blocked_until if standing and held else None,
-        standing.notices if standing else True,
+        found.block_reason if held else "",
+        found.blocked_until if held else None,
+        found.notices,
     )
 
 
@@ -116,6 +114,10 @@ def _load_posts(session: Session, calls: list[tuple[tuple[Any, ...], dict[str, A
     _load_viewers(session, calls)
     parents = {kw["parent_id"] for _, kw in calls if kw.get("parent_id")}
     rows.load_messages(session, parents)
+    now = session.info.get("now")
+    if now is not None:
+        ips = {str(kw.get("ip", ""))[:64] for _, kw in calls}
+        rows.load_counts(session, {args[0] for args, _ in calls}, ips, now - HOUR)
 
 
 def _limits(unit: Unit, member_id: int, ip: str) -> tuple[str, int]:
@@ -171,6 +173,7 @@ def post(
             or not rows.is_visible(unit.session, parent)
         ):
             return Posted(None, "the message you reply to is not on the board", "thread")
+    ip = ip[:64]
     problem, approved = _limits(unit, member_id, ip)
     if problem:
         return Posted(None, problem, "limit")
@@ -180,19 +183,17 @@ def post(
         return Posted(None, str(exc), "message")
     held = approved < unit.settings.board.held_posts
     status = BoardStatus.HELD if held else BoardStatus.SHOWN
-    message = rows.add(
+    rows.add(
         unit.session,
-        BoardMessage(
-            parent_id=parent_id,
-            member_id=member_id,
-            status=status,
-            body_md=rendered.markdown,
-            body_html=rendered.html,
-            body_text=rendered.text,
-            ip=ip[:64],
-            created_at=unit.now,
-            approved_at=None if held else unit.now,
-        ),
+        parent_id=parent_id,
+        member_id=member_id,
+        status=status,
+        body_md=rendered.markdown,
+        body_html=rendered.html,
+        body_text=rendered.text,
+        ip=ip,
+        created_at=unit.now,
+        approved_at=None if held else unit.now,
     )
     rows.counted(unit.session, member_id, ip, approved=not held)
     where = f"a reply to #{parent_id}" if parent_id else "a new thread"
@@ -204,7 +205,7 @@ def post(
     )
     if not held:
         if parent is not None:
-            notices.reply(unit, parent, message, who.name)
+            notices.reply(unit, parent, member_id, who.name, rendered.html, rendered.text)
         unit.after_commit(lambda: unit.services.changed("board"))
     return Posted(status)
 
@@ -350,7 +351,8 @@ class MessageView:
 @dataclass(frozen=True, slots=True)
 class ThreadView:
     message: MessageView
-    replies: tuple[MessageView, ...]
+    replies: tuple[MessageView, ...]  # on the board's pages, the last few only
+    count: int  # all its replies
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,9 +383,23 @@ def page(unit: Unit, number: int = 1) -> Page:
     found = rows.threads(unit.session, size, (number - 1) * size)
     replies = rows.replies(unit.session, [r.message.id for r in found])
     threads = tuple(
-        ThreadView(_view(r), tuple(_view(x) for x in replies[r.message.id])) for r in found
+        ThreadView(
+            _view(r),
+            tuple(_view(x) for x in replies[r.message.id][-REPLIES_SHOWN:]),
+            len(replies[r.message.id]),
+        )
+        for r in found
     )
     return Page(threads, number, pages)
+
+
+def message(unit: Unit, message_id: int) -> MessageView | None:
+    """One message the board shows, or None."""
+    found = rows.get(unit.session, message_id)
+    if found is None or not rows.is_visible(unit.session, found):
+        return None
+    author = member_rows.get(unit.session, found.member_id)
+    return _view(rows.Row(found, author.name if author else "", ""))
 
 
 def thread(unit: Unit, thread_id: int) -> ThreadView | None:
@@ -392,7 +408,7 @@ def thread(unit: Unit, thread_id: int) -> ThreadView | None:
     if found is None:
         return None
     replies = rows.replies(unit.session, [thread_id])[thread_id]
-    return ThreadView(_view(found), tuple(_view(x) for x in replies))
+    return ThreadView(_view(found), tuple(_view(x) for x in replies), len(replies))
 
 
 def search_board(unit: Unit, q: str, limit: int = 20) -> list[search.BoardHit]:

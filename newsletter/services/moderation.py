@@ -130,7 +130,9 @@ def approve(unit: Unit, message_id: int) -> BoardStatus:
         parent = rows.get(unit.session, message.parent_id)
         author = member_rows.get(unit.session, message.member_id)
         if parent is not None and parent.status == BoardStatus.SHOWN and author is not None:
-            notices.reply(unit, parent, message, author.name)
+            notices.reply(
+                unit, parent, message.member_id, author.name, message.body_html, message.body_text
+            )
     _changed(unit)
     return message.status
 

@@ -77,11 +77,14 @@ def queue_signin(unit: Unit, member: Member, signin_id: int) -> int:
     )
 
 
-def reply(unit: Unit, thread: BoardMessage, message: BoardMessage, replier: str) -> int | None:
-    """Tell a thread's author that `message` (now on the board) replied to it, unless notices
-    are off (by config or by the author), the author replied to themselves, has left or
-    bounced, or had a notice for this thread within a day. The queued mail's id, or None."""
-    if not unit.settings.board.reply_notices or thread.member_id == message.member_id:
+def reply(
+    unit: Unit, thread: BoardMessage, replier_id: int, replier: str, html: str, text: str
+) -> int | None:
+    """Tell a thread's author that a reply (`html` and `text`, now on the board) came from
+    `replier`, unless notices are off (by config or by the author), the author replied to
+    themselves, has left or bounced, or had a notice for this thread within a day. The
+    queued mail's id, or None."""
+    if not unit.settings.board.reply_notices or thread.member_id == replier_id:
         return None
     author = member_rows.get(unit.session, thread.member_id)
     if author is None or author.status != MemberStatus.ACTIVE:
@@ -101,8 +104,8 @@ def reply(unit: Unit, thread: BoardMessage, message: BoardMessage, replier: str)
         "board_reply",
         {
             "replier": display_name(replier),
-            "reply_html": Markup(message.body_html),  # sanitised when it was posted
-            "reply_text": message.body_text,
+            "reply_html": Markup(html),  # sanitised when it was posted
+            "reply_text": text,
             "thread_link": links.thread(thread.id),
             "stop_link": stop,
         },

@@ -154,14 +154,16 @@ _BOARD_SQLITE = text(
     ORDER BY f.rank, m.id DESC
     """
 )
-# The WHERE expression is migration 0012_board's index expression, word for word.
+# The WHERE expression and status condition are migration 0012_board's partial index's, word
+# for word. (SQLite's index holds shown messages only; so does this one.)
 _BOARD_POSTGRES = text(
     f"""
     WITH hits AS (
         SELECT b.id, q.query,
                ts_rank(to_tsvector('simple', coalesce(b.body_text, '')), q.query) AS rank
         FROM board_messages AS b, websearch_to_tsquery('simple', :q) AS q(query)
-        WHERE to_tsvector('simple', coalesce(body_text, '')) @@ q.query AND b.id IN ({_VISIBLE})
+        WHERE to_tsvector('simple', coalesce(body_text, '')) @@ q.query AND status = 'shown'
+              AND b.id IN ({_VISIBLE})
         ORDER BY rank DESC, b.id DESC
         LIMIT :n
     )

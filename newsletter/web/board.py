@@ -2,10 +2,10 @@
 a member's edits and deletions, reports.
 
 A page of the board is rendered once for each state (the board's messages, the page or
-thread, signed in or not) and cut at the marks that differ per reader: the CSRF token, the
-signed-in member's bar with its form, each message's controls (edit and delete one's own
-within board.edit_minutes, report anyone else's) and the notice line. A request fills those
-in: a join of strings. Entries are dropped when this process changes the board (the
+thread, signed in or not) and cut at the marks that differ per reader: the signed-in member's
+bar with its form and CSRF token, each message's controls (a link to edit or delete one's own
+within board.edit_minutes, or to report anyone else's) and the notice line. A request fills
+those in: a join of byte strings. Entries are dropped when this process changes the board (the
 services' "board" event) and after two seconds anyway, so other processes' changes show too.
 Posts go to the batcher (Gateway.submit), which commits many at once.
 """
@@ -35,7 +35,9 @@ from newsletter.web.signin import DONE, SigninPages
 
 MAX_ID = 2**31 - 1
 MARK = re.compile("\x00([a-z]+)(?:-([0-9]+))?\x00")
-CSRF, ME, NOTICE, NAME = "\x00csrf\x00", "\x00me\x00", "\x00notice\x00", "\x00name\x00"
+# Marks in a cut page (MARK), and in the member's bar (filled before it goes in).
+ME, NOTICE = "\x00me\x00", "\x00notice\x00"
+CSRF, NAME = "\x01csrf\x01", "\x01name\x01"
 # Statuses of a refused post, by the rule that refused it.
 REFUSED = {"blocked": 403, "limit": 429, "thread": 404, "session": 403}
 
@@ -48,33 +50,36 @@ def control(message_id: int) -> str:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Cut:
-    """A rendered page cut at its marks, with each message's author and time for its controls."""
+class Controls:
+    """What a message's controls need: its author and time, and both forms of the controls
+    (its author's, within board.edit_minutes, and everyone else's)."""
 
-    literals: tuple[str, ...]
+    author: int
+    posted: dt.datetime
+    own: bytes
+    others: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cut:
+    """A rendered page, as bytes, cut at its marks; each message's controls beside it."""
+
+    literals: tuple[bytes, ...]
     marks: tuple[tuple[str, int], ...]
-    messages: dict[int, tuple[int, dt.datetime]]
+    messages: dict[int, Controls]
 
     @classmethod
-    def of(cls, page: str, messages: dict[int, tuple[int, dt.datetime]]) -> Cut:
+    def of(cls, page: str, messages: dict[int, Controls]) -> Cut:
         parts = MARK.split(page)
         marks = tuple((name, int(n or 0)) for name, n in zip(parts[1::3], parts[2::3], strict=True))
-        return cls(tuple(parts[0::3]), marks, messages)
+        return cls(tuple(p.encode() for p in parts[0::3]), marks, messages)
 
-    def fill(self, value: Callable[[str, int], str]) -> str:
+    def fill(self, value: Callable[[str, int], bytes]) -> bytes:
         out = [self.literals[0]]
         for (name, n), literal in zip(self.marks, self.literals[1:], strict=True):
             out.append(value(name, n))
             out.append(literal)
-        return "".join(out)
-
-
-def _messages(threads: tuple[board.ThreadView, ...]) -> dict[int, tuple[int, dt.datetime]]:
-    found: dict[int, tuple[int, dt.datetime]] = {}
-    for t in threads:
-        for m in (t.message, *t.replies):
-            found[m.id] = (m.member_id, m.created_at)
-    return found
+        return b"".join(out)
 
 
 class BoardPages:
@@ -107,6 +112,7 @@ class BoardPages:
             Route(f"{one}/edit", self.edit_page, methods=read),
             Route(f"{one}/edit", self.edit_form, methods=["POST"]),
             Route(f"{one}/delete", self.delete, methods=["POST"]),
+            Route(f"{one}/report", self.report_page, methods=read),
             Route(f"{one}/report", self.report, methods=["POST"]),
         ]
 
@@ -116,12 +122,22 @@ class BoardPages:
         found = self.controls.get(template)
         if found is None:
             found = self.controls[template] = self.pages.render(
-                f"web/{template}",
-                message_id="\x00id\x00",
-                csrf=CSRF,
-                minutes=self.limits.edit_minutes,
+                f"web/{template}", message_id="\x00id\x00", minutes=self.limits.edit_minutes
             )
         return found
+
+    def _controls(self, threads: tuple[board.ThreadView, ...]) -> dict[int, Controls]:
+        own, others = self._fragment("_board_own.html"), self._fragment("_board_report.html")
+        return {
+            m.id: Controls(
+                m.member_id,
+                m.created_at,
+                own.replace("\x00id\x00", str(m.id)).encode(),
+                others.replace("\x00id\x00", str(m.id)).encode(),
+            )
+            for t in threads
+            for m in (t.message, *t.replies)
+        }
 
     def _bar(self, who: board.Viewer, action: str, error: str = "", draft: str = "") -> str:
         """The signed-in member's bar and form, with NAME and CSRF marks left in it."""
@@ -146,37 +162,30 @@ class BoardPages:
                     self.bars.popitem(last=False)
         return found
 
-    def _fill(self, cut: Cut, viewer: Viewer | None, request: Request, bar: str = "") -> str:
-        csrf = self.auth.csrf(viewer[0]) if viewer else ""
+    def _fill(self, cut: Cut, viewer: Viewer | None, request: Request, bar: str = "") -> bytes:
         done = DONE.get(request.query_params.get("done", ""))
-        notice = f'<p class="done" role="status">{html.escape(done)}</p>' if done else ""
-        now = self.services.clock()
-        window = dt.timedelta(minutes=self.limits.edit_minutes)
-        who = viewer[1] if viewer else None
+        notice = f'<p class="done" role="status">{html.escape(done)}</p>'.encode() if done else b""
+        if viewer is None:
+            return cut.fill(lambda name, _: notice if name == "notice" else b"")
+        session, who = viewer
+        mine = (
+            bar.replace(NAME, html.escape(who.name)).replace(CSRF, self.auth.csrf(session)).encode()
+        )
+        since = self.services.clock() - dt.timedelta(minutes=self.limits.edit_minutes)
 
-        def value(name: str, n: int) -> str:
-            if name == "csrf":
-                return csrf
-            if name == "notice":
-                return notice
-            if name == "me":
-                if who is None:
-                    return ""
-                return bar.replace(NAME, html.escape(who.name)).replace(CSRF, csrf)
-            if name == "ctl" and who is not None and n in cut.messages:
-                author, posted = cut.messages[n]
-                if author != who.member_id:
-                    template = "_board_report.html"
-                elif now - posted <= window:
-                    template = "_board_own.html"
-                else:
-                    return ""
-                return self._fragment(template).replace("\x00id\x00", str(n)).replace(CSRF, csrf)
-            return ""
+        def value(name: str, n: int) -> bytes:
+            if name == "ctl":
+                found = cut.messages.get(n)
+                if found is None:
+                    return b""
+                if found.author != who.member_id:
+                    return found.others
+                return found.own if found.posted >= since else b""
+            return {"notice": notice, "me": mine}.get(name, b"")
 
         return cut.fill(value)
 
-    def _answer(self, page: str, status: int = 200) -> HTMLResponse:
+    def _answer(self, page: bytes, status: int = 200) -> HTMLResponse:
         return HTMLResponse(page, status_code=status, headers=security_headers())
 
     # --- the board and a thread ----------------------------------------------------------------
@@ -198,7 +207,7 @@ class BoardPages:
                 notice=Markup(NOTICE),
                 ctl=control,
             )
-            return Cut.of(page, _messages(found.threads))
+            return Cut.of(page, self._controls(found.threads))
 
         cached: Cut = await self.cache.get(("board", number, signed_in), compute)
         return cached
@@ -229,7 +238,7 @@ class BoardPages:
                 notice=Markup(NOTICE),
                 ctl=control,
             )
-            return Cut.of(page, _messages((found,)))
+            return Cut.of(page, self._controls((found,)))
 
         if not 1 <= thread_id <= MAX_ID:
             return None
@@ -259,10 +268,10 @@ class BoardPages:
         parent_id: int | None,
         refused_page: Callable[[Viewer, str, str, int], Awaitable[Response]],
     ) -> Response:
-        checked = await self.signins.checked_form(request)
-        if isinstance(checked, Response):
-            return checked
-        session, who, form = checked
+        signed = await self.signins.signed_form(request)
+        if isinstance(signed, Response):
+            return signed
+        session, form = signed
         done_path = "/board" if parent_id is None else f"/board/{parent_id}"
         if form.get("website"):  # a field people never see: only bots fill it in
             return self.signins.to_board("held", done_path)
@@ -276,9 +285,12 @@ class BoardPages:
             parent_id=parent_id,
             ip=client_ip(request),
         )
-        if posted.rule == "session":
-            return self.signins.members_only()
         if posted.refused:
+            who = await self.gateway.submit(
+                f"member:{session.member_id}", board.viewer, session.member_id, session.generation
+            )
+            if who is None or posted.rule == "session":
+                return self.signins.members_only()
             return await refused_page(
                 (session, who), posted.refused, body, REFUSED.get(posted.rule, 400)
             )
@@ -385,6 +397,18 @@ class BoardPages:
             return self._not_yours(changed.refused)
         path = "/board" if changed.thread_id is None else f"/board/{changed.thread_id}"
         return self.signins.to_board(done, path)
+
+    async def report_page(self, request: Request) -> Response:
+        viewer = await self.signins.viewer(request)
+        if viewer is None:
+            return self.signins.members_only()
+        message_id = int(request.path_params["message_id"])
+        found = await self.gateway.read(board.message, message_id) if message_id <= MAX_ID else None
+        if found is None:
+            return self._no_thread()
+        if found.member_id == viewer[1].member_id:
+            return self._not_yours("you cannot report your own message")
+        return self.pages.page("board_report.html", message=found, csrf=self.auth.csrf(viewer[0]))
 
     async def delete(self, request: Request) -> Response:
         return await self._act(request, board.delete, "deleted")

@@ -84,15 +84,31 @@ class SigninPages:
         """The answer to a member's form posted by someone not signed in (or forged)."""
         return self.pages.page("members_only.html", 403)
 
+    async def signed_form(
+        self, request: Request
+    ) -> tuple[MemberSession, dict[str, str]] | Response:
+        """A form with the CSRF token of the session its cookie names, else the 403 page. The
+        session is not checked against the database here: the use-case the form calls does
+        that in its own transaction (a post makes one trip to the batcher, not two)."""
+        form = await form_fields(request)
+        session = self.auth.session(request)
+        if session is None or form is None or not self.auth.csrf_ok(session, form.get("csrf")):
+            return self.members_only()
+        return session, form
+
     async def checked_form(
         self, request: Request
     ) -> tuple[MemberSession, board.Viewer, dict[str, str]] | Response:
-        """A signed-in member's form with the session's CSRF token; else the 403 page."""
-        form = await form_fields(request)
-        found = await self.viewer(request)
-        if found is None or form is None or not self.auth.csrf_ok(found[0], form.get("csrf")):
-            return self.members_only()
-        return found[0], found[1], form
+        """A signed-in member's form with the session's CSRF token, the session still good;
+        else the 403 page."""
+        signed = await self.signed_form(request)
+        if isinstance(signed, Response):
+            return signed
+        session, form = signed
+        who = await self.gateway.submit(
+            f"member:{session.member_id}", board.viewer, session.member_id, session.generation
+        )
+        return self.members_only() if who is None else (session, who, form)
 
     # --- asking for a link ---------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ depends_on = None
 
 # Written out, not imported from newsletter.storage.search: a migration must not change when
 # the application code does.
+# The index holds the messages the board shows (status 'shown') and no others: held posts
+# (every new member's first) and deleted ones cost it nothing. For an external-content FTS5
+# table, 'delete' must be given the values that were indexed, so a trigger removes a row only
+# if it was shown and adds it only if it is.
 SQLITE_CREATE = [
     """
     CREATE VIRTUAL TABLE board_fts USING fts5(
@@ -27,21 +31,26 @@ SQLITE_CREATE = [
     )
     """,
     """
-    CREATE TRIGGER board_fts_ai AFTER INSERT ON board_messages BEGIN
+    CREATE TRIGGER board_fts_ai AFTER INSERT ON board_messages
+    WHEN new.status = 'shown' BEGIN
         INSERT INTO board_fts(rowid, body_text) VALUES (new.id, new.body_text);
     END
     """,
     """
-    CREATE TRIGGER board_fts_ad AFTER DELETE ON board_messages BEGIN
+    CREATE TRIGGER board_fts_ad AFTER DELETE ON board_messages
+    WHEN old.status = 'shown' BEGIN
         INSERT INTO board_fts(board_fts, rowid, body_text)
         VALUES ('delete', old.id, old.body_text);
     END
     """,
+    # One trigger, its statements in order: two triggers on one event fire in an order
+    # SQLite does not promise, and adding the new row before removing the old corrupts.
     """
-    CREATE TRIGGER board_fts_au AFTER UPDATE OF id, body_text ON board_messages BEGIN
+    CREATE TRIGGER board_fts_au AFTER UPDATE OF id, body_text, status ON board_messages BEGIN
         INSERT INTO board_fts(board_fts, rowid, body_text)
-        VALUES ('delete', old.id, old.body_text);
-        INSERT INTO board_fts(rowid, body_text) VALUES (new.id, new.body_text);
+        SELECT 'delete', old.id, old.body_text WHERE old.status = 'shown';
+        INSERT INTO board_fts(rowid, body_text)
+        SELECT new.id, new.body_text WHERE new.status = 'shown';
     END
     """,
 ]
@@ -51,10 +60,12 @@ SQLITE_DROP = [
     "DROP TRIGGER IF EXISTS board_fts_ai",
     "DROP TABLE IF EXISTS board_fts",
 ]
-# The expression must stay identical to the one newsletter.storage.search queries with.
+# The expression and the condition must stay identical to the ones newsletter.storage.search
+# queries with, or the planner will not use the index.
 POSTGRES_CREATE = """
     CREATE INDEX ix_board_fts ON board_messages
     USING gin (to_tsvector('simple', coalesce(body_text, '')))
+    WHERE status = 'shown'
 """
 POSTGRES_DROP = "DROP INDEX IF EXISTS ix_board_fts"
 
