@@ -141,7 +141,19 @@ def test_make_refuses_the_wrong_number_of_values(kind: Kind, count: int) -> None
 def test_kinds_fit_their_byte_and_carry_their_values() -> None:
     assert all(0 < kind < 256 and kind.fields for kind in Kind)
     counts = {kind.name: len(kind.fields) for kind in Kind}
-    assert counts == {"VOTE": 3, "UNSUBSCRIBE": 2, "VIEW": 2, "CONFIRM": 1, "TRAP": 2}
+    assert counts == {
+        "VOTE": 3,
+        "UNSUBSCRIBE": 2,
+        "VIEW": 2,
+        "CONFIRM": 1,
+        "TRAP": 2,
+        "SIGNIN": 2,
+        "BOARD": 2,
+        "SESSION": 3,
+        "FORM": 2,
+        "NOTICES": 1,
+    }
+    assert [int(kind) for kind in Kind] == list(range(1, 11))  # no byte reused or skipped
     top = VALUE_LIMIT - 1
     assert len(SIGNER.make(Kind.VOTE, top, top, top, day=top)) == LONGEST
 

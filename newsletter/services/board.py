@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.content import board as text
 from newsletter.content.compiler import BoardPost
+from newsletter.content.links import LinkBuilder
 from newsletter.services import notices
 from newsletter.services.unit import Unit, prefetch, use_case
 from newsletter.storage import board as rows
@@ -429,7 +430,8 @@ def for_issue(unit: Unit) -> list[BoardPost]:
         return []
     last = issue_rows.newest(unit.session, 1)
     since = last[0].created_at if last else None
-    links = unit.services.links
+    # A thread's address is public and unsigned: a preview needs no signing key for it.
+    links = LinkBuilder(unit.settings.list.base_url, None)
     return [
         BoardPost(
             row.message.id,
