@@ -4,6 +4,7 @@ own edits, signing out everywhere, reply notices, members-only reading and searc
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 
@@ -11,10 +12,12 @@ import pytest
 from alembic import command
 from sqlalchemy import inspect, text, update
 from sqlalchemy.orm import Session
+from starlette.responses import Response
 
 from newsletter.services import board, members, moderation
 from newsletter.storage import db, search
 from newsletter.storage.models import BoardStatus, Member, MemberStatus
+from newsletter.web.auth import MemberAuth
 from tests.boardsite import (
     CHEN,
     FORMER,
@@ -119,6 +122,21 @@ def test_sign_out_everywhere_ends_every_session(board_site: Board) -> None:
     assert b.messages() == []
     assert "Signed in as" in b.sign_in(LI).client.get("/board").text  # a new sign-in works
     assert b.audits("sign-out-everywhere") == 1
+
+
+def test_the_session_cookie_is_secure_on_an_https_site(board_site: Board) -> None:
+    settings = dataclasses.replace(
+        board_site.settings,
+        list=dataclasses.replace(board_site.settings.list, base_url="https://news.example.org"),
+    )
+    auth = MemberAuth(settings, board_site.services.signer)
+    response = Response()
+    auth.set(response, auth.new(1, 0))
+    cookie = response.headers["set-cookie"]
+    assert "Secure" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Path=/" in cookie
 
 
 def test_signing_out_clears_the_cookie(board_site: Board) -> None:
@@ -429,6 +447,10 @@ def test_a_reply_mails_the_author_once_a_thread_a_day(board_site: Board) -> None
     assert len(b.mails("board-reply", LI)) == 1  # one a thread a day
     b.clock.advance(days=1, seconds=1)
     john.post("And again.", f"/board/{thread.id}")
+    assert len(b.mails("board-reply", LI)) == 2
+    b.run(members.unsubscribe, b.member_id(LI), via="test")  # she leaves: no more mail
+    b.clock.advance(days=1, seconds=1)
+    john.post("Anyone still here?", f"/board/{thread.id}")
     assert len(b.mails("board-reply", LI)) == 2
 
 

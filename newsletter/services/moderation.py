@@ -1,5 +1,7 @@
-"""Moderating the members' board: the queue of held and reported messages, approve, hide, delete,
-and blocking a member from posting. Each is an editor's action (Permission.MODERATE), audited.
+"""Moderating the members' board: the queue, approve, hide, delete, block and unblock members.
+
+Each is an editor's action (Permission.MODERATE), audited under the editor's name. The queue
+holds new members' held posts and messages reported past board.report_threshold.
 """
 
 from __future__ import annotations

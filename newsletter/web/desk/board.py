@@ -1,5 +1,8 @@
-"""The desk's board page: the moderation queue (held and reported messages), approve, hide and delete,
-and blocking members from posting, with a reason and an optional end."""
+"""The desk's board page: the moderation queue, approve, hide, delete, block and unblock members.
+
+Held posts (a new member's first) and reported messages wait here; a block has a reason,
+shown to the member, and an optional end in list.timezone.
+"""
 
 from __future__ import annotations
 
