@@ -33,7 +33,7 @@ DONE = {
     "everywhere": "You are signed out on every device.",
     "notices-off": "Reply notices are off.",
     "notices-on": "Reply notices are on.",
-    "held": "Thank you. As a new member's, your message waits for an editor's approval.",
+    "held": "Thank you. You are new here, so your message waits for an editor's approval.",
     "posted": "Your message is on the board.",
     "edited": "Your message is changed.",
     "deleted": "Your message is deleted.",
