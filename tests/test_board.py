@@ -4,6 +4,7 @@ own edits, signing out everywhere, reply notices, members-only reading and searc
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import re
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from newsletter.services import board, members, moderation
+from newsletter.services.boundary import Gateway
 from newsletter.storage import db, search
 from newsletter.storage.models import BoardStatus, Member, MemberStatus
 from newsletter.web.auth import MemberAuth
@@ -236,6 +238,32 @@ def test_posts_are_limited_per_member_and_per_address(board_site: Board) -> None
     assert len(b.messages()) == 3
     b.clock.advance(hours=1, seconds=1)
     assert li.post("later").status_code == 303
+
+
+@pytest.mark.board_config(held_posts=0, posts_per_hour=2)
+def test_posts_in_one_batch_count_against_each_other(board_site: Board) -> None:
+    """Posts submitted together share the batcher's transaction: the limit still holds."""
+    b = board_site
+    li, wang = b.member_id(LI), b.member_id(WANG)
+    gateway = Gateway(b.services)
+
+    async def burst() -> list[board.Posted]:
+        calls = [(li, f"Li's post {n}") for n in range(4)] + [(wang, "Wang's post")]
+        return await asyncio.gather(
+            *(
+                gateway.submit(f"member:{m}", board.post, m, 0, body, ip="192.0.2.1")
+                for m, body in calls
+            )
+        )
+
+    try:
+        posted = asyncio.run(burst())
+    finally:
+        gateway.close()
+    assert [p.rule for p in posted] == ["", "", "limit", "limit", ""]
+    stored = b.messages()
+    assert sorted(m.body_md for m in stored) == ["Li's post 0", "Li's post 1", "Wang's post"]
+    assert b.audits("board-post") == 3
 
 
 def test_the_honeypot_stores_nothing(board_site: Board) -> None:
