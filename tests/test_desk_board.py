@@ -1,6 +1,7 @@
 """The desk's board page on SQLite and PostgreSQL: the queue of held and reported messages,
 approve, hide and delete, blocking a member (with a reason and an end) and unblocking; a
-publisher's, audited under the editor's name; a writer may not; no form without its token."""
+publisher's, audited under the editor's name; a writer may not; no form without its token.
+The same from the command line (`newsletter board`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import zoneinfo
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner, Result
 
+from newsletter.cli.main import app
+from newsletter.services import moderation
 from newsletter.storage.models import AuditEntry, BoardStatus
 from tests.boardsite import JOHN, LI, WANG, Board, board_site
+from tests.conftest import SECRET
 from tests.test_desk import EDITOR, WRITER, log_in
 
 __all__ = ["board_site"]
@@ -133,3 +138,55 @@ def test_only_a_publisher_with_the_forms_token_moderates(
         assert refused.status_code == 403
     assert b.messages()[0].status == BoardStatus.HELD
     assert actions(b) == [(f"member:{b.member_id(LI)}", "board-post")]
+
+
+def test_the_cli_moderates_too(board_site: Board) -> None:
+    """`newsletter board ...` calls the same use-cases, audited as cli:USER."""
+    b = board_site
+    b.sign_in(LI).post("Held, for the command line")
+    b.sign_in(WANG).post("Held, and to be hidden")
+    first, second = (m.id for m in b.messages())
+    env = {
+        "NEWSLETTER_DATABASE_URL": b.settings.database_url,
+        "NEWSLETTER_SECRET_KEY": SECRET,
+        "COLUMNS": "200",
+    }
+    runner = CliRunner()
+
+    def cli(*args: str) -> Result:
+        return runner.invoke(app, ["--config", str(b.settings.config_path), *args], env=env)
+
+    queue = cli("board", "queue")
+    assert queue.exit_code == 0, queue.output
+    assert "Held, for the command line" in queue.output
+    assert "li.wei@example.org" in queue.output
+    assert cli("board", "approve", str(first)).output.strip() == f"message #{first} is on the board"
+    assert cli("board", "hide", str(second)).exit_code == 0
+    again = cli("board", "approve", str(first))  # main() prints a NewsletterError, exits 1
+    assert isinstance(again.exception, moderation.Conflict)
+    assert "is shown: nothing to approve" in str(again.exception)
+    blocked = cli(
+        "board",
+        "block",
+        "John.Smith@Example.ORG",
+        "--reason",
+        "Spam",
+        "--until",
+        "2099-01-01 08:00",
+    )
+    assert blocked.exit_code == 0, blocked.output
+    assert "Spam" in cli("board", "queue").output
+    late = cli("board", "block", "john.smith@example.org", "--reason", "x", "--until", "soon")
+    assert "--until 'soon': not a date and time" in str(late.exception)
+    unblocked = cli("board", "unblock", "john.smith@example.org")
+    assert unblocked.output.strip().endswith("may post again")
+    nobody = cli("board", "block", "nobody@example.org", "--reason", "x")
+    assert isinstance(nobody.exception, moderation.NotFound)
+    assert [m.status for m in b.messages()] == [BoardStatus.SHOWN, BoardStatus.HIDDEN]
+    by_cli = [(actor.split(":")[0], action) for actor, action in actions(b) if actor != EDITOR]
+    assert by_cli[-4:] == [
+        ("cli", "board-approve"),
+        ("cli", "board-hide"),
+        ("cli", "board-block"),
+        ("cli", "board-unblock"),
+    ]

@@ -43,6 +43,7 @@ class Waiting:
     name: str
     email: str
     html: Markup  # sanitised when it was posted
+    text: str
     created_at: dt.datetime
     reports: tuple[tuple[str, str], ...]  # (reporter's address, reason)
 
@@ -77,6 +78,7 @@ def queue(unit: Unit) -> Queue:
             text.display_name(r.name),
             r.email,
             Markup(r.message.body_html),
+            r.message.body_text,
             r.message.created_at,
             tuple(reports[r.message.id]),
         )
@@ -95,6 +97,14 @@ def queue(unit: Unit) -> Queue:
         if s.blocked_at is not None
     )
     return Queue(waiting, blocks)
+
+
+def member_by_address(unit: Unit, email: str) -> int:
+    """The member with this address (as stored: normalised); NotFound when there is none."""
+    found = member_rows.by_email(unit.session, email)
+    if found is None:
+        raise NotFound(f"there is no member {email}")
+    return found.id
 
 
 def _message(unit: Unit, message_id: int) -> BoardMessage:

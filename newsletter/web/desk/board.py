@@ -75,6 +75,9 @@ class BoardPages:
         raw = str(form.get("until", ""))[:40]
         try:
             until = drafts.local_time(raw, self.timezone) if raw.strip() else None
+        except drafts.BadDraft:
+            return self.desk.back(PAGE, f"until: {raw!r} is not a date and time", error=True)
+        try:
             await self.gateway.call(editor.actor, moderation.block, member_id, reason, until)
         except NewsletterError as exc:
             return self.desk.back(PAGE, str(exc), error=True)
