@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean screenshots
+.PHONY: demo test lint typecheck check bench clean screenshots translations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ check: lint typecheck test
 screenshots: $(STAMP)
 	npm ci --prefix tests --no-audit --no-fund --loglevel=error
 	NEWSLETTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_desk_look.py -m "not postgres"
+
+## translations: extract the messages of the templates and the package (babel.cfg), merge them
+## into every catalog (newsletter/locale/*/LC_MESSAGES/messages.po), check each compiles, and
+## check none lacks a translation (docs/translations.md)
+translations: $(STAMP)
+	mkdir -p var
+	$(BIN)/pybabel extract -F babel.cfg -k N_ --no-location --sort-output -w 100 -o var/messages.pot .
+	$(BIN)/pybabel update -i var/messages.pot -d newsletter/locale -D messages -w 100 --ignore-obsolete
+	for po in newsletter/locale/*/LC_MESSAGES/messages.po; do \
+	  lang=$$(basename $$(dirname $$(dirname $$po))); \
+	  $(BIN)/pybabel compile -i $$po -o var/messages-$$lang.mo -l $$lang --statistics || exit 1; \
+	done
+	$(BIN)/pytest -q -n 0 tests/test_translations.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py

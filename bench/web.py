@@ -305,7 +305,7 @@ class Site:
         """init, the database, N members, the sample feed, one issue sent into a discarding sink."""
         started = time.perf_counter()
         subprocess.run(
-            [*newsletter_command(), "init", str(self.folder)],
+            [*newsletter_command(), "init", str(self.folder), "--sample"],
             check=True,
             capture_output=True,
             timeout=120,

@@ -20,6 +20,7 @@ import jinja2.meta
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from newsletter import i18n
 from newsletter.errors import ConfigError, MissingSecret
 
 SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
@@ -93,6 +94,15 @@ def _number(value: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ListWords:
+    """[list.translations.CODE]: the list's name and Subject template in another language
+    (empty: the [list] table's own)."""
+
+    name: str = ""
+    subject: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ListSettings:
     name: str
     id: str
@@ -104,6 +114,28 @@ class ListSettings:
     language: str = "en"
     # The time zone of times editors read and set (a scheduled send), e.g. "Asia/Shanghai".
     timezone: str = "UTC"
+    translations: dict[str, ListWords] = field(default_factory=dict)
+
+    def name_in(self, language: str) -> str:
+        words = self.translations.get(language)
+        return words.name if words and words.name else self.name
+
+    def subject_in(self, language: str) -> str:
+        words = self.translations.get(language)
+        return words.subject if words and words.subject else self.subject
+
+
+@dataclass(frozen=True, slots=True)
+class WordingSettings:
+    """The words the shipped templates use for what a site sends, so that a site speaks of
+    its own kind of news. Empty (the default): the translation catalog's neutral words, in
+    each member's language; set, they are used as written for the list's own language."""
+
+    item: str = ""  # one item: "1 report" in an issue's masthead (default "1 article")
+    items: str = ""  # several: "3 reports" (default "3 articles")
+    read_more: str = ""  # the link under each item to its full text (default "Read more")
+    tagline: str = ""  # the home page's line under the list name (default "News by email.")
+    search_placeholder: str = ""  # the example in the search box (default "A word or a phrase")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +201,11 @@ class WebSettings:
     port: int = between(8000, 1, 65535)
     vote_window_seconds: float = between(30.0, 0, DAY)
     delivery_grace_seconds: float = between(60.0, 0, DAY)
+    # The desk's login throttle: attempts (counted before the password is checked) from one
+    # client address, and against one editor name, within login_window_seconds.
+    login_attempts_per_address: int = between(10, 1, 10_000)
+    login_attempts_per_name: int = between(30, 1, 100_000)
+    login_window_seconds: float = between(900.0, 1, DAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +237,19 @@ class ItemsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SurveyWords:
+    """[survey.translations.CODE]: the question and the options in another language."""
+
+    question: str
+    options: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class SurveySettings:
     key: str
     question: str
     options: list[str]
+    translations: dict[str, SurveyWords] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +320,7 @@ def _no_editors() -> Editors:
 @dataclass(frozen=True, slots=True)
 class Settings:
     list: ListSettings
+    wording: WordingSettings = field(default_factory=WordingSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -449,6 +496,7 @@ _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 def _validate(s: Settings) -> None:
     """What the types alone do not say, table by table; the first problem found is raised."""
     _check_list(s.list)
+    _check_wording(s.wording)
     _check_smtp(s.smtp)
     if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
         raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
@@ -480,12 +528,37 @@ def _check_list(lst: ListSettings) -> None:
         if re.search(r"[\r\n\x00]", getattr(lst, key)):
             raise ConfigError(f"list.{key}", "must not contain line breaks")
     check_subject(lst.subject)
+    _check_language("list.language", lst.language, exact=True)
+    _check_list_words(lst.translations)
     try:
         zoneinfo.ZoneInfo(lst.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
             "list.timezone", f"{lst.timezone!r} is not a time zone (e.g. UTC, Asia/Shanghai)"
         ) from None
+
+
+def _check_list_words(translations: dict[str, ListWords]) -> None:
+    for code, words in translations.items():
+        where = f"list.translations.{code}"
+        _check_language(where, code, exact=True)
+        for key in ("name", "subject"):
+            if re.search(r"[\r\n\x00]", getattr(words, key)):
+                raise ConfigError(f"{where}.{key}", "must not contain line breaks")
+        if words.subject:
+            check_subject(words.subject, f"{where}.subject")
+
+
+def _check_wording(wording: WordingSettings) -> None:
+    for key in ("item", "items", "read_more", "tagline", "search_placeholder"):
+        value = getattr(wording, key)
+        if len(value) > 200 or re.search(r"[\r\n\x00]", value):
+            raise ConfigError(
+                f"wording.{key}",
+                f"must be one line of at most 200 characters (empty: the catalog's), got {value!r}",
+            )
+    if bool(wording.item) != bool(wording.items):
+        raise ConfigError("wording.item", "set both wording.item and wording.items, or neither")
 
 
 def _check_smtp(smtp: SmtpSettings) -> None:
@@ -515,6 +588,24 @@ def _check_survey(survey: SurveySettings) -> None:
         raise ConfigError("survey.options", "needs between 1 and 20 options")
     if len(set(survey.options)) != len(survey.options):
         raise ConfigError("survey.options", "options must be distinct")
+    for code, words in survey.translations.items():
+        where = f"survey.translations.{code}"
+        _check_language(where, code, exact=True)
+        if len(words.options) != len(survey.options):
+            raise ConfigError(
+                f"{where}.options",
+                f"needs {len(survey.options)} options, one for each of survey.options, "
+                f"got {len(words.options)}",
+            )
+
+
+def _check_language(where: str, code: str, *, exact: bool = False) -> None:
+    """A language there is a catalog for (newsletter/locale); `exact`: spelled as its code."""
+    known = i18n.normalize(code)
+    if known is None or (exact and known != code):
+        raise ConfigError(
+            where, f"{code!r} is not a language we have (one of: {', '.join(i18n.languages())})"
+        )
 
 
 def _check_editors(editors: Editors) -> None:
@@ -538,18 +629,18 @@ def _check_schedules(schedules: dict[str, ScheduleSettings]) -> None:
 SUBJECT_NAMES = ("list_name", "first_title", "item_count", "date")
 
 
-def check_subject(source: str) -> None:
+def check_subject(source: str, key: str = "list.subject") -> None:
     """Refuse a Subject template that would fail at send time: bad syntax, unknown names."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     try:
         unknown = jinja2.meta.find_undeclared_variables(env.parse(source)) - set(SUBJECT_NAMES)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(
-            "list.subject", f"not a valid Jinja2 template: {exc.message} (line {exc.lineno})"
+            key, f"not a valid Jinja2 template: {exc.message} (line {exc.lineno})"
         ) from None
     if unknown:
         raise ConfigError(
-            "list.subject",
+            key,
             f"unknown name {sorted(unknown)[0]!r} (a subject may use {', '.join(SUBJECT_NAMES)})",
         )
     sample = {"list_name": "List", "first_title": "Title", "item_count": 1, "date": dt.date.today()}
@@ -557,9 +648,7 @@ def check_subject(source: str) -> None:
         env.from_string(source).render(sample)
     # A template is code: whatever it raises on sample values, it would raise when sending.
     except Exception as exc:  # noqa: BLE001 - any error of the template's is the config's error
-        raise ConfigError(
-            "list.subject", f"the template fails: {exc.__class__.__name__}: {exc}"
-        ) from None
+        raise ConfigError(key, f"the template fails: {exc.__class__.__name__}: {exc}") from None
 
 
 # --- a small typed builder: dict from TOML → frozen dataclasses, naming the key on any error ---

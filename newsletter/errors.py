@@ -12,6 +12,7 @@ class ConfigError(NewsletterError, ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.problem = message
         super().__init__(f"config key {key!r}: {message}")
 
 

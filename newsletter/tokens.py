@@ -65,6 +65,11 @@ class Kind(IntEnum):
     SESSION = 8, ("member_id", "generation", "session")
     FORM = 9, ("member_id", "session")
     NOTICES = 10, ("member_id",)
+    # The member's preference page, from an issue (bytes 20 and 21: far from the kinds other
+    # work in progress adds, so merges never give two kinds one byte).
+    PREFERENCES = 20, ("member_id", "issue_id")
+    # A change of address, mailed to the new address; the nonce is the pending change's.
+    ADDRESS = 21, ("member_id", "nonce")
 
 
 _KINDS = {int(k): k for k in Kind}

@@ -86,6 +86,7 @@ def test_every_endpoint_refuses_missing_or_wrong_tokens(
     c, _, sessions = api
     for method, template in api_routes(c):
         path = template.replace("{issue_id}", "1").replace("{survey_id}", "1")
+        path = path.replace("{member_id}", "1")
         for headers in (
             {},
             {"Authorization": "Bearer wrong-token-wrong-token-wrong"},
@@ -121,7 +122,7 @@ def test_every_endpoint_answers_malformed_requests_with_json_4xx(
     ]
     for method, template in api_routes(c):
         paths = {
-            template.replace("{issue_id}", v).replace("{survey_id}", v)
+            template.replace("{issue_id}", v).replace("{survey_id}", v).replace("{member_id}", v)
             for v in ("1", "0", "-5", "abc", "9" * 40, "1.5")
         }
         for path in paths:

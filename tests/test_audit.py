@@ -29,12 +29,15 @@ from newsletter.services import (
     board,
     drafts,
     editors,
+    erasure,
     evidence,
     issues,
     items,
     mail,
     members,
+    membership,
     moderation,
+    preferences,
     signin,
     surveys,
     votes,
@@ -185,6 +188,12 @@ def _signin_link(site: Site) -> None:
     site.run(signin.request_link, "li.wei@example.org", ip="192.0.2.1")
 
 
+def _address_nonce(site: Site) -> int:
+    """The nonce of member 1's change of address waiting for confirmation."""
+    with site.sessions() as s:
+        return int(s.execute(text("SELECT new_email_nonce FROM members WHERE id = 1")).scalar_one())
+
+
 # Each use-case: (what to prepare, the call, the audit action it writes).
 CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str]] = {
     "members.import_members": (
@@ -207,6 +216,27 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
     "members.unsubscribe_link": (
         None,
         lambda s: s.run(members.unsubscribe_link, 1, s.issue_id, method="POST", one_click=True),
+        "unsubscribe",
+    ),
+    "preferences.save": (
+        None,
+        lambda s: s.run(preferences.save, 1, sections=None, language="zh_Hans", survey=False),
+        "preferences",
+    ),
+    "preferences.pause": (None, lambda s: s.run(preferences.pause, 1, 2), "pause-member"),
+    "preferences.change_address": (
+        None,
+        lambda s: s.run(preferences.change_address, 1, "new.one@example.net"),
+        "change-address-asked",
+    ),
+    "preferences.confirm_address": (
+        lambda s: s.run(preferences.change_address, 1, "new.two@example.net"),
+        lambda s: s.run(preferences.confirm_address, 1, _address_nonce(s)),
+        "change-address",
+    ),
+    "preferences.leave": (
+        None,
+        lambda s: s.run(preferences.leave, 1, confirmed=True),
         "unsubscribe",
     ),
     "votes.click": (
@@ -314,6 +344,31 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
         None,
         lambda s: s.run(signin.set_notices, 1, False, via="t"),
         "board-notices",
+    ),
+    "membership.add_member": (
+        None,
+        lambda s: s.run(membership.add_member, "added@example.org", "Added"),
+        "add-member",
+    ),
+    "membership.edit_member": (
+        None,
+        lambda s: s.run(membership.edit_member, 1, name="Renamed", attributes={"city": "Xi'an"}),
+        "edit-member",
+    ),
+    "membership.unsubscribe_member": (
+        None,
+        lambda s: s.run(membership.unsubscribe_member, 1, reason="asked by phone"),
+        "unsubscribe-member",
+    ),
+    "membership.export_members": (
+        None,
+        lambda s: s.run(membership.export_members),
+        "export-members",
+    ),
+    "erasure.erase_member": (
+        None,
+        lambda s: s.run(erasure.erase_member, 2, reason="asked by mail"),
+        "erase-member",
     ),
 }
 

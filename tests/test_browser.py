@@ -106,6 +106,7 @@ class Served:
 def served(demo: Demo) -> Iterator[Served]:
     handler = RecordingHandler()
     with ServerThread(handler) as smtp:
+        handler.port = smtp.port
         settings = config.load(
             demo.site / "config.toml",
             env={config.SECRET_FILE_ENV: str(demo.site / "var" / "secret.key")},
@@ -202,6 +203,10 @@ def test_scanner_in_a_browser_counts_nothing(demo: Demo, served: Served, page: P
     served.clock.now = delivered + dt.timedelta(seconds=1)
     every = LINK.findall(demo.html[email])
     assert any("/t/" in u for u in every)  # the hidden link is there for scanners to find
+    assert any("/p/" in u for u in every)  # and the preference link
+    with served.sessions() as s:
+        choices = s.execute(select(Member).where(Member.id == member_id)).scalar_one()
+        before = (choices.language, choices.sections, choices.survey, choices.paused_until)
     for url in every:  # HEAD and GET of every link, then each page loaded with its script run
         assert page.request.head(url).status < 400
         assert page.request.get(url).status < 400
@@ -212,6 +217,10 @@ def test_scanner_in_a_browser_counts_nothing(demo: Demo, served: Served, page: P
     page.goto(f"{served.url}/survey/1")  # settles pending clicks
     assert served.counted(email) is None
     assert served.status(email) == "active"
+    with served.sessions() as s:
+        choices = s.execute(select(Member).where(Member.id == member_id)).scalar_one()
+        after = (choices.language, choices.sections, choices.survey, choices.paused_until)
+    assert after == before  # a scanner that loads the preference page changes nothing
     # Five minutes later the member clicks one option; after the quiet period it counts.
     served.clock.now += dt.timedelta(minutes=5)
     page.goto(links(demo, email, "v")[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,14 +54,26 @@ def test_demo_delivers_once_per_active_member_then_nothing(site: Path) -> None:
     assert len(files) == 5
     messages: dict[str, EmailMessage] = {}
     links: set[str] = set()
+    variants: dict[str, tuple[str, tuple[str, ...]]] = {}
     for path in files:
         data = path.read_bytes()
         body = data.split(b"\r\n", 2)[2]  # after the sink's Return-Path and Delivered-To lines
-        msg, text, _html, vote_links = check_message(body)
+        msg, text, html, vote_links = check_message(body)
         for title in seed_titles():
             assert title in text
         links.update(vote_links)
-        messages[msg["To"].addresses[0].addr_spec] = msg
+        address = msg["To"].addresses[0].addr_spec
+        messages[address] = msg
+        language = re.search(r'<html lang="([^"]+)"', html)
+        assert language is not None
+        heads = tuple(line for line in text.splitlines() if line.startswith("== "))
+        variants[address] = (language.group(1), heads)
+    # The example members chose differently: their copies differ (subscribers/example.csv).
+    assert len(set(variants.values())) >= 2
+    assert variants["chen.jie@example.org"][0] == "zh-Hans"
+    assert variants["john.smith@example.org"][0] == "en"
+    assert "== People watch ==" not in variants["li.wei@example.org"][1]
+    assert "== People watch ==" in variants["john.smith@example.org"][1]
     assert "former.member@example.org" not in messages
     assert len(messages) == 5
     assert len(links) == 15

@@ -21,6 +21,8 @@ from tests.steps import import_csv, import_source
 
 MEMBERS = 5000
 IN_FLIGHT = 50
+# (language, sections) of member i % 4: the whole issue or one section, in English or Chinese.
+CHOICES = [("", ""), ("zh_Hans", ""), ("en", "Comprehensive Reports"), ("zh_Hans", "People watch")]
 
 
 def start_send(site: Path) -> subprocess.Popen[bytes]:
@@ -51,11 +53,17 @@ def test_sigkill_at_random_points_then_resume(
     settings = make_settings(site, database_url, smtp_server.port)
     sessions = db.open_database(settings.database_url)
     csv = tmp_path / "members.csv"
+    # Members over four variants, so the kills land in the middle of several copies.
     csv.write_text(
-        "email,name\n" + "".join(f"m{i:05d}@example.org,M {i}\n" for i in range(MEMBERS))
+        "email,name,language,sections\n"
+        + "".join(
+            f"m{i:05d}@example.org,M {i},{CHOICES[i % 4][0]},{CHOICES[i % 4][1]}\n"
+            for i in range(MEMBERS)
+        )
     )
     import_csv(sessions, csv)
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    import_source(sessions, str(site / "examples" / "sections"))
 
     rng = random.Random(int(os.environ.get("CRASH_SEED", "5")))
     kill_points = sorted(rng.sample(range(100, MEMBERS - 200), 5))
@@ -95,6 +103,16 @@ def test_sigkill_at_random_points_then_resume(
         )
     assert statuses == {"sent": MEMBERS}
     sessions.kw["bind"].dispose()
+    # Every copy, a resent one too, is the member's own variant.
+    for rcpt, messages in received.items():
+        language, sections = CHOICES[int(rcpt[1:6]) % 4]
+        for message in messages:
+            msg = message.parse()
+            text = msg.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+            html = msg.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+            assert ('<html lang="zh-Hans">' in html) == (language == "zh_Hans")
+            assert ("== People watch ==" in text) == (sections != "Comprehensive Reports")
+            assert ("== Comprehensive Reports ==" in text) == (sections != "People watch")
 
 
 def test_sigterm_stops_cleanly_says_so_and_resumes(

@@ -4,13 +4,19 @@ test sends, send now, pause/resume/cancel, members and the audit log."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +35,7 @@ from tests import steps as publish
 from tests import steps as store
 from tests.conftest import SECRET
 from tests.smtpd import RecordingHandler
+from tests.snapshot import snapshot
 from tests.steps import import_csv, import_source
 
 EDITOR, PASSWORD = "ed", "correct horse battery staple"
@@ -190,30 +197,88 @@ def test_login_throttle_counts_attempts_per_address_and_name() -> None:
     assert len(throttle._attempts) <= 4
 
 
-def test_concurrent_wrong_passwords_are_counted_before_they_are_checked(
-    site: Path, database_url: str, smtp_server: RecordingHandler
-) -> None:
-    """100 wrong passwords at once against one name: at most the per-address limit (10)
-    reach scrypt; every other one is refused with 429 before its password is looked at."""
+GUESSES = 100  # wrong passwords sent at once, as issue 11 did
+
+
+def storm(app: Any, addresses: int) -> list[int]:
+    """GUESSES logins as EDITOR sent together, spread over `addresses` client addresses; the
+    status of each answer."""
     import httpx2 as httpx
 
-    from newsletter.storage import db
-
-    settings = desk_settings(site, database_url, smtp_server.port)
-    app = create_app(settings, db.open_database(settings.database_url), background=False)
-
-    async def storm() -> list[int]:
-        transport = httpx.ASGITransport(app=app, client=("198.51.100.9", 5000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
-            wrong = {"name": EDITOR, "password": "not it"}
-            answers = await asyncio.gather(*(c.post("/desk/login", data=wrong) for _ in range(100)))
+    async def send_all() -> list[int]:
+        clients = [
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=(f"198.51.100.{n + 1}", 5000)),
+                base_url="http://x",
+            )
+            for n in range(addresses)
+        ]
+        form = {"name": EDITOR, "password": "not it"}
+        try:
+            answers = await asyncio.gather(
+                *(clients[i % addresses].post("/desk/login", data=form) for i in range(GUESSES))
+            )
+        finally:
+            for c in clients:
+                await c.aclose()
         return [a.status_code for a in answers]
 
-    statuses = asyncio.run(storm())
-    checks = app.state.desk.passwords.checks
-    assert checks <= 10, f"{checks} passwords checked"
-    assert statuses.count(403) == checks
-    assert statuses.count(429) == 100 - checks
+    return asyncio.run(send_all())
+
+
+@hypothesis_settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(per_address=10, per_name=30, addresses=1)  # the issue's: 100 at once from one client
+@example(per_address=10, per_name=30, addresses=100)  # one guess each from 100 addresses
+@given(
+    per_address=st.integers(1, 12),
+    per_name=st.integers(1, 30),
+    addresses=st.sampled_from((1, 2, 3, 7, 10, 33, 100)),
+)
+def test_concurrent_wrong_passwords_are_counted_before_they_are_checked(
+    site: Path,
+    database_url: str,
+    smtp_server: RecordingHandler,
+    per_address: int,
+    per_name: int,
+    addresses: int,
+) -> None:
+    """100 wrong passwords at once against one name, from one address or many: exactly as
+    many reach scrypt as the configured limits admit (counted), every other one is refused
+    with 429 before its password is looked at, and nothing is stored."""
+    from newsletter.storage import db
+
+    base = desk_settings(site, database_url, smtp_server.port)
+    web = dataclasses.replace(
+        base.web, login_attempts_per_address=per_address, login_attempts_per_name=per_name
+    )
+    settings = dataclasses.replace(base, web=web)
+    sessions = db.open_database(settings.database_url)
+    try:
+        app = create_app(settings, sessions, background=False)
+        before = snapshot(sessions)
+        statuses = storm(app, addresses)
+        # Admitted while neither the address nor the name is full: the requests' order
+        # does not change how many that is.
+        sent = [GUESSES // addresses + (n < GUESSES % addresses) for n in range(addresses)]
+        admitted = min(per_name, sum(min(k, per_address) for k in sent))
+        checks = app.state.desk.passwords.checks
+        assert checks == admitted, f"{checks} passwords checked, {admitted} admitted"
+        assert Counter(statuses) == +Counter({403: admitted, 429: GUESSES - admitted})
+        assert snapshot(sessions) == before  # a failed login writes nothing
+        # The right password now: refused unchecked while its address or the name is full.
+        locked = admitted == per_name or sent[0] >= per_address
+        one = TestClient(app, client=("198.51.100.1", 5000))
+        r = one.post(
+            "/desk/login", data={"name": EDITOR, "password": PASSWORD}, follow_redirects=False
+        )
+        assert r.status_code == (429 if locked else 303)
+        assert app.state.desk.passwords.checks == checks + (not locked)
+    finally:
+        sessions.kw["bind"].dispose()
 
 
 def test_repeated_wrong_passwords_lock_the_address_out(
@@ -398,6 +463,15 @@ def test_preview_members_and_audit_pages(
         "/desk/members/import",
         data={"csrf": token},
         files={"file": ("more.csv", csv, "text/csv")},
+    )
+    assert r.status_code == 200
+    assert "a plain list" in r.text  # the mapping step first: nothing stored yet
+    assert "new.one@example.org" not in c.get("/desk/members", params={"q": "new.one"}).text
+    data = re.search(r'name="data" value="([^"]+)"', r.text)
+    assert data
+    r = c.post(
+        "/desk/members/import/run",
+        data={"csrf": token, "data": data.group(1), "filename": "more.csv"},
     )
     assert r.status_code == 200
     assert "1 added" in r.text

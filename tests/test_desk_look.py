@@ -24,12 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, expect
+from playwright.sync_api import ConsoleMessage, FilePayload, Page, expect
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from newsletter.services import board, issues, items, members, moderation, sending, votes
+from newsletter.services import (
+    board,
+    erasure,
+    issues,
+    items,
+    members,
+    membership,
+    moderation,
+    sending,
+    votes,
+)
 from newsletter.services.unit import Services
 from newsletter.storage import db
 from newsletter.storage.models import Issue
@@ -39,6 +49,7 @@ from tests.smtpd import RecordingHandler
 from tests.test_desk import EDITOR, PASSWORD, desk_settings
 
 REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
 AXE = REPO / "tests" / "node_modules" / "axe-core" / "axe.min.js"
 WIDTHS = (1280, 375)
 HEIGHT = 900
@@ -51,12 +62,14 @@ ACTOR = "test"
 
 @dataclass(frozen=True)
 class Ids:
-    """What the pages' paths name: an item still waiting, the issue that went out, and the
-    survey it carried."""
+    """What the pages' paths name: an item still waiting, the issue that went out, the
+    survey it carried, a member with attributes, and an erased member."""
 
     item: int
     issue: int
     survey: int
+    member: int = 1
+    erased: int = 2
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ class DeskPage:
     """One desk page to check, in the state `act` leaves it in (after it is loaded)."""
 
     name: str  # the screenshot: docs/screenshots/desk-<name>-<width>.png
-    path: str  # may name {item} and {issue} (see Ids)
+    path: str  # may name {item}, {issue}, {survey}, {member} and {erased} (see Ids)
     status: int = 200
     logged_in: bool = True
     act: Callable[[Page], None] | None = None
@@ -81,6 +94,24 @@ def send_a_test(page: Page) -> None:
     page.fill("#test-to", "proof@example.org")
     page.click("#send-test")
     expect(page.locator("#notice")).to_contain_text("test message sent to proof@example.org")
+
+
+def upload_mailchimp(page: Page) -> None:
+    """The import's mapping step, for a Mailchimp export with many columns."""
+    upload: FilePayload = {
+        "name": "subscribed_members_export.csv",
+        "mimeType": "text/csv",
+        "buffer": (DATA / "mailchimp_subscribed.csv").read_bytes(),
+    }
+    page.set_input_files("#import-file", files=[upload])
+    page.click("#upload")
+    expect(page.locator("#layout")).to_contain_text("Mailchimp")
+
+
+def add_refused(page: Page) -> None:
+    page.fill("#add-email", "li.wei@example.org")
+    page.click("#add-member")
+    expect(page.locator("#notice")).to_contain_text("already a member")
 
 
 def refused_survey(page: Page) -> None:
@@ -109,6 +140,10 @@ PAGES: tuple[DeskPage, ...] = (
     DeskPage("survey", "/desk/surveys/{survey}"),
     DeskPage("board", "/desk/board"),
     DeskPage("members", "/desk/members"),
+    DeskPage("members-refused", "/desk/members", act=add_refused),
+    DeskPage("member", "/desk/members/{member}"),
+    DeskPage("member-erased", "/desk/members/{erased}"),
+    DeskPage("members-import", "/desk/members", act=upload_mailchimp),
     DeskPage("audit", "/desk/audit"),
     DeskPage("not-found", "/desk/issues/999", status=404),
 )
@@ -192,7 +227,16 @@ def desk_site(
     services.run(
         ACTOR, moderation.block, 4, "Links to counterfeit goods", NOW + dt.timedelta(days=7)
     )
-    yield settings, sessions, Ids(item=written[0].id, issue=released.issue_id, survey=survey_id)
+    services.run(
+        ACTOR,
+        membership.edit_member,
+        1,
+        attributes={"company": "Example IP Law Firm", "city": "Beijing", "since": "2017"},
+    )
+    gone = services.run(ACTOR, membership.add_member, "erase.me@example.org", "Erase Me")
+    services.run(ACTOR, erasure.erase_member, gone.id, reason="asked by mail")
+    ids = Ids(item=written[0].id, issue=released.issue_id, survey=survey_id, erased=gone.id)
+    yield settings, sessions, ids
     sessions.kw["bind"].dispose()
 
 
@@ -355,7 +399,14 @@ def test_every_desk_page_looks_right(
                 logged_in = True
             where = f"{desk_page.name} ({desk_page.path}) at {width} px"
             response = page.goto(
-                base + desk_page.path.format(item=ids.item, issue=ids.issue, survey=ids.survey)
+                base
+                + desk_page.path.format(
+                    item=ids.item,
+                    issue=ids.issue,
+                    survey=ids.survey,
+                    member=ids.member,
+                    erased=ids.erased,
+                )
             )
             assert response is not None, where
             assert response.status == desk_page.status, where

@@ -31,6 +31,7 @@ from newsletter.storage import items as item_rows
 from newsletter.storage.models import IssueItem, Item
 from tests import steps
 from tests.conftest import SECRET
+from tests.snapshot import snapshot
 
 # One site for all the cases of a test; each case adds items of its own (fresh GUIDs).
 CASES = settings(
@@ -138,6 +139,7 @@ unknown_guids = st.one_of(
 
 
 def unknown_are_refused(shop: Shop, unknown: list[str], known: dict[str, bool]) -> None:
+    before = snapshot(shop.sessions)
     for guid in unknown:
         if guid in known or (guid.isdigit() and len(guid) < 10):
             continue  # it names an item after all
@@ -145,7 +147,8 @@ def unknown_are_refused(shop: Shop, unknown: list[str], known: dict[str, bool]) 
             message = shop.refused("items", command, "--", guid)
             assert repr(guid) in message
             assert "no item has the GUID" in message
-    assert shop.items() == known  # a refusal changes nothing
+    assert shop.items() == known
+    assert snapshot(shop.sessions) == before  # a refusal changes nothing, audit log included
 
 
 def held_are_marked(
@@ -192,11 +195,12 @@ def test_held_released_and_removed_items(
         assert guid not in new
 
     # What went out stays as members received it: no hold, release or removal.
+    before = snapshot(shop.sessions)
     for guid in {going[0], going[-1]}:
         for command, doing in (("hold", "held"), ("release", "released"), ("remove", "removed")):
             message = shop.refused("items", command, guid)
             assert message == (f"item {guid!r} went out in issue #{issue_id}: it cannot be {doing}")
-    assert sorted(shop.carried(issue_id)) == sorted(going)
+    assert snapshot(shop.sessions) == before
     listed = list_rows(shop.ok("items", "list", "--new"), guids)
     assert sorted(listed) == sorted(held)
     assert all("(held)" in listed[g] for g in held)

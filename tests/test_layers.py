@@ -16,6 +16,7 @@ LAYERS = {
     "config": 0,
     "tokens": 0,
     "site": 0,
+    "i18n": 0,
     "storage": 1,
     "content": 2,
     "delivery": 3,

@@ -14,11 +14,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
+from newsletter.content.variants import member_key
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
 from newsletter.services import board, moderation
 from newsletter.storage.models import Delivery, Issue, IssueItem, Member, utcnow
 from tests import steps as publish
-from tests.checks import check_message, seed_titles
+from tests.checks import VOTE_LINK, check_message, defects, parse, seed_titles
 from tests.smtpd import RecordingHandler
 from tests.steps import import_csv, import_source
 
@@ -127,6 +128,113 @@ def test_rendering_and_inlining_run_once_per_issue(
         for part in (text, html):
             assert "From the members' board" in part
             assert part.index("A thread on pledge loans") < part.index("A thread on customs")
+
+
+# Members spread over sections, languages and the survey: (address, language, sections, survey).
+VARIANT_MEMBERS = [
+    ("all.en@example.org", "", "", True),  # the issue's own copy
+    ("reports.people@example.org", "en", "Comprehensive Reports;People watch", True),
+    ("reports.people.2@example.org", "", "People watch;Comprehensive Reports", True),
+    ("all.zh@example.org", "zh_Hans", "", True),
+    (
+        "firms.inquiry.zh@example.org",
+        "zh-CN",
+        "International IP Firms;Inquiry and Assessment",
+        True,
+    ),
+    (
+        "firms.inquiry.zh.2@example.org",
+        "zh_Hans",
+        "Inquiry and Assessment;International IP Firms",
+        True,
+    ),
+    ("no.survey@example.org", "en", "", False),
+    ("nothing.new@example.org", "en", "Gazette", True),  # no new item in that section
+]
+ALL_SECTIONS = [
+    "Comprehensive Reports",
+    "International IP Firms",
+    "Inquiry and Assessment",
+    "People watch",
+]
+
+
+def test_each_member_gets_their_sections_in_their_language_compiled_once_per_variant(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    site: Path,
+    smtp_server: RecordingHandler,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    rows = "".join(f"{e},,{lang},{sections}\n" for e, lang, sections, _ in VARIANT_MEMBERS)
+    (tmp_path / "spread.csv").write_text("email,name,language,sections\n" + rows)
+    import_csv(sessions, tmp_path / "spread.csv")
+    with sessions.begin() as s:
+        no_survey = s.scalars(select(Member).where(Member.email == "no.survey@example.org")).one()
+        no_survey.survey = False
+        no_survey.variant_key = member_key("en", None, False)
+    import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    import_source(sessions, str(site / "examples" / "sections"))
+    calls = count_compiles(monkeypatch)
+    send(settings, sessions)
+
+    # Distinct copies: the whole issue in English; two sections in English; the whole issue
+    # in Chinese; two other sections in Chinese; the whole issue without the survey.
+    assert calls == {"premailer": 5, "email/issue.html": 5, "email/issue.txt": 5, "subject": 5}
+    received = smtp_server.by_recipient()
+    assert "nothing.new@example.org" not in received
+    assert len(received) == len(VARIANT_MEMBERS) - 1
+    for address, language, sections, survey in VARIANT_MEMBERS[:-1]:
+        (message,) = received[address]
+        msg = parse(message.data)
+        assert defects(msg) == []
+        text = msg.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+        html = msg.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+        chosen = [s for s in ALL_SECTIONS if not sections or s in sections.split(";")]
+        heads = [line.strip("= ") for line in text.splitlines() if line.startswith("== ")]
+        assert heads == chosen + (
+            ["在线调查" if language.startswith("zh") else "Online survey"] if survey else []
+        )
+        assert bool(VOTE_LINK.findall(html)) == survey
+        if language.startswith("zh"):
+            assert msg["Subject"].startswith("中国知识产权 — 综合报告：")
+            assert msg["From"].addresses[0].display_name == "中国知识产权 — 综合报告"
+            assert '<html lang="zh-Hans">' in html
+            assert "尊敬的" in text
+            assert "篇报道" in text
+            assert "2017年12月" in text  # the items' dates, as Chinese writes them
+            assert "您的偏好设置" in html
+            assert "Read the full report" not in html
+        else:
+            assert msg["Subject"].startswith(f"{settings.list.name}: ")
+            assert '<html lang="en">' in html
+            assert "Dear " in text
+            assert "December" in text
+            assert "Your preferences" in html
+    with sessions() as s:
+        member = s.scalars(select(Member).where(Member.email == "nothing.new@example.org")).one()
+        row = s.scalars(select(Delivery).where(Delivery.member_id == member.id)).one()
+        assert (row.status, row.last_message) == ("skipped", "nothing new in the member's sections")
+        assert len(set(s.scalars(select(Delivery.variant_id)))) == 5  # 4 variants, None: own copy
+
+
+def count_compiles(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts premailer's transforms and each template's renders from now on."""
+    calls: Counter[str] = Counter()
+    transform, render = premailer.Premailer.transform, jinja2.Template.render
+
+    def counting_transform(self: premailer.Premailer, *a: Any, **k: Any) -> Any:
+        calls["premailer"] += 1
+        return transform(self, *a, **k)
+
+    def counting_render(self: jinja2.Template, *a: Any, **k: Any) -> Any:
+        calls[self.name or "subject"] += 1
+        return render(self, *a, **k)
+
+    monkeypatch.setattr(premailer.Premailer, "transform", counting_transform)
+    monkeypatch.setattr(jinja2.Template, "render", counting_render)
+    return calls
 
 
 def test_chinese_names_and_titles_survive_the_headers(

@@ -26,6 +26,7 @@ from newsletter.content.sources import (
     sanitize,
 )
 from newsletter.errors import SourceError
+from newsletter.storage import db
 from newsletter.storage.models import Item
 from tests.checks import seed_titles
 from tests.snapshot import added, snapshot
@@ -435,6 +436,7 @@ def test_rss_links_resolve_against_the_channel_link(tmp_path: Path) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @example(extra=1)
+@example(extra=39 * 1024 * 1024)  # the issue's 49 MB file, stored as one item before
 @given(extra=st.integers(1, 40 * 1024 * 1024))
 def test_a_feed_file_over_the_cap_is_refused_unread(
     sessions: sessionmaker[Session], tmp_path_factory: pytest.TempPathFactory, extra: int
@@ -486,3 +488,96 @@ def test_items_import_exits_1_naming_what_it_refused(
     clean.write_text(atom([atom_entry("urn:9", "Fine", "<p>x</p>")]))
     result = runner.invoke(app, [*args[:-1], str(clean)], env=env)
     assert result.exit_code == 0, result.output
+
+
+FEED_KINDS = ("good", "duplicate", "untitled", "oversize")
+
+
+def feed_with(path: Path, kinds: list[str]) -> tuple[int, int]:
+    """An Atom feed of entries of these kinds at `path`: (entries refused or skipped as
+    duplicates, entries stored). A "duplicate" repeats the first entry's GUID; the first one
+    with that GUID that is not refused for itself is stored, the later ones are duplicates."""
+    entries, refused, stored, claimed = [], 0, 0, False
+    for n, kind in enumerate(kinds, start=1):
+        guid, title, body = f"urn:{path.parent.name}:{n}", f"Entry {n}", "<p>Fine.</p>"
+        if kind == "duplicate":
+            guid = f"urn:{path.parent.name}:1"
+        elif kind == "untitled":
+            title = " "
+        elif kind == "oversize":
+            body = "<p>" + "x" * 70_000 + "</p>"
+        if kind in ("untitled", "oversize"):
+            refused += 1
+        elif guid.endswith(":1"):  # the first entry's GUID: stored once
+            refused += claimed
+            stored += not claimed
+            claimed = True
+        else:
+            stored += 1
+        entries.append(atom_entry(guid, title, body))
+    path.write_text(atom(entries), encoding="utf-8")
+    return refused, stored
+
+
+@hypothesis_settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(case=(True, ["good"]))  # nothing refused: 0
+@example(case=(True, ["bad date", "good"]))  # the issue: it said 0
+@example(case=(False, ["good", "duplicate"]))
+@example(case=(False, ["oversize", "duplicate", "duplicate"]))
+@given(
+    case=st.one_of(
+        st.tuples(st.just(True), st.lists(st.sampled_from(KINDS), min_size=1, max_size=6)),
+        st.tuples(st.just(False), st.lists(st.sampled_from(FEED_KINDS), min_size=1, max_size=6)),
+    )
+)
+def test_items_import_exits_1_exactly_when_something_is_refused(
+    site: Path,
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    case: tuple[bool, list[str]],
+) -> None:
+    """`newsletter items import` on generated Markdown folders and feeds: exit 1 when any file
+    or entry was refused or repeated (each named on stderr with its file), 0 otherwise; the
+    good ones are stored either way, and nothing else is."""
+    folder, kinds = case
+    where = tmp_path_factory.mktemp("src")
+    stem = where.name.replace("_", "-")
+    if folder:  # Markdown files, good or bad in every way test_bad_markdown_files_... knows
+        for n, kind in enumerate(kinds):
+            path = where / f"{stem}-{n}.md"
+            if kind in ("good", "bom"):
+                text = GOOD.format(title=f"Post {n}").encode()
+                path.write_bytes(b"\xef\xbb\xbf" + text if kind == "bom" else text)
+            else:
+                path.write_bytes(BAD_FILES[kind][0](n))
+        bad = {str(where / f"{stem}-{n}.md") for n, k in enumerate(kinds) if k in BAD_FILES}
+        refused, stored = len(bad), len(kinds) - len(bad)
+        target = where
+    else:
+        target = where / "feed.atom"
+        refused, stored = feed_with(target, kinds)
+    sessions = db.open_database(database_url)
+    try:
+        before = snapshot(sessions)
+        result = CliRunner().invoke(
+            app,
+            ["--config", str(site / "config.toml"), "items", "import", str(target)],
+            env={"NEWSLETTER_DATABASE_URL": database_url, "COLUMNS": "300"},
+        )
+        assert result.exit_code == (1 if refused else 0), (result.output, result.exception)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        problems = result.stderr.splitlines()
+        assert all(p.startswith(f"{target}") for p in problems), problems
+        if folder:
+            assert {p.split(": ", 1)[0] for p in problems} == bad
+        else:
+            assert bool(problems) == bool(refused)
+        new = added(before, snapshot(sessions))
+        assert set(new) <= {"items", "audit_log"}
+        assert len(new.get("items", [])) == stored
+    finally:
+        sessions.kw["bind"].dispose()

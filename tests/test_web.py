@@ -31,7 +31,7 @@ from tests import steps as publish
 from tests.smtpd import RecordingHandler
 from tests.steps import import_csv, import_source
 
-LINK = re.compile(r'https?://[^\s"\'<>]+/(v|u|t|archive)/[^\s"\'<>]+')
+LINK = re.compile(r'https?://[^\s"\'<>]+/(v|u|t|p|archive)/[^\s"\'<>]+')
 
 
 class Clock:
@@ -99,6 +99,25 @@ def wait_for_mail(smtp_server: RecordingHandler, count: int) -> None:
         time.sleep(0.01)
 
 
+def members_choices(sessions: sessionmaker[Session]) -> list[tuple[Any, ...]]:
+    """Every member's preferences, as the preference page sets them."""
+    with sessions() as s:
+        return [
+            tuple(row)
+            for row in s.execute(
+                select(
+                    Member.email,
+                    Member.language,
+                    Member.sections,
+                    Member.survey,
+                    Member.paused_until,
+                    Member.new_email,
+                    Member.variant_key,
+                ).order_by(Member.id)
+            )
+        ]
+
+
 def db_state(sessions: sessionmaker[Session]) -> tuple[Any, ...]:
     with sessions() as s:
         return (
@@ -152,6 +171,8 @@ def test_scanners_count_nothing_and_unsubscribe_nobody(web: Site) -> None:
         delivered = s.scalar(select(Delivery.sent_at).limit(1))
     assert delivered is not None
     web.clock.now = delivered + dt.timedelta(seconds=1)
+    choices = members_choices(web.sessions)
+    assert all(any("/p/" in u for u in urls) for urls in web.links.values())
     for _email, urls in web.links.items():
         for url in urls:  # HEAD then GET of every link, within two seconds of delivery
             assert web.client.head(web.path(url)).status_code in (200, 204)
@@ -160,6 +181,7 @@ def test_scanners_count_nothing_and_unsubscribe_nobody(web: Site) -> None:
     web.clock.advance(120)
     assert web.counted() == {}
     assert all(web.status(e) == "active" for e in web.links)
+    assert members_choices(web.sessions) == choices  # the preference links changed nobody's
     # The same member, five minutes later, clicks one option: that counts.
     web.clock.advance(300)
     web.client.get(web.votes_of("li.wei@example.org")[2])

@@ -1,5 +1,5 @@
 """Every command group, imported once so that each registers its commands on the app."""
 
-from newsletter.cli import board, content, issues, sending, site, survey
+from newsletter.cli import board, content, issues, sending, site, subscribers, survey
 
-__all__ = ["board", "content", "issues", "sending", "site", "survey"]
+__all__ = ["board", "content", "issues", "sending", "site", "subscribers", "survey"]

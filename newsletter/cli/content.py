@@ -1,4 +1,4 @@
-"""`newsletter subscribers ...` and `newsletter items ...`: the member list and the news items."""
+"""`newsletter items ...`: the news items (the member list's commands are in subscribers.py)."""
 
 from __future__ import annotations
 
@@ -10,58 +10,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from newsletter.cli.app import actor, console, err, group, progress_bar, state
+from newsletter.cli.app import actor, console, err, group, state
 from newsletter.errors import NewsletterError
-from newsletter.services import items, members
-from newsletter.storage.models import MemberStatus
+from newsletter.services import items
 
-subscribers_app = group("subscribers", "Import and inspect the member list.")
 items_app = group("items", "Import, inspect, hold and remove news items.")
-
-
-@subscribers_app.command("import")
-def subscribers_import(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            help="A CSV file with an 'email' column; 'name', 'status' and any others optional."
-        ),
-    ],
-) -> None:
-    """Import members from CSV: addresses are normalised, duplicates merged, opt-outs kept."""
-    services = state.services()
-    with progress_bar() as progress:
-        task = progress.add_task("importing members", total=None)
-        report = members.import_file(
-            services, file, actor=actor(), progress=lambda n: progress.advance(task, n)
-        )
-    for problem in report.errors:
-        err.print(f"{file}:{problem}")
-    console.print(
-        f"{file}: {report.rows} rows, {report.added} added, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {report.merged} duplicates merged, "
-        f"{report.unsubscribed} unsubscribed, {report.kept_unsubscribed} kept unsubscribed, "
-        f"{len(report.errors)} rejected"
-    )
-    if report.errors:
-        raise typer.Exit(1)
-
-
-@subscribers_app.command("list")
-def subscribers_list(
-    status: Annotated[
-        MemberStatus | None, typer.Option(help="Only members with this status.")
-    ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
-) -> None:
-    """Show members and how many there are of each status."""
-    services = state.services()
-    table = Table("id", "email", "name", "status")
-    for m in services.read(members.listing, status, limit):
-        table.add_row(str(m.id), m.email, m.name, m.status)
-    console.print(table)
-    counts = services.read(members.counts)
-    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no members")
 
 
 @items_app.command("import")
@@ -149,7 +102,7 @@ def items_add(
     title: Annotated[str, typer.Option(help="The item's title.")],
     body: BodyOption = None,
     section: Annotated[str, typer.Option(help="Its section (default: News).")] = "",
-    url: Annotated[str, typer.Option(help="A link to the full report.")] = "",
+    url: Annotated[str, typer.Option(help="A link to the full text.")] = "",
     date: Annotated[str | None, typer.Option(help="Its date, YYYY-MM-DD.")] = None,
 ) -> None:
     """Write a new item (Markdown), as the desk's item editor does."""

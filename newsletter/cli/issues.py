@@ -11,12 +11,24 @@ import typer
 from rich.table import Table
 
 from newsletter.cli.app import actor, console, err, group, progress_bar, state
-from newsletter.cli.sending import drain_mail, exit_if_stopped, print_summary, send, with_progress
+from newsletter.cli.sending import (
+    drain_mail,
+    exit_if_stopped,
+    print_summary,
+    print_waiting,
+    send,
+    with_progress,
+)
 from newsletter.content.preview import write_preview
 from newsletter.services import issues, mail, sending
 from newsletter.storage.models import IssueStatus, MailStatus
 
-issue_app = group("issue", "The next issue before it goes out, and the issues since.")
+issue_app = group(
+    "issue",
+    "The next issue before it goes out, and the issues since: preview the next one or send "
+    "it a test copy; list, show and follow (status) the issues; send, pause, resume or "
+    "cancel a send.",
+)
 
 
 @issue_app.command("preview")
@@ -86,16 +98,22 @@ def issue_status(
         bool, typer.Option("--watch", help="Follow a running send with a live progress bar.")
     ] = False,
 ) -> None:
-    """Progress of an issue's send (queued, sent, failed, bounced); --watch follows it live."""
+    """Progress of an issue's send (queued, sent, failed, bounced) and why deliveries wait.
+
+    Waiting deliveries are grouped by reason: the relay unreachable or refusing (with its
+    reply), rate-limited by the relay, or not tried yet, with when each is tried next.
+    --watch follows a running send live.
+    """
     services = state.services()
     info = services.read(issues.info, issue_id)
     if watch and info.status == IssueStatus.SENDING:
         with progress_bar() as progress:
-            task = progress.add_task(f"issue #{issue_id}", total=info.total, completed=info.done)
+            # The bar counts delivered messages: it never reads 100% while any wait.
+            task = progress.add_task(f"issue #{issue_id}", total=info.total, completed=info.sent)
             while info.status == IssueStatus.SENDING:
                 time.sleep(0.5)
                 info = services.read(issues.info, issue_id)
-                progress.update(task, completed=info.done)
+                progress.update(task, completed=info.sent)
     table = Table(title=info.summary)
     table.add_column("deliveries")
     table.add_column("members", justify="right")
@@ -112,6 +130,9 @@ def issue_status(
         if info.counts.get(status) or status in ("queued", "sent", "failed", "bounced"):
             table.add_row(status, str(info.counts.get(status, 0)))
     console.print(table)
+    if info.pause_reason:
+        console.print(f"paused: {info.pause_reason}")
+    print_waiting(services.read(issues.waiting, issue_id))
 
 
 @issue_app.command("test")
@@ -141,9 +162,19 @@ def issue_test(
 
 
 @issue_app.command("send")
-def issue_send() -> None:
+def issue_send(
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            "-p",
+            min=1,
+            help="Sender processes sharing the issue through the ledger (one per core is a good start).",
+        ),
+    ] = 1,
+) -> None:
     """The same as `newsletter send`: finish what is pending, then send the next issue."""
-    send(processes=1, scheduled=None)
+    send(processes=processes, scheduled=None)
 
 
 @issue_app.command("pause")
@@ -159,7 +190,7 @@ def issue_resume(issue_id: Annotated[int, typer.Argument(help="The issue to resu
     services = state.services()
     services.run(actor(), issues.resume, issue_id)
     console.print(f"issue #{issue_id} resumed")
-    print_summary(with_progress(functools.partial(sending.deliver, services, issue_id)))
+    print_summary(with_progress(functools.partial(sending.deliver, services, issue_id)), services)
     exit_if_stopped()
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import secrets
+import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,9 +20,16 @@ from newsletter.cli.app import actor, app, console, err, group, safe_url, state
 from newsletter.cli.sending import run_send
 from newsletter.config import Settings
 from newsletter.content.preview import write_preview
-from newsletter.delivery.sink import DiscardHandler, OutboxHandler, ServerThread, serve_forever
+from newsletter.delivery.sink import (
+    DiscardHandler,
+    OutboxHandler,
+    ServerThread,
+    bound_port,
+    start_server,
+)
+from newsletter.errors import NewsletterError
 from newsletter.services import issues, items, members
-from newsletter.site import scaffold
+from newsletter.site import Answers, BadAnswer, scaffold, scaffold_neutral
 from newsletter.storage import db
 from newsletter.storage.models import MemberStatus
 
@@ -27,9 +37,84 @@ db_app = group("db", "Create or migrate the database.")
 
 
 @app.command()
-def init(directory: Annotated[Path, typer.Argument(help="The folder for the new site.")]) -> None:
-    """Create a new site folder: config.toml, templates/, subscribers/example.csv, examples/."""
-    created = scaffold(directory)
+def init(
+    directory: Annotated[Path, typer.Argument(help="The folder for the new site.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="The list's name, as members see it.")
+    ] = None,
+    from_address: Annotated[
+        str | None, typer.Option("--from", help="The From address of every issue.")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The public address of `newsletter serve` (links in mail start with it); "
+            "on localhost, serve listens there.",
+        ),
+    ] = None,
+    relay: Annotated[
+        str,
+        typer.Option(
+            "--relay",
+            metavar="HOST:PORT",
+            help="The SMTP relay to send through (default: the bundled sink, `newsletter smtp-sink`).",
+        ),
+    ] = "127.0.0.1:8025",
+    sample: Annotated[
+        bool,
+        typer.Option(
+            "--sample",
+            help="Copy the China IP sample site instead (its survey, items, members and schedule).",
+        ),
+    ] = False,
+) -> None:
+    """Create a new site folder: config.toml, templates/, subscribers/members.csv.
+
+    Asks for the list's name, From address and public URL, unless given as options (it never
+    asks when standard input is not a terminal: then all three are needed). The site has no
+    survey, no item and no schedule until you add them; its templates' wording comes from
+    config.toml's [wording]. With --sample, the China IP sample site (the demo's) is copied.
+    """
+    if sample:
+        if name or from_address or url:
+            raise typer.BadParameter(
+                "--sample copies the sample site as it is; leave out --name, --from and --url",
+                param_hint="--sample",
+            )
+        _report_created(directory, scaffold(directory))
+        return
+    answers = _answers(directory, name, from_address, url, relay)
+    try:
+        created = scaffold_neutral(directory, answers)
+    except BadAnswer as exc:
+        raise typer.BadParameter(exc.problem, param_hint=exc.option) from None
+    _report_created(directory, created)
+    if created:
+        console.print(f"next: cd {directory}, then see `newsletter --help` (README: Using it)")
+
+
+def _answers(
+    directory: Path, name: str | None, from_address: str | None, url: str | None, relay: str
+) -> Answers:
+    given = {"--name": name, "--from": from_address, "--url": url}
+    missing = [option for option, value in given.items() if value is None]
+    if missing and not sys.stdin.isatty():
+        err.print(
+            f"error: missing {', '.join(missing)}: standard input is not a terminal, so "
+            "nothing is asked; give each as an option"
+        )
+        raise typer.Exit(2)  # a usage error, as the option parser's own
+    if name is None:
+        name = typer.prompt("The list's name", default=directory.resolve().name)
+    if from_address is None:
+        from_address = typer.prompt("The From address of every issue (news@your.domain)")
+    if url is None:
+        url = typer.prompt("The public URL of the site", default="http://127.0.0.1:8000")
+    return Answers(name, from_address, url, relay)
+
+
+def _report_created(directory: Path, created: list[Path]) -> None:
     for path in created:
         console.print(f"created {path}")
     if not created:
@@ -40,8 +125,20 @@ def init(directory: Annotated[Path, typer.Argument(help="The folder for the new 
 def db_upgrade() -> None:
     """Create the database, or bring its schema to the current version."""
     settings = state.settings()
-    db.upgrade(db.make_engine(settings.database_url))
-    console.print(f"database is current: {safe_url(settings.database_url)}")
+    engine = db.make_engine(settings.database_url)
+    try:
+        before = db.revision(engine)
+        db.upgrade(engine)
+        after = db.revision(engine)
+    finally:
+        engine.dispose()
+    url = safe_url(settings.database_url)
+    if before is None:
+        console.print(f"created the database {url} (schema {after})")
+    elif before != after:
+        console.print(f"migrated the database {url} from schema {before} to {after}")
+    else:
+        console.print(f"the database {url} is current (schema {after})")
 
 
 @app.command("smtp-sink")
@@ -66,12 +163,20 @@ def smtp_sink(
     handler: OutboxHandler | DiscardHandler
     if discard:
         handler = DiscardHandler()
-        console.print(f"SMTP sink on {h}:{p}, discarding every message (Ctrl-C stops)")
+        doing = "discarding every message"
     else:
         handler = OutboxHandler(folder, lambda path: console.print(f"received {path.name}"))
-        console.print(f"SMTP sink on {h}:{p}, writing to {folder}/ (Ctrl-C stops)")
+        doing = f"writing to {folder}/"
+
+    async def run() -> None:
+        # Listen first: a busy port is one line of error, never a "listening" line before it.
+        server = await start_server(handler, h, p)
+        console.print(f"SMTP sink on {h}:{bound_port(server)}, {doing} (Ctrl-C stops)")
+        async with server:
+            await server.serve_forever()
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(handler, h, p))
+        asyncio.run(run())
     console.print(f"stopped after {handler.count} messages")
 
 
@@ -117,10 +222,15 @@ def serve(
     gc.collect()
     gc.freeze()
     h, p = host or settings.web.host, port if port is not None else settings.web.port
+    # Listen before saying so: a busy port is one line of error and exit code 1.
+    sock = listen(h, p)
+    p = sock.getsockname()[1]  # the port chosen, for --port 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     console.print(
-        f"serving {settings.list.name} on http://{h}:{p} (links in mail use {settings.list.base_url})"
+        f"serving {settings.list.name} on http://{_host_in_url(h)}:{p} "
+        f"(links in mail use {settings.list.base_url})"
     )
+    console.print(_schedules_line(settings, scheduler))
 
     async def main() -> None:
         elected = None
@@ -143,11 +253,50 @@ def serve(
 
         server = Server(uvicorn.Config(app_, host=h, port=p, log_level="info"))
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             await stop_electing()
 
     asyncio.run(main())
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, or NewsletterError saying in one line why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise NewsletterError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        # As uvicorn does: a restart may take the port while the old sockets are in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += " (another `newsletter serve`? use --port or web.port)"
+        raise NewsletterError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _host_in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _schedules_line(settings: Settings, scheduler: bool) -> str:
+    if not scheduler:
+        return "schedules: off (--no-scheduler)"
+    if not settings.schedule:
+        return "schedules: none (config.toml has no [schedule.NAME] table)"
+    named = ", ".join(
+        f"{name} ({sched.cron}, {sched.timezone})" for name, sched in settings.schedule.items()
+    )
+    return f"schedules: {named}; the elected serve process fires them"
 
 
 @app.command()
@@ -163,8 +312,14 @@ def demo() -> None:
         err.print(f"{csv_path}:{problem}")
     feed = settings.path("examples/seed-feed.xml")
     items_report = items.import_source(services, str(feed), actor=actor())
+    added, names = items_report.added, [feed.name]
+    # The sample items of the other sections (Markdown), so members' choices show.
+    folder = settings.path("examples/sections")
+    if folder.is_dir():
+        added += items.import_source(services, str(folder), actor=actor()).added
+        names.append("examples/sections/")
     console.print(
-        f"members: {report.added} added from {csv_path.name}; items: {items_report.added} new from {feed.name}"
+        f"members: {report.added} added from {csv_path.name}; items: {added} new from {', '.join(names)}"
     )
     outbox = settings.path(settings.sink.outbox)
     handler = OutboxHandler(outbox)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -108,9 +109,24 @@ def survey_close(
 
 
 @editor_app.command("hash-password")
-def editor_hash_password() -> None:
+def editor_hash_password(
+    stdin: Annotated[
+        bool,
+        typer.Option(
+            "--stdin",
+            help="Read the password from standard input (its first line), as from a pipe or "
+            "a secrets manager, instead of asking twice without echo.",
+        ),
+    ] = False,
+) -> None:
     """Ask for a password and print the password_hash line for an [[editor]] in config.toml."""
-    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if stdin:
+        # The first line, without its line ending; nothing is echoed or asked.
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise NewsletterError("--stdin: standard input holds no password (an empty line)")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     if len(password) < 12:
         raise NewsletterError("use a password of at least 12 characters")
     console.print(f'password_hash = "{editors.hash_password(password)}"')

@@ -29,7 +29,7 @@ class ArchivePage:
         values = {"to": "", "date": "", "msgid": "", "trap": "#", "view": links.archive(issue)}
         if member is None:
             values["name"] = "reader"
-            values["unsubscribe"] = links.subscribe()
+            values["unsubscribe"] = values["prefs"] = links.subscribe()
             values["board"] = links.page("/board")
             for pos in self.vote_positions:
                 values[f"vote{pos}"] = links.survey(self.survey_id or 0)
@@ -38,6 +38,7 @@ class ArchivePage:
         values["name"] = html.escape(name or "reader", quote=False)
         values["unsubscribe"] = links.unsubscribe(member_id, issue)
         values["board"] = links.board(member_id, issue)
+        values["prefs"] = links.preferences(member_id, issue)
         for pos in self.vote_positions:
             values[f"vote{pos}"] = links.vote(self.survey_id or 0, member_id, pos)
         return values

@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import premailer
 from jinja2 import Environment
 from markupsafe import Markup
 
+from newsletter import i18n
 from newsletter.config import Settings
 from newsletter.content.results import Results
 from newsletter.content.sources import html_to_text
@@ -137,15 +138,27 @@ def group_sections(items: Sequence[ItemView], order: Sequence[str]) -> list[Sect
 
 
 def render_subject(
-    env: Environment, settings: Settings, items: Sequence[ItemView], date: dt.date
+    env: Environment,
+    settings: Settings,
+    items: Sequence[ItemView],
+    date: dt.date,
+    language: str | None = None,
 ) -> str:
-    """The Subject as plain text. A header is not HTML: nothing here is escaped, and every
-    page that shows the stored subject escapes it once, as it does any text."""
+    """The Subject as plain text, in `language` (list.translations.CODE.subject, else
+    list.subject). A header is not HTML: nothing here is escaped, and every page that shows
+    the stored subject escapes it once, as it does any text."""
+    language = language or settings.list.language
+    source = settings.list.subject_in(language)
+    key = (
+        "list.subject"
+        if source == settings.list.subject
+        else f"list.translations.{language}.subject"
+    )
     # The site's environment autoescapes templates made from strings; this one must not.
-    template = env.overlay(autoescape=False).from_string(settings.list.subject)
+    template = env.overlay(autoescape=False).from_string(source)
     try:
         subject = template.render(
-            list_name=settings.list.name,
+            list_name=settings.list.name_in(language),
             first_title=items[0].title if items else "",
             item_count=len(items),
             date=date,
@@ -154,7 +167,7 @@ def render_subject(
     # break it (an index past a short title): name the key, as a config error does.
     except Exception as exc:  # noqa: BLE001 - a template may raise anything; all are config errors
         raise ConfigError(
-            "list.subject", f"the template fails on this issue: {exc.__class__.__name__}: {exc}"
+            key, f"the template fails on this issue: {exc.__class__.__name__}: {exc}"
         ) from None
     if re.search(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f]", subject):
         raise HeaderError("Subject", subject)
@@ -245,13 +258,21 @@ def compile_issue(
     now: dt.datetime | None = None,
     nonce: str | None = None,
     shape: Shape | None = None,
+    language: str | None = None,
+    sections: Collection[str] | None = None,
     board: Sequence[BoardPost] = (),
 ) -> Compiled:
-    """Render, inline and make the text part of one issue. Runs once per issue, never per member."""
+    """Render, inline and make the text part of one issue (or of one variant: only the items of
+    `sections`, in `language`; env must carry that language's messages). Runs once per issue
+    and variant, never per member."""
     shape = shape or Shape()
     now = now or utcnow()
     nonce = nonce or new_nonce()
-    slots = {name: slot(nonce, name) for name in ("name", "view", "unsubscribe", "trap", "board")}
+    language = language or settings.list.language
+    if sections is not None:
+        items = [i for i in items if i.section in sections]
+    names = ("name", "view", "unsubscribe", "trap", "prefs", "board")
+    slots = {name: slot(nonce, name) for name in names}
     survey_view = None
     if survey is not None:
         survey_id, question, options = survey
@@ -264,13 +285,13 @@ def compile_issue(
     subject = (
         plain_subject(shape.subject)
         if shape.subject
-        else render_subject(env, settings, items, now.date())
+        else render_subject(env, settings, items, now.date(), language)
     )
     context = {
         "list": {
-            "name": settings.list.name,
+            "name": settings.list.name_in(language),
             "id": settings.list.id,
-            "language": settings.list.language,
+            "language": i18n.html_lang(language),
             "base_url": base,
             "archive_url": f"{base}/archive",
         },

@@ -36,6 +36,18 @@ class LinkBuilder:
             return self.page("/preview/unsubscribe")
         return self.page(f"/u/{self.signer.make(Kind.UNSUBSCRIBE, member_id, issue_id)}")
 
+    def preferences(self, member_id: int, issue_id: int = 0) -> str:
+        """The member's preference page (issue 0: not from an issue, e.g. a signed-in member)."""
+        if self.signer is None:
+            return self.page("/preview/preferences")
+        return self.page(f"/p/{self.signer.make(Kind.PREFERENCES, member_id, issue_id)}")
+
+    def address(self, member_id: int, nonce: int) -> str:
+        """The page where a new address confirms a change of address (mailed to it)."""
+        if self.signer is None:
+            return self.page("/preview/address")
+        return self.page(f"/a/{self.signer.make(Kind.ADDRESS, member_id, nonce)}")
+
     def view(self, issue_id: int, member_id: int) -> str:
         if self.signer is None:
             return self.archive()

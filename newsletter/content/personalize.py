@@ -151,6 +151,7 @@ class Personalizer:
         }
         links, member, issue = self.links, r.member_id, self.issue_id
         values["unsubscribe"] = links.unsubscribe(member, issue)
+        values["prefs"] = links.preferences(member, issue)
         values["view"] = links.view(issue, member)
         values["trap"] = links.trap(member, issue)
         values["board"] = links.board(member, issue)

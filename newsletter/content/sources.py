@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import feedparser
-import html2text
 import nh3
 from markdown_it import MarkdownIt
 
 from newsletter.config import ItemsSettings
 from newsletter.content import frontmatter
+from newsletter.content.text import html_to_text
 from newsletter.errors import SourceError
+
+__all__ = ["html_to_text"]  # the text of an item, also for the doors that import it here
 
 DEFAULT_SECTION = "News"
 FETCH_TIMEOUT = 30.0
@@ -72,17 +74,6 @@ def sanitize(body: str, base: str = "") -> str:
         url_schemes=URL_SCHEMES,
         link_rel="noopener noreferrer",
     ).strip()
-
-
-def html_to_text(body_html: str) -> str:
-    """Readable plain text of sanitised HTML: for the text part and for search."""
-    h = html2text.HTML2Text()
-    h.body_width = 76
-    h.unicode_snob = True
-    h.ignore_emphasis = True
-    h.ignore_images = True
-    h.protect_links = True
-    return str(h.handle(body_html)).strip()
 
 
 def clean_title(raw: str) -> str:

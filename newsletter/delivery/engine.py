@@ -16,16 +16,15 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.content.layout import Wire
-from newsletter.content.personalize import Personalizer
 from newsletter.errors import NewsletterError
-from newsletter.storage.ledger import Job, Ledger, Outcome, new_owner
+from newsletter.storage.ledger import Job, Ledger, Outcome, Recipient, new_owner
 from newsletter.storage.models import (
     DeliveryStatus,
     Issue,
@@ -44,6 +43,22 @@ from newsletter.delivery.smtp import (
     aiosmtplib_client,
     transmit,
 )
+
+
+class Messages(Protocol):
+    """What the engine needs to make a member's message: content.personalize.Personalizer for
+    one copy, content.variants.Variants for an issue with several."""
+
+    @property
+    def skeleton(self) -> tuple[bytes, ...]: ...
+
+    def slots(self, r: Recipient) -> tuple[str, list[bytes]]: ...
+
+    def wire(self, r: Recipient) -> tuple[str, Wire]: ...
+
+    def wire_from(self, values: list[bytes]) -> Wire: ...
+
+    def envelope_from(self, member_id: int) -> str: ...
 
 
 class IssuePaused(NewsletterError):
@@ -91,7 +106,7 @@ class Engine:
         settings: Settings,
         sessions: sessionmaker[Session],
         issue: Issue,
-        personalizer: Personalizer,
+        personalizer: Messages,
         *,
         client_factory: ClientFactory = aiosmtplib_client,
         progress: Callable[[Outcome], None] | None = None,

@@ -83,7 +83,9 @@ async def start_server(handler: Any, host: str = "127.0.0.1", port: int = 0) -> 
             port,
         )
     except OSError as exc:
-        raise NewsletterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        # asyncio's own message repeats the address; the errno's words are enough.
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise NewsletterError(f"cannot listen on {host}:{port}: {why}") from None
 
 
 def bound_port(server: asyncio.Server) -> int:

@@ -69,7 +69,10 @@ class Passwords:
         self.editors = editors
         # Checked when the name is unknown, so a wrong name takes as long as a wrong password.
         self._dummy_hash = hash_password(secrets.token_urlsafe(16)) if editors else ""
-        self.checks = 0  # scrypt runs so far (the throttle's tests count them)
+        # scrypt runs so far (the throttle's tests count them). Checks run in worker threads
+        # at once, and `+= 1` is not atomic: an unlocked count could come out low.
+        self.checks = 0
+        self._count = threading.Lock()
 
     def check(self, name: str, password: str) -> str | None:
         """The editor's name when name and password match an [[editor]] entry, else None."""
@@ -77,7 +80,8 @@ class Passwords:
         for editor in self.editors:
             if hmac.compare_digest(editor.name.encode(), name.encode()):
                 found = editor
-        self.checks += 1
+        with self._count:
+            self.checks += 1
         ok = verify_password(password, found.password_hash if found else self._dummy_hash)
         return found.name if found and ok else None
 

@@ -7,6 +7,7 @@ transaction with its audit entry; the delivery engine then works through the row
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,9 @@ from newsletter.content.addresses import normalize_address
 from newsletter.content.compiler import Compiled
 from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
+from newsletter.delivery.reasons import Reason, reason
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import board, drafts, mail, surveys, votes
+from newsletter.services import board, drafts, mail, surveys, variants, votes
 from newsletter.services.unit import (
     Actor,
     Permission,
@@ -33,6 +35,7 @@ from newsletter.storage import issues as rows
 from newsletter.storage import items as item_rows
 from newsletter.storage import ledger, search
 from newsletter.storage import members as member_rows
+from newsletter.storage import variants as variant_rows
 from newsletter.storage.ledger import Recipient, new_owner
 from newsletter.storage.models import (
     UNFINISHED,
@@ -148,6 +151,32 @@ def failures(unit: Unit, issue_id: int) -> list[Failure]:
     return [Failure(*f) for f in rows.failures(unit.session, issue_id)]
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Deliveries of an issue still to go out, for one reason."""
+
+    reason: Reason
+    count: int
+    next_from: dt.datetime | None  # the earliest of their next attempts (deferred rows)
+    next_until: dt.datetime | None  # the latest
+
+
+def waiting(unit: Unit, issue_id: int) -> list[Waiting]:
+    """The issue's deliveries still to go out, grouped by why (what their last attempt left
+    in the ledger: the relay unreachable, refusing or rate-limiting, or not tried yet), the
+    largest group first."""
+    _row(unit, issue_id)
+    groups: dict[Reason, list[Any]] = {}
+    for status, code, text, count, lo, hi in rows.waiting(unit.session, issue_id):
+        why = reason(code, text, status)
+        group = groups.setdefault(why, [0, None, None])
+        group[0] += count
+        group[1] = min((t for t in (group[1], lo) if t is not None), default=None)
+        group[2] = max((t for t in (group[2], hi) if t is not None), default=None)
+    found = [Waiting(r, n, lo, hi) for r, (n, lo, hi) in groups.items()]
+    return sorted(found, key=lambda w: -w.count)
+
+
 def item_titles(unit: Unit, issue_id: int) -> list[tuple[str, str]]:
     """(section, title) of each item an issue carried, in its order."""
     return [(i.section, i.title) for i in item_rows.issue_items(unit.session, issue_id)]
@@ -233,7 +262,18 @@ def release_next(
     if not member_rows.counts(unit.session).get(MemberStatus.ACTIVE):
         # An issue nobody receives would take the items and never reach the archive.
         raise NothingToSend("no active members: nothing to send (the items stay new)")
-    compiled = compile_next(unit, with_survey=with_survey)
+    items, survey = gather(unit, with_survey=with_survey)
+    if not items:
+        raise NothingToSend("no new items since the last issue: nothing to send")
+    plan = variants.compile_all(
+        unit,
+        items,
+        survey,
+        previous=previous_results(unit),
+        shape=drafts.shape(unit),
+        board=board.for_issue(unit),
+    )
+    compiled = plan.own
     issue = rows.add(
         unit.session,
         Issue(
@@ -250,13 +290,16 @@ def release_next(
         ),
     )
     item_rows.claim_for_issue(unit.session, issue.id, compiled.item_ids)
-    queued = rows.snapshot_audience(unit.session, issue.id, compiled.created)
+    queued = rows.snapshot_audience(
+        unit.session, issue.id, compiled.created, variants.store(unit, issue.id, plan), plan.idle
+    )
     draft_rows.clear(unit.session, unit.now, unit.actor)  # what it said went out with it
     where = f"schedule {schedule}, slot {slot_at:%Y-%m-%d %H:%M} UTC" if slot_at else "send"
     unit.audit(
         "release",
         issue_id=issue.id,
-        detail=f"{where}: {len(compiled.item_ids)} items, {queued} members: {compiled.subject}",
+        detail=f"{where}: {len(compiled.item_ids)} items, {plan.compiles} variants, "
+        f"{queued} members: {compiled.subject}",
     )
     unit.after_commit(lambda: unit.services.changed("issues"))
     return Released(issue.id, compiled.subject, queued)
@@ -396,12 +439,45 @@ def archive_list(unit: Unit) -> list[ArchiveEntry]:
     return [ArchiveEntry(r.id, r.subject, r.created_at) for r in rows.archived(unit.session)]
 
 
-def archived(unit: Unit, issue_id: int) -> Compiled | None:
-    """A gone-out issue's stored form, or None: an issue nobody has received is not public."""
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    id: int
+    subject: str
+    published: dt.datetime
+    items: tuple[tuple[str, str], ...]  # (title, link) of each item, in the issue's order
+
+
+def feed_entries(unit: Unit, limit: int = 20) -> list[FeedEntry]:
+    """The newest issues that have gone out, with their items: the archive's Atom feed."""
+    return [
+        FeedEntry(
+            r.id,
+            r.subject,
+            r.created_at,
+            tuple((i.title, i.url) for i in item_rows.issue_items(unit.session, r.id)),
+        )
+        for r in rows.archived(unit.session, limit)
+    ]
+
+
+def archived(unit: Unit, issue_id: int, variant_id: int | None = None) -> Compiled | None:
+    """A gone-out issue's stored form (its own full copy, or one variant of it), or None: an
+    issue nobody has received is not public."""
     if not rows.is_archived(unit.session, issue_id):
         return None
     row = rows.get(unit.session, issue_id)
-    return None if row is None else compiler.from_row(row)
+    if row is None:
+        return None
+    own = compiler.from_row(row)
+    variant = variant_rows.get(unit.session, variant_id) if variant_id else None
+    if variant is None or variant.issue_id != issue_id:
+        return own
+    return dataclasses.replace(own, subject=variant.subject, html=variant.html, text=variant.text)
+
+
+def variant_of(unit: Unit, issue_id: int, member_id: int) -> int | None:
+    """The variant of an issue a member was sent (None: the issue's own copy)."""
+    return variant_rows.of_delivery(unit.session, issue_id, member_id)
 
 
 def search_archive(unit: Unit, q: str, limit: int = 20) -> list[search.Hit]:

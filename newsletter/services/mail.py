@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from newsletter import i18n
 from newsletter.content import layout
 from newsletter.content.compiler import Compiled
 from newsletter.content.layout import system_message
 from newsletter.content.personalize import Personalizer
+from newsletter.i18n import N_
 from newsletter.services.unit import Permission, Unit, requires, use_case
 from newsletter.storage import mail as mail_rows
 from newsletter.storage.ledger import Recipient
@@ -77,7 +79,11 @@ def queue_confirmation(unit: Unit, member: Member, *, signup_id: int | None = No
         from_address=settings.list.from_address,
         to_name=member.name,
         to_address=member.email,
-        subject=f"Confirm your subscription to {settings.list.name}",
+        subject=i18n.gettext(
+            settings.list.language,
+            N_("Confirm your subscription to %(list)s"),
+            list=settings.list.name,
+        ),
         text=env.get_template("email/confirm.txt").render(context),
         html=env.get_template("email/confirm.html").render(context),
         now=unit.now,

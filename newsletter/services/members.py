@@ -7,7 +7,7 @@ unsubscribe stops the member's rows in sends already released, in the same trans
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,20 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from newsletter.content.addresses import clean_name, normalize_address
-from newsletter.content.roster import ImportReport, Row, merge_duplicates, read_rows
+from newsletter.content.mapping import Layout, choose
+from newsletter.content.roster import (
+    ImportReport,
+    Row,
+    decode,
+    layout_of,
+    merge_duplicates,
+    read_rows,
+)
+from newsletter.content.roster import preview as roster_preview
+from newsletter.content.variants import member_key, sections_text
 from newsletter.errors import NewsletterError
 from newsletter.services import mail
+from newsletter.services.erasure import suppressed
 from newsletter.services.unit import Permission, Services, Unit, prefetch, requires, use_case
 from newsletter.storage import members as rows
 from newsletter.storage import signups
@@ -61,45 +72,89 @@ class MemberInfo:
 # --- import ----------------------------------------------------------------------------------
 
 
-def read_list(path: Path) -> str:
-    """A member list's text; NewsletterError naming the file when it cannot be read."""
+def read_list(path: Path) -> bytes:
+    """A member list's bytes (decoded line by line by the import); NewsletterError naming the
+    file when it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return path.read_bytes()
     except FileNotFoundError:
         raise NewsletterError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise NewsletterError(
-            f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
-        ) from None
+    except OSError as exc:
+        raise NewsletterError(f"{path}: {exc.strerror}") from None
+
+
+def _text(data: str | bytes) -> tuple[str, dict[int, str]]:
+    return decode(data) if isinstance(data, bytes) else (data.removeprefix("\ufeff"), {})
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What the mapping step shows: the layout proposed (or chosen) and the first rows."""
+
+    layout: Layout
+    rows: list[list[str]]
+    lines: int  # rows after the header (lines not blank)
+
+
+def preview(data: str | bytes, overrides: Mapping[str, str] | None = None) -> Preview:
+    """The proposed layout of a member list and its first rows; nothing is stored (plain
+    work, no database: a door runs it with Gateway.offload)."""
+    text, bad = _text(data)
+    layout = layout_of(text, bad)
+    if overrides:
+        layout = choose(layout, overrides)
+    lines = sum(1 for line in text.splitlines()[layout.header_line :] if line.strip())
+    return Preview(layout, roster_preview(text, layout), lines + len(bad))
 
 
 @use_case
 @requires(Permission.MEMBERS)
 def import_members(
     unit: Unit,
-    text: str,
+    data: str | bytes,
     *,
     source: str,
+    overrides: Mapping[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
     chunk: int = 500,
 ) -> ImportReport:
-    """Import a member list (CSV text). Good rows are stored even when others are bad."""
+    """Import a member list (CSV text or bytes, its layout detected, changed by `overrides`:
+    column name → field). Good rows are stored even when others are bad; an address erased
+    before is refused by its row."""
     report = ImportReport()
-    parsed = list(merge_duplicates(read_rows(text, report), report).values())
+    text, bad = _text(data)
+    layout = layout_of(text, bad)
+    if overrides:
+        layout = choose(layout, overrides)
+    parsed = list(merge_duplicates(read_rows(text, report, layout, bad), report).values())
     for start in range(0, len(parsed), chunk):
         part = parsed[start : start + chunk]
         existing = rows.by_emails(unit.session, [r.email for r in part])
+        erased = suppressed(unit, [r.email for r in part if r.email not in existing])
         for row in part:
+            if row.email in erased:
+                report.suppressed += 1
+                report.refuse(row.line, f"{row.email} {ERASED_ADDRESS}")
+                continue
             _apply(unit, existing.get(row.email), row, report)
         unit.session.flush()
         if progress:
             progress(len(part))
+    report.errors.sort(key=lambda e: e.line)
     unit.audit(
         "import-members",
-        detail=f"{source[:200]}: {report.rows} rows, {report.added} added, "
-        f"{report.updated} updated, {len(report.errors)} errors",
+        detail=f"{source[:200]} ({layout.source}, {layout.delimiter_name}-separated): "
+        f"{report.rows} rows, {report.added} added, {report.updated} updated, "
+        f"{len(report.errors)} errors ({report.suppressed} erased addresses refused)",
     )
+    if report.added or report.updated:
+        unit.after_commit(lambda: unit.services.changed("members"))
     return report
+
+
+ERASED_ADDRESS = (
+    "was erased at the member's request: it is on the suppression list and cannot be added again"
+)
 
 
 def import_file(
@@ -107,26 +162,41 @@ def import_file(
     path: Path,
     *,
     actor: str = "system",
+    overrides: Mapping[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Read a CSV file and import it (the CLI's and the demo's way in)."""
-    return services.run(actor, import_members, read_list(path), source=str(path), progress=progress)
+    return services.run(
+        actor,
+        import_members,
+        read_list(path),
+        source=str(path),
+        overrides=overrides,
+        progress=progress,
+    )
 
 
 def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) -> None:
     now = unit.now
     if member is None:
+        # A new member's first choices come from the list; later imports never overwrite
+        # what a member chose on their preference page.
         unit.session.add(
             Member(
                 email=row.email,
                 name=row.name,
                 status=row.status,
                 attributes=row.attributes,
-                unsubscribed_at=now if row.status == MemberStatus.UNSUBSCRIBED else None,
+                unsubscribed_at=now if row.status in OPTED_OUT else None,
+                created_at=now,
+                updated_at=now,
+                language=row.language,
+                sections=sections_text(row.sections),
+                variant_key=member_key(row.language, row.sections, True),
             )
         )
         report.added += 1
-        if row.status == MemberStatus.UNSUBSCRIBED:
+        if row.status in OPTED_OUT:
             report.unsubscribed += 1
         return
     changed = False
@@ -138,12 +208,12 @@ def _apply(unit: Unit, member: Member | None, row: Row, report: ImportReport) ->
         changed = True
     if member.status in OPTED_OUT:
         # An import never re-subscribes: only the member can undo an opt-out.
-        if row.status == MemberStatus.ACTIVE:
+        if row.status in (MemberStatus.ACTIVE, MemberStatus.PENDING):
             report.kept_unsubscribed += 1
-    elif row.status == MemberStatus.UNSUBSCRIBED:
-        member.status = MemberStatus.UNSUBSCRIBED
+    elif row.status in OPTED_OUT:
+        member.status = row.status
         member.unsubscribed_at = now
-        rows.skip_unsent(unit.session, member.id, now, "member unsubscribed (import)")
+        rows.skip_unsent(unit.session, member.id, now, f"member {row.status} (import)")
         report.unsubscribed += 1
         changed = True
     if changed:
@@ -217,6 +287,11 @@ def subscribe(unit: Unit, email: str, name: str, *, ip: str) -> Signup:
     if signups.from_ip_since(session, ip, now - dt.timedelta(hours=1)) >= SIGNUPS_PER_IP_HOUR:
         return Signup(True, None)
     member = rows.by_email(session, email)
+    if member is None and suppressed(unit, [email]):
+        # An erased address: nothing of it is stored again, not even this request (the page
+        # says what it always says, so it reveals nothing).
+        unit.audit("subscribe", detail="refused: an erased address (suppression list)")
+        return Signup(False, None)
     if member is None:
         member = rows.add(
             session,
@@ -302,12 +377,6 @@ def unsubscribe_link(
 
 
 # --- reading ---------------------------------------------------------------------------------
-
-
-def search(unit: Unit, q: str = "", limit: int = 100) -> list[MemberInfo]:
-    """Members whose address or name contains `q`, by address; all when q is empty."""
-    found = rows.search(unit.session, q.strip()[:200], max(1, min(limit, 1000)))
-    return [MemberInfo.of(m) for m in found]
 
 
 def listing(unit: Unit, status: MemberStatus | None = None, limit: int = 50) -> list[MemberInfo]:

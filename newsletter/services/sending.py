@@ -8,6 +8,7 @@ the desk's and the API's "send now", and the scheduler.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Callable
@@ -17,14 +18,17 @@ from typing import TYPE_CHECKING
 from newsletter.config import Settings
 from newsletter.content import compiler
 from newsletter.content.personalize import Personalizer
+from newsletter.content.variants import Variants
 from newsletter.delivery.engine import Engine, IssuePaused, Summary
 from newsletter.delivery.smtp import ClientFactory, aiosmtplib_client
 from newsletter.errors import NothingToSend
-from newsletter.services import issues
+from newsletter.services import issues, variants
 from newsletter.services.unit import Actor, Services, Unit
 from newsletter.storage import issues as issue_rows
+from newsletter.storage import variants as variant_rows
 from newsletter.storage.ledger import Outcome, new_owner
-from newsletter.storage.models import Issue
+from newsletter.storage.models import Issue, IssueVariant
+from newsletter.tokens import Signer
 
 if TYPE_CHECKING:
     from newsletter.delivery.signing import DkimSigner
@@ -59,17 +63,37 @@ def _issue(unit: Unit, issue_id: int) -> Issue:
     return row
 
 
+def _with_variants(unit: Unit, issue_id: int) -> tuple[Issue, list[IssueVariant]]:
+    others = list(variant_rows.of_issue(unit.session, issue_id))
+    for kept in others:
+        unit.session.expunge(kept)
+    return _issue(unit, issue_id), others
+
+
+def messages(
+    settings: Settings, signer: Signer, issue: Issue, others: list[IssueVariant]
+) -> Variants:
+    """The issue's own copy and each variant laid out once, cut at their slots."""
+    own = compiler.from_row(issue)
+    personalizers = {0: Personalizer(own, settings, signer, issue.id)}
+    for v in others:
+        compiled = dataclasses.replace(own, subject=v.subject, html=v.html, text=v.text)
+        personalizers[v.id] = Personalizer(
+            compiled, variants.settings_in(settings, v.language), signer, issue.id
+        )
+    return Variants(personalizers)
+
+
 async def deliver(services: Services, issue_id: int, run: Run | None = None) -> Summary:
     """Run the delivery engine on one issue until nothing is left to try now."""
     run = run or Run()
     settings = services.settings
-    issue = await asyncio.to_thread(services.read, _issue, issue_id)
-    personalizer = Personalizer(compiler.from_row(issue), settings, services.signer, issue.id)
+    issue, others = await asyncio.to_thread(services.read, _with_variants, issue_id)
     engine = Engine(
         settings,
         services.sessions,
         issue,
-        personalizer,
+        messages(settings, services.signer, issue, others),
         client_factory=run.client_factory,
         progress=run.progress,
         dkim=dkim_signer(settings),

@@ -27,7 +27,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from jinja2 import Environment
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.config import Settings
+from newsletter.config import Settings, WordingSettings
 from newsletter.content.links import LinkBuilder
 from newsletter.errors import NewsletterError
 from newsletter.site import environment
@@ -215,6 +215,7 @@ class Services:
         self.sessions = sessions
         self.clock = clock
         self._lock = threading.Lock()
+        self._envs: dict[str, Environment] = {}
         # Listeners called after a commit that changed what the named thing shows
         # ("issues", "members", "survey:<id>", "mail"): caches drop entries, the mailer wakes.
         self._listeners: list[Callable[[str], None]] = []
@@ -229,7 +230,22 @@ class Services:
 
     @functools.cached_property
     def env(self) -> Environment:
-        return environment(self.settings.site_dir)
+        """The templates in the list's language."""
+        return self.env_for(self.settings.list.language)
+
+    def _wording(self, language: str) -> WordingSettings | None:
+        """[wording] is written in the list's language; other languages take the catalog's."""
+        return self.settings.wording if language == self.settings.list.language else None
+
+    def env_for(self, language: str) -> Environment:
+        """The templates with a language's messages and dates, made once per language."""
+        with self._lock:
+            env = self._envs.get(language)
+            if env is None:
+                env = self._envs[language] = environment(
+                    self.settings.site_dir, language, self._wording(language)
+                )
+            return env
 
     def listen(self, listener: Callable[[str], None]) -> None:
         with self._lock:

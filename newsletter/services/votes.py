@@ -227,7 +227,8 @@ def settle(unit: Unit, limit: int = SETTLE_CHUNK) -> Settled:
     due = surveys.pending_before(unit.session, unit.now - rule.window, limit)
     if not due:
         return Settled(0, 0)
-    members = {v.member_id for v in due}
+    # A pending click always has its member (an erasure drops the member's pending clicks).
+    members = {v.member_id for v in due if v.member_id is not None}
     clicked = [v.pending_at for v in due if v.pending_at is not None]
     around = hits.around_many(
         unit.session, members, min(clicked) - rule.window, max(clicked) + rule.window
@@ -241,8 +242,8 @@ def settle(unit: Unit, limit: int = SETTLE_CHUNK) -> Settled:
         assert vote.pending_at is not None
         assert vote.pending_option is not None
         reason = _machine_sign(
-            around.get(vote.member_id, []),
-            sent.get((vote.survey_id, vote.member_id), []),
+            around.get(vote.member_id or 0, []),
+            sent.get((vote.survey_id, vote.member_id or 0), []),
             vote.survey_id,
             vote.pending_option,
             vote.pending_at,

@@ -69,6 +69,17 @@ def upgrade(engine: Engine) -> None:
         ) from None
 
 
+def revision(engine: Engine) -> str | None:
+    """The schema revision the database is at; None for a new (empty) database."""
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot open {engine.url!r}: {exc.__class__.__name__}: {exc}"
+        ) from None
+
+
 def is_current(engine: Engine) -> bool:
     script = ScriptDirectory.from_config(_alembic_config(engine))
     with engine.connect() as conn:

@@ -97,6 +97,30 @@ def fold_before(session: Session, cutoff: dt.datetime, limit: int = 10_000) -> i
         .order_by(LinkHit.at)
         .limit(limit)
     ).all()
+    return _fold(session, [tuple(r) for r in rows])
+
+
+def fold_member(session: Session, member_id: int) -> int:
+    """Fold every hit of one member into the counts now, whatever its age (an erasure): the
+    counts stay whole, and nothing names the member, their address or their agent."""
+    rows = session.execute(
+        select(LinkHit.id, LinkHit.at, LinkHit.kind, LinkHit.method, LinkHit.issue_id).where(
+            LinkHit.member_id == member_id
+        )
+    ).all()
+    return _fold(session, [tuple(r) for r in rows])
+
+
+def member_ips(session: Session, member_id: int) -> set[str]:
+    """The network addresses the member's links were fetched from."""
+    found = session.scalars(
+        select(LinkHit.ip).where(LinkHit.member_id == member_id, LinkHit.ip != "").distinct()
+    )
+    return {str(ip) for ip in found}
+
+
+def _fold(session: Session, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Add these hits (id, at, kind, method, issue_id) to the daily counts and delete them."""
     if not rows:
         return 0
     totals: dict[tuple[dt.date, str, str, int], int] = {}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import CursorResult, exists, func, insert, literal, select
+from sqlalchemy import Integer, and_, case, exists, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter.storage.models import (
+    UNFINISHED,
     Delivery,
     DeliveryStatus,
     Issue,
@@ -17,6 +18,10 @@ from newsletter.storage.models import (
     Member,
     MemberStatus,
 )
+
+# Why a member's row of an issue was skipped at release.
+PAUSED = "paused by the member"
+NOTHING_NEW = "nothing new in the member's sections"
 
 
 def get(session: Session, issue_id: int) -> Issue | None:
@@ -89,8 +94,53 @@ def failures(session: Session, issue_id: int) -> list[tuple[str, int | None, str
     return [(str(st), code, str(text), int(n)) for st, code, text, n in rows]
 
 
-def snapshot_audience(session: Session, issue_id: int, now: dt.datetime) -> int:
-    """One queued delivery row per active member, in one INSERT … SELECT."""
+def waiting(
+    session: Session, issue_id: int
+) -> list[tuple[str, int | None, str, int, dt.datetime | None, dt.datetime | None]]:
+    """(status, SMTP code, reply text, how many, earliest and latest next attempt) of the
+    issue's rows still to go out (queued, sending, deferred), the most common first."""
+    rows = session.execute(
+        select(
+            Delivery.status,
+            Delivery.last_code,
+            Delivery.last_message,
+            func.count(),
+            func.min(Delivery.next_attempt_at),
+            func.max(Delivery.next_attempt_at),
+        )
+        .where(Delivery.issue_id == issue_id, Delivery.status.in_(UNFINISHED))
+        .group_by(Delivery.status, Delivery.last_code, Delivery.last_message)
+        .order_by(func.count().desc())
+    ).all()
+    return [(str(st), code, str(text), int(n), lo, hi) for st, code, text, n, lo, hi in rows]
+
+
+def snapshot_audience(
+    session: Session,
+    issue_id: int,
+    now: dt.datetime,
+    variants: Mapping[str, int] | None = None,
+    nothing_new: Collection[str] = (),
+) -> int:
+    """One delivery row per active member, in one INSERT … SELECT: queued, with the variant
+    its member's key maps to in `variants` (no entry: the issue's own copy); skipped for a
+    member paused at `now`, or whose key is in `nothing_new` (their sections have nothing
+    new). Returns how many rows were queued."""
+    paused = and_(Member.paused_until.is_not(None), Member.paused_until > now)
+    status: Any = literal(DeliveryStatus.QUEUED.value)
+    reason: Any = literal("")
+    if nothing_new:
+        idle = Member.variant_key.in_(list(nothing_new))
+        status = case((or_(paused, idle), DeliveryStatus.SKIPPED.value), else_=status)
+        reason = case((paused, PAUSED), (idle, NOTHING_NEW), else_="")
+    else:
+        status = case((paused, DeliveryStatus.SKIPPED.value), else_=status)
+        reason = case((paused, PAUSED), else_="")
+    variant: Any = literal(None, type_=Integer)
+    if variants:
+        variant = case(
+            (paused, None), else_=case(dict(variants), value=Member.variant_key, else_=None)
+        )
     columns = [
         "issue_id",
         "member_id",
@@ -99,20 +149,20 @@ def snapshot_audience(session: Session, issue_id: int, now: dt.datetime) -> int:
         "last_message",
         "message_id",
         "created_at",
+        "variant_id",
     ]
     query = select(
         literal(issue_id),
         Member.id,
-        literal(DeliveryStatus.QUEUED.value),
+        status,
         literal(0),
-        literal(""),
+        reason,
         literal(""),
         literal(now, type_=Delivery.created_at.type),
+        variant,
     ).where(Member.status == MemberStatus.ACTIVE)
-    result = cast(CursorResult[Any], session.execute(insert(Delivery).from_select(columns, query)))
-    if result.rowcount is not None and result.rowcount >= 0:
-        return int(result.rowcount)
-    # Some drivers report -1 for INSERT … SELECT: count the rows instead.
+    session.execute(insert(Delivery).from_select(columns, query))
+    # Counted, not the rowcount: that includes the skipped rows (and some drivers say -1).
     return delivery_counts(session, issue_id).get(DeliveryStatus.QUEUED, 0)
 
 

@@ -61,6 +61,8 @@ class Recipient:
     member_id: int
     email: str
     name: str
+    # The issue variant whose copy the member gets (0: the issue's own copy).
+    variant: int = 0
 
 
 @dataclass(slots=True)
@@ -181,7 +183,7 @@ class Ledger:
                     lease_owner=self.owner,
                     lease_until=now + self.lease,
                 )
-                .returning(D.c.id, D.c.member_id, D.c.attempts)
+                .returning(D.c.id, D.c.member_id, D.c.attempts, D.c.variant_id)
             ).all()
             if not claimed:
                 return [], 0
@@ -195,10 +197,11 @@ class Ledger:
             }
             jobs: list[Job] = []
             gone: list[int] = []
-            for delivery_id, member_id, attempts in sorted(claimed):
+            for delivery_id, member_id, attempts, variant in sorted(claimed):
                 m = members[member_id]
                 if m.status == MemberStatus.ACTIVE:
-                    jobs.append(Job(delivery_id, Recipient(member_id, m.email, m.name), attempts))
+                    who = Recipient(member_id, m.email, m.name, variant or 0)
+                    jobs.append(Job(delivery_id, who, attempts))
                 else:
                     gone.append(delivery_id)
             if gone:

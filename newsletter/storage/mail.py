@@ -104,3 +104,15 @@ def newest(session: Session, limit: int, kind: str | None = None) -> Sequence[Sy
     if kind is not None:
         query = query.where(SystemMail.kind == kind)
     return session.scalars(query).all()
+
+
+def count_for_member(session: Session, member_id: int, kind: str, since: dt.datetime) -> int:
+    """System messages of one kind queued for a member since a moment (a rate limit's count)."""
+    return (
+        session.scalar(
+            select(func.count()).where(
+                S.c.member_id == member_id, S.c.kind == kind, S.c.created_at >= since
+            )
+        )
+        or 0
+    )

@@ -1,17 +1,24 @@
-"""Queries on members: by address, search, counts, and stopping their rows when they leave."""
+"""Queries on members: by address, search and pages, counts, and stopping their rows when they leave."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.storage.models import Delivery, DeliveryStatus, Member, MemberStatus
 
 
 def get(session: Session, member_id: int) -> Member | None:
+    """The member, or None: an erased member is no member to the pages, votes and links."""
+    member = session.get(Member, member_id)
+    return None if member is None or member.status == MemberStatus.ERASED else member
+
+
+def get_any(session: Session, member_id: int) -> Member | None:
+    """The row, erased or not (the desk says "already erased" rather than "no such member")."""
     return session.get(Member, member_id)
 
 
@@ -58,9 +65,12 @@ def counts(session: Session) -> dict[MemberStatus, int]:
     return {MemberStatus(status): int(n) for status, n in rows}
 
 
-def search(session: Session, q: str, limit: int) -> Sequence[Member]:
-    """Members whose address or name contains `q` (any case), by address; all when q is empty."""
-    query = select(Member).order_by(Member.email).limit(limit)
+def _matching(q: str, status: MemberStatus | None) -> Select[Member]:
+    query = select(Member)
+    if status is not None:
+        query = query.where(Member.status == status)
+    else:  # an erased row has no address or name to show: listed only when asked for
+        query = query.where(Member.status != MemberStatus.ERASED)
     if q:
         query = query.where(
             or_(
@@ -68,14 +78,28 @@ def search(session: Session, q: str, limit: int) -> Sequence[Member]:
                 Member.name.icontains(q, autoescape=True),
             )
         )
-    return session.scalars(query).all()
+    return query
+
+
+def page(
+    session: Session, q: str, status: MemberStatus | None, limit: int, offset: int
+) -> tuple[Sequence[Member], int]:
+    """One page of the members matching `q` (address or name, any case) and `status`, by
+    address, and how many match in all."""
+    query = _matching(q, status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    found = session.scalars(query.order_by(Member.email).limit(limit).offset(offset)).all()
+    return found, int(total)
+
+
+def every(session: Session, status: MemberStatus | None) -> Iterator[Member]:
+    """Every member (of one status), by id, read in chunks (the CSV export): erased rows never."""
+    query = _matching("", status).where(Member.status != MemberStatus.ERASED)
+    yield from session.scalars(query.order_by(Member.id).execution_options(yield_per=1000))
 
 
 def listing(session: Session, status: MemberStatus | None, limit: int) -> Sequence[Member]:
-    query = select(Member).order_by(Member.id).limit(limit)
-    if status is not None:
-        query = query.where(Member.status == status)
-    return session.scalars(query).all()
+    return session.scalars(_matching("", status).order_by(Member.id).limit(limit)).all()
 
 
 def skip_unsent(session: Session, member_id: int, now: dt.datetime, why: str) -> int:

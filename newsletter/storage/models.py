@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -48,6 +49,9 @@ def utcnow() -> dt.datetime:
 
 E = TypeVar("E", bound=StrEnum)
 
+# The variant key of a member who has chosen nothing: every section, the list's language.
+DEFAULT_VARIANT = "default"
+
 
 class StatusType(TypeDecorator[E], Generic[E]):
     """A status enum kept as its plain string value (VARCHAR, no database enum type), so a new
@@ -69,12 +73,15 @@ class StatusType(TypeDecorator[E], Generic[E]):
 
 class MemberStatus(StrEnum):
     """Only active members are mailed; pending ones signed up on the web and have not confirmed
-    yet (double opt-in); unsubscribed and bounced ones are never mailed again by an import."""
+    yet (double opt-in); unsubscribed and bounced ones are never mailed again by an import. An
+    erased member is a row with no personal data left (services/erasure.py): it keeps the
+    issues' delivery counts whole, and its address lives on only as a suppression hash."""
 
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     PENDING = "pending"
+    ERASED = "erased"
 
 
 class IssueStatus(StrEnum):
@@ -139,6 +146,8 @@ class Base(DeclarativeBase):
 
 class Member(Base):
     __tablename__ = "members"
+    # A release reads the distinct variant keys of the active members from this index alone.
+    __table_args__ = (Index("ix_members_status_variant", "status", "variant_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -155,6 +164,23 @@ class Member(Base):
     unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Permanent failures (5xx) so far; at delivery.bounce_threshold the member becomes "bounced".
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The member's own choices (docs/preferences.md). None: the list's language, every section.
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The sections chosen, as a JSON list in text (comparable in SQL, unlike JSON on PostgreSQL).
+    sections: Mapped[str | None] = mapped_column(Text, nullable=True)
+    survey: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # No issue goes to the member before this moment (a pause of 2, 4 or 8 weeks).
+    paused_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The choices above as one short key, so an issue's snapshot assigns each member their
+    # variant in SQL: "default" for no choice made (content/variants.py makes the others).
+    variant_key: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_VARIANT, server_default=DEFAULT_VARIANT
+    )
+    # A change of address waiting for the new address to confirm it (the nonce is in the
+    # link mailed there, so an older link stops working once a newer change is asked).
+    new_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    new_email_nonce: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    new_email_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Item(Base):
@@ -243,6 +269,25 @@ class IssueItem(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
+class IssueVariant(Base):
+    """One compiled variant of an issue (some sections, a language, with or without the
+    survey), slots open like the issue's own copy. The issue row keeps the full copy in the
+    list's language (the public archive's); members with other choices get one of these."""
+
+    __tablename__ = "issue_variants"
+    __table_args__ = (UniqueConstraint("issue_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(16))
+    sections: Mapped[str] = mapped_column(Text)  # the sections it shows, a JSON list
+    survey: Mapped[bool] = mapped_column(Boolean)
+    subject: Mapped[str] = mapped_column(String(1000))
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+
+
 # Literal SQL, not bound parameters: a partial index serves a query only when the planner
 # can see that the query's condition implies the index's.
 UNFINISHED_SQL = "status IN ('queued', 'sending', 'deferred')"
@@ -283,6 +328,9 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The issue_variants row this member gets; None: the issue's own (full) copy. No foreign
+    # key, so adding it did not rebuild the table; variants go with their issue (CASCADE).
+    variant_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class LinkHit(Base):
@@ -325,7 +373,10 @@ class Vote(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     survey_id: Mapped[int] = mapped_column(ForeignKey("surveys.id", ondelete="CASCADE"))
-    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    # None once the member was erased: the counted vote stays in the results, unlinked.
+    member_id: Mapped[int | None] = mapped_column(
+        ForeignKey("members.id", ondelete="CASCADE"), nullable=True
+    )
     option: Mapped[int | None] = mapped_column(Integer, nullable=True)  # counted
     counted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     pending_option: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -364,6 +415,20 @@ class AuditEntry(Base):
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     member_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     detail: Mapped[str] = mapped_column(String(2000), default="")
+
+
+class Suppression(Base):
+    """An erased member's address, kept only as HMAC-SHA256 under a key derived from the site's
+    secret (services/erasure.py), so that no import, sign-up or editor adds it again; nothing
+    in the row says who it was."""
+
+    __tablename__ = "suppressions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex
+    # Which secret key made the digest (a fingerprint of it, not the key): lookups hash with
+    # every configured key, and an entry whose key is no longer configured can be reported.
+    key_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Draft(Base):

@@ -175,14 +175,14 @@ def load_votes(session: Session, pairs: set[tuple[int, int]]) -> None:
     for survey_id, member_ids in by_survey.items():
         found = session.scalars(_VOTES, {"s": survey_id, "ms": list(member_ids)})
         for vote in found:
-            known[(vote.survey_id, vote.member_id)] = vote
+            known[(vote.survey_id, vote.member_id or 0)] = vote
     for pair in wanted:
         known.setdefault(pair, None)
 
 
 def add_vote(session: Session, vote: Vote) -> Vote:
     session.add(vote)
-    _votes(session)[(vote.survey_id, vote.member_id)] = vote
+    _votes(session)[(vote.survey_id, vote.member_id or 0)] = vote
     return vote
 
 
@@ -206,11 +206,12 @@ def oldest_pending(session: Session) -> dt.datetime | None:
 def counted_votes(
     session: Session, survey_id: int
 ) -> Sequence[tuple[str, int, dt.datetime | None]]:
-    """(email, option, counted_at) of every counted vote, oldest first (the CSV export)."""
+    """(email, option, counted_at) of every counted vote, oldest first (the CSV export); an
+    erased member's vote has no member, and an empty address."""
     rows = session.execute(
         select(Member.email, Vote.option, Vote.counted_at)
-        .join(Member, Member.id == Vote.member_id)
+        .outerjoin(Member, Member.id == Vote.member_id)
         .where(Vote.survey_id == survey_id, Vote.option.is_not(None))
         .order_by(Vote.counted_at)
     ).all()
-    return [(str(e), int(o or 0), c) for e, o, c in rows]
+    return [(str(e or ""), int(o or 0), c) for e, o, c in rows]

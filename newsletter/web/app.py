@@ -34,9 +34,11 @@ from newsletter.storage.models import utcnow
 from newsletter.web.api import api_app
 from newsletter.web.board import BoardPages
 from newsletter.web.desk import Desk
+from newsletter.web.feed import feed_route
 from newsletter.web.jobs import Jobs
 from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
+from newsletter.web.preferences import PreferencePages
 from newsletter.web.signin import SigninPages
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,27 @@ def static_route(settings: Settings) -> Route:
         raise HTTPException(404)
 
     return Route("/static/{name}", static, methods=["GET", "HEAD"])
+
+
+def favicon_route(settings: Settings) -> Route:
+    """/favicon.ico, which browsers ask for on their own: the site's, else the shipped one."""
+    found = [
+        path
+        for path in (
+            settings.site_dir / "templates" / "static" / "favicon.ico",
+            defaults_dir() / "templates" / "static" / "favicon.ico",
+        )
+        if path.is_file()
+    ]
+
+    async def favicon(request: Request) -> Response:
+        if not found:
+            raise HTTPException(404)
+        return FileResponse(
+            found[0], media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"}
+        )
+
+    return Route("/favicon.ico", favicon, methods=["GET", "HEAD"])
 
 
 def under_api(request: Request) -> bool:
@@ -155,18 +178,28 @@ def create_app(
     votes whose quiet period has passed and folds old link hits into counts."""
     services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
     gateway = Gateway(services)
-    pages = Pages(services.env, settings.list.name, settings.list.base_url.rstrip("/"))
+    pages = Pages(
+        services.env,
+        settings.list.name,
+        settings.list.base_url.rstrip("/"),
+        envs=services.env_for,
+        names=settings.list.name_in,
+    )
     jobs = Jobs(gateway)
     signins = SigninPages(services, gateway, pages)
     board_pages = BoardPages(services, gateway, pages, signins)
     member_pages = MemberPages(services, gateway, pages, viewer=signins.viewer)
+    preference_pages = PreferencePages(services, gateway, pages)
     desk = Desk(gateway, pages, jobs)
     app = Starlette(
         routes=[
             *member_pages.routes(),
             *signins.routes(),
             *board_pages.routes(),
+            *preference_pages.routes(),
+            feed_route(gateway, settings.list.name, settings.list.base_url.rstrip("/")),
             static_route(settings),
+            favicon_route(settings),
             *desk.routes(),
             Mount("/api", app=api_app(gateway, jobs)),
         ],

@@ -137,7 +137,8 @@ class MemberPages:
         self.vote_pages: OrderedDict[tuple[Results, int | None, int], str] = OrderedDict()
         self.archive_cache = TTLCache(ttl=2.0)
         self.search_cache = TTLCache(ttl=5.0, size=512)
-        self.issue_pages: OrderedDict[int, ArchivePage] = OrderedDict()
+        # (issue, variant): the issue's own copy is variant None.
+        self.issue_pages: OrderedDict[tuple[int, int | None], ArchivePage] = OrderedDict()
         self.static_pages: dict[str, str] = {}
         services.listen(self._changed)
 
@@ -475,13 +476,14 @@ class MemberPages:
         html: str = await self.archive_cache.get("archive", compute)
         return HTMLResponse(html, headers=security_headers())
 
-    async def _issue_page(self, issue_id: int) -> ArchivePage | None:
-        page = self.issue_pages.get(issue_id)
+    async def _issue_page(self, issue_id: int, variant: int | None = None) -> ArchivePage | None:
+        page = self.issue_pages.get((issue_id, variant))
         if page is None:
-            compiled = await self.gateway.read(issues.archived, issue_id)
+            compiled = await self.gateway.read(issues.archived, issue_id, variant)
             if compiled is None:
                 return None
-            page = self.issue_pages[issue_id] = ArchivePage(compiled, issue_id, self.services.links)
+            page = ArchivePage(compiled, issue_id, self.services.links)
+            self.issue_pages[(issue_id, variant)] = page
             while len(self.issue_pages) > 64:
                 self.issue_pages.popitem(last=False)
         return page
@@ -513,6 +515,9 @@ class MemberPages:
                 )
                 if visitor is not None and visitor.status == MemberStatus.ACTIVE:
                     member = (visitor.member_id, visitor.name)
+                    # The member sees the copy they were sent (their sections, their language).
+                    variant = await self.gateway.read(issues.variant_of, issue_id, member_id)
+                    page = await self._issue_page(issue_id, variant) or page
         return HTMLResponse(page.render(member), headers=security_headers(CSP_ISSUE))
 
     async def _board_visible(self, request: Request) -> bool:

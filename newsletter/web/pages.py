@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from jinja2 import Environment
@@ -61,21 +62,38 @@ class SecurityHeaders:
 class Pages:
     """Renders the site's templates with what every page needs (list name, base URL)."""
 
-    def __init__(self, env: Environment, list_name: str, base: str) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        list_name: str,
+        base: str,
+        envs: Callable[[str], Environment] | None = None,
+        names: Callable[[str], str] | None = None,
+    ) -> None:
         self.env = env
         self.list_name = list_name
         self.base = base
+        # The templates and the list's name in another language (a member's own pages).
+        self.envs = envs
+        self.names = names
 
-    def render(self, template: str, **context: Any) -> str:
-        return self.env.get_template(template).render(
-            list_name=self.list_name, base=self.base, **context
-        )
+    def render(self, template: str, language: str | None = None, **context: Any) -> str:
+        env, name = self.env, self.list_name
+        if language is not None and self.envs is not None:
+            env = self.envs(language)
+            name = self.names(language) if self.names else name
+        return env.get_template(template).render(list_name=name, base=self.base, **context)
 
     def page(
-        self, template: str, status: int = 200, csp: str = CSP, **context: Any
+        self,
+        template: str,
+        status: int = 200,
+        csp: str = CSP,
+        language: str | None = None,
+        **context: Any,
     ) -> HTMLResponse:
         return HTMLResponse(
-            self.render(f"web/{template}", **context),
+            self.render(f"web/{template}", language, **context),
             status_code=status,
             headers=security_headers(csp),
         )

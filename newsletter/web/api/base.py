@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from newsletter.config import API_TOKEN_ENV, Settings
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import issues, items, votes
+from newsletter.services import erasure, issues, items, votes
 from newsletter.services.unit import Actor, Forbidden, Role
 from newsletter.web.pages import json_error
 
@@ -112,8 +112,19 @@ def answer_request_errors(api: FastAPI) -> None:
         return json_error(exc.status_code, message)
 
 
+def answer_member_errors(api: FastAPI) -> None:
+    """No such member: 404; an action that does not fit the member (erased already): 409."""
+
+    async def on_member(request: Request, exc: Exception) -> JSONResponse:
+        return json_error(404 if isinstance(exc, erasure.NoSuchMember) else 409, str(exc))
+
+    api.add_exception_handler(erasure.NoSuchMember, on_member)
+    api.add_exception_handler(erasure.Conflict, on_member)
+
+
 def answer_service_errors(api: FastAPI) -> None:
     """What a service call raised, as JSON with its status; anything else is a bare 500."""
+    answer_member_errors(api)
 
     @api.exception_handler(issues.NotFound)
     async def on_not_found(request: Request, exc: issues.NotFound) -> JSONResponse:

@@ -39,7 +39,12 @@ class DeskBase:
         self.pages = pages
         self.auth = DeskAuth(self.settings)
         self.passwords = editors.Passwords(self.settings.editor)
-        self.throttle = editors.LoginThrottle()
+        web = self.settings.web
+        self.throttle = editors.LoginThrottle(
+            per_address=web.login_attempts_per_address,
+            per_name=web.login_attempts_per_name,
+            window=web.login_window_seconds,
+        )
 
     # --- rendering -----------------------------------------------------------------------------
 
