@@ -3,6 +3,7 @@ the way people do (asking for a link, then pressing the button on its page)."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import re
 from collections.abc import Iterator
@@ -139,7 +140,7 @@ class Board:
         made = self.reader()
         made.email = email
         page = made.client.get(link)
-        assert "Sign in" in page.text
+        assert 'name="person"' in page.text  # the page with the button, in any language
         done = made.client.post(link, data={"person": "1"}, follow_redirects=False)
         assert done.status_code == 303, done.text
         return made
@@ -172,8 +173,10 @@ class Board:
 
 
 def make_board(
-    site: Path, database_url: str, smtp_port: int, **board: Any
+    site: Path, database_url: str, smtp_port: int, *, languages: bool = False, **board: Any
 ) -> tuple[Settings, sessionmaker[Session]]:
+    """The sample members on a board; without `languages`, every one reads the list's
+    language (English), so the tests read English pages and mail."""
     settings = desk_settings(site, database_url, smtp_port)
     if board:
         import dataclasses
@@ -181,7 +184,18 @@ def make_board(
         settings = dataclasses.replace(settings, board=dataclasses.replace(settings.board, **board))
     sessions = db.open_database(settings.database_url)
     services = Services(settings, sessions)
-    members.import_file(services, REPO / "subscribers" / "example.csv", actor="test")
+    source = REPO / "subscribers" / "example.csv"
+    if not languages:
+        with source.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            row["language"] = ""
+        source = site / "members-in-english.csv"
+        with source.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    members.import_file(services, source, actor="test")
     return settings, sessions
 
 
@@ -190,8 +204,9 @@ def board_site(
     site: Path, database_url: str, smtp_server: RecordingHandler, request: pytest.FixtureRequest
 ) -> Iterator[Board]:
     """The sample site's members on a board (the test's `board_config` marker sets [board]
-    keys), an editor, and the app on a clock of the test's own; nothing is mailed (the
-    queued mail is read from the database)."""
+    keys; `board_config(languages=True)` keeps the members' own languages, as the sample
+    has them: 王芳 and 陈杰 read Chinese), an editor, and the app on a clock of the test's
+    own; nothing is mailed (the queued mail is read from the database)."""
     marker = request.node.get_closest_marker("board_config")
     overrides = dict(marker.kwargs) if marker else {}
     settings, sessions = make_board(site, database_url, smtp_server.port, **overrides)

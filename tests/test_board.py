@@ -531,6 +531,65 @@ def test_an_approved_reply_mails_the_author(board_site: Board) -> None:
     assert len(b.mails("board-reply", LI)) == 1
 
 
+# --- languages -----------------------------------------------------------------------------------
+
+
+@pytest.mark.board_config(languages=True, held_posts=0, max_chars=40)
+def test_a_member_reads_the_board_and_its_mail_in_their_own_language(board_site: Board) -> None:
+    """王芳 chose Chinese (subscribers/example.csv), Li Wei did not: each gets the sign-in mail,
+    the link's page, the board, its refusals and reply notices in their own language; a reader
+    who is not signed in reads the list's (English)."""
+    b = board_site
+    wang_mail_link = b.signin_link(WANG)
+    (signin_mail,) = b.mails("signin", WANG)
+    assert signin_mail["Subject"] == "登录中国知识产权 — 综合报告"
+    assert "有人（可能是您本人）申请登录中国知识产权 — 综合报告的会员留言板。" in text_of(
+        signin_mail
+    )
+    assert "此链接只能使用一次，15分钟内有效。" in text_of(signin_mail)
+    assert 'lang="zh-Hans"' in html_of(signin_mail)
+    wang = b.reader()
+    page = wang.client.get(wang_mail_link)
+    assert '<html lang="zh-Hans">' in page.text
+    assert "以wang.fang@example.org的身份登录会员留言板。" in page.text
+    assert wang.client.post(wang_mail_link, data={"person": "1"}).status_code == 200
+    board_page = wang.client.get("/board?done=signedin")
+    assert '<html lang="zh-Hans">' in board_page.text
+    for words in (
+        "会员留言",
+        "您已登录。",
+        "退出登录",
+        "发表留言",
+        "已登录：<strong>王芳</strong>。",
+    ):
+        assert words in board_page.text, words
+    refused = wang.post("长" * 41)
+    assert refused.status_code == 400
+    assert "留言长41个字符；最多允许40个（board.max_chars）。" in refused.text
+    assert wang.post("专利质押融资，有人做过吗？").status_code == 303
+    thread = b.messages()[0]
+    assert "话题" in wang.client.get(f"/board/{thread.id}").text
+
+    li = b.sign_in(LI)
+    english = li.client.get("/board").text
+    assert '<html lang="en">' in english
+    assert "Sign out" in english
+    assert "退出登录" not in english
+    assert "Report" in english  # 王芳's message: its controls are cached once a language
+    assert "举报" not in english
+    assert "编辑或删除" in wang.client.get("/board").text  # her own message's controls
+    li.post("We did, in Suzhou.", f"/board/{thread.id}")
+    (notice,) = b.mails("board-reply", WANG)
+    assert notice["Subject"] == "您在中国知识产权 — 综合报告留言板上的留言有了新回复"
+    assert "Li Wei在中国知识产权 — 综合报告会员留言板上回复了您的留言：" in text_of(notice)
+    stop = b.path(notice["List-Unsubscribe"].strip("<>"))
+    assert "停止回复通知？" in b.reader().client.get(stop).text
+
+    anyone = b.reader().client.get("/board").text
+    assert '<html lang="en">' in anyone
+    assert SEED.split(",")[0] in anyone
+
+
 # --- the migration -------------------------------------------------------------------------------
 
 

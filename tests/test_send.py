@@ -176,11 +176,18 @@ def test_each_member_gets_their_sections_in_their_language_compiled_once_per_var
         no_survey.variant_key = member_key("en", None, False)
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))
     import_source(sessions, str(site / "examples" / "sections"))
+    # A thread with a reply on the board: every variant carries it, in its own language.
+    services = publish.services(settings, sessions)
+    services.run("test", board.post, 1, 0, "A thread on **pledge loans**", ip="192.0.2.1")
+    services.run("test", moderation.approve, 1)
+    services.run("test", board.post, 4, 0, "同意", parent_id=1, ip="192.0.2.1")
+    services.run("test", moderation.approve, 2)
     calls = count_compiles(monkeypatch)
     send(settings, sessions)
 
     # Distinct copies: the whole issue in English; two sections in English; the whole issue
-    # in Chinese; two other sections in Chinese; the whole issue without the survey.
+    # in Chinese; two other sections in Chinese; the whole issue without the survey. The
+    # board's section is rendered with each, in the same run.
     assert calls == {"premailer": 5, "email/issue.html": 5, "email/issue.txt": 5, "subject": 5}
     received = smtp_server.by_recipient()
     assert "nothing.new@example.org" not in received
@@ -193,9 +200,14 @@ def test_each_member_gets_their_sections_in_their_language_compiled_once_per_var
         html = msg.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
         chosen = [s for s in ALL_SECTIONS if not sections or s in sections.split(";")]
         heads = [line.strip("= ") for line in text.splitlines() if line.startswith("== ")]
-        assert heads == chosen + (
-            ["在线调查" if language.startswith("zh") else "Online survey"] if survey else []
+        chinese = language.startswith("zh")
+        assert heads == chosen + ["来自会员留言板" if chinese else "From the members' board"] + (
+            ["在线调查" if chinese else "Online survey"] if survey else []
         )
+        for part in (text, html):
+            assert "A thread on pledge loans" in part
+            assert ("1条回复" if chinese else "1 reply") in part
+            assert ("登录留言板参与回复" if chinese else "Sign in to the board to reply") in part
         assert bool(VOTE_LINK.findall(html)) == survey
         if language.startswith("zh"):
             assert msg["Subject"].startswith("中国知识产权 — 综合报告：")

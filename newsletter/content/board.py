@@ -18,6 +18,7 @@ from markdown_it import MarkdownIt
 
 from newsletter.config import BoardSettings
 from newsletter.errors import NewsletterError
+from newsletter.i18n import N_, Said
 
 TAGS = {
     "a", "blockquote", "br", "code", "del", "em", "hr", "li", "ol", "p", "pre", "s", "strong", "ul",
@@ -35,7 +36,12 @@ _WRITTEN_LINK = re.compile(r"(?i)(?:\b(?:https?|ftp)://|\bwww\.|\bmailto:)")
 
 
 class MessageRefused(NewsletterError, ValueError):
-    """A message breaks one of the board's rules; the reason names it (and the config key)."""
+    """A message breaks one of the board's rules; the reason names it (and the config key),
+    in words a page can say in the member's language (`said`)."""
+
+    def __init__(self, said: Said) -> None:
+        super().__init__(said)
+        self.said = said
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,17 +113,27 @@ def render(raw: str, limits: BoardSettings) -> Rendered:
     too long or carries too many links."""
     markdown = tidy(raw)
     if not markdown:
-        raise MessageRefused("the message is empty; write something first")
+        raise MessageRefused(Said(N_("the message is empty; write something first")))
     if len(markdown) > limits.max_chars:
         raise MessageRefused(
-            f"the message is {len(markdown):,} characters long; the most is "
-            f"{limits.max_chars:,} (board.max_chars)"
+            Said(
+                N_(
+                    "the message is %(length)s characters long; the most is %(most)s "
+                    "(board.max_chars)"
+                ),
+                length=f"{len(markdown):,}",
+                most=f"{limits.max_chars:,}",
+            )
         )
     html = sanitize(_MD.render(markdown))
     links = count_links(markdown, html)
     if links > limits.max_links:
         raise MessageRefused(
-            f"the message carries {links} links; the most is {limits.max_links} (board.max_links)"
+            Said(
+                N_("the message carries %(links)s links; the most is %(most)s (board.max_links)"),
+                links=links,
+                most=limits.max_links,
+            )
         )
     return Rendered(markdown, html, plain_text(html), links)
 

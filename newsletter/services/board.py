@@ -21,9 +21,11 @@ from typing import Any
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from newsletter import i18n
 from newsletter.content import board as text
 from newsletter.content.compiler import BoardPost
 from newsletter.content.links import LinkBuilder
+from newsletter.i18n import N_, Said
 from newsletter.services import notices
 from newsletter.services.unit import Unit, prefetch, use_case
 from newsletter.storage import board as rows
@@ -41,6 +43,8 @@ from newsletter.storage.models import (
 HOUR = dt.timedelta(hours=1)
 REASON_CHARS = 300  # a report's reason
 REPLIES_SHOWN = 3  # a thread's last replies on the board's pages (its own page has them all)
+NOT_SIGNED_IN = Said(N_("you are not signed in"))
+CANNOT_REPORT_OWN = Said(N_("you cannot report your own message"))
 
 
 def blocked(standing: BoardMember | rows.Person | None, now: dt.datetime) -> bool:
@@ -61,6 +65,12 @@ class Viewer:
     block_reason: str
     blocked_until: dt.datetime | None
     notices: bool
+    language: str = ""  # the language the member's pages are in
+
+
+def language_of(unit: Unit, chosen: str | None) -> str:
+    """The language a member's pages and mail are in: their choice, else the list's."""
+    return chosen if chosen in i18n.languages() else unit.settings.list.language
 
 
 def _load_viewers(session: Session, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
@@ -82,6 +92,7 @@ def _viewer(unit: Unit, member_id: int, generation: int) -> Viewer | None:
         found.block_reason if held else "",
         found.blocked_until if held else None,
         found.notices,
+        language_of(unit, found.language),
     )
 
 
@@ -127,23 +138,49 @@ def _limits(unit: Unit, member_id: int, ip: str) -> tuple[str, int]:
     recent, approved, from_ip = rows.counts(unit.session, member_id, ip, unit.now - HOUR)
     if recent >= limits.posts_per_hour:
         return (
-            f"you have posted {recent} messages in the last hour; the most is "
-            f"{limits.posts_per_hour} (board.posts_per_hour): try again later",
+            Said(
+                N_(
+                    "you have posted %(recent)s messages in the last hour; the most is "
+                    "%(most)s (board.posts_per_hour): try again later"
+                ),
+                recent=recent,
+                most=limits.posts_per_hour,
+            ),
             approved,
         )
     if from_ip >= limits.posts_per_ip_hour:
         return (
-            f"{from_ip} messages came from your network address in the last hour; the most is "
-            f"{limits.posts_per_ip_hour} (board.posts_per_ip_hour): try again later",
+            Said(
+                N_(
+                    "%(count)s messages came from your network address in the last hour; the "
+                    "most is %(most)s (board.posts_per_ip_hour): try again later"
+                ),
+                count=from_ip,
+                most=limits.posts_per_ip_hour,
+            ),
             approved,
         )
     return "", approved
 
 
-def block_text(who: Viewer) -> str:
-    until = f" until {who.blocked_until:%Y-%m-%d %H:%M} UTC" if who.blocked_until else ""
-    why = f": {who.block_reason}" if who.block_reason else ""
-    return f"an editor has blocked you from posting{until}{why}"
+def block_text(who: Viewer) -> Said:
+    """Why the member cannot post: the block's end and the editor's reason, when there are."""
+    if who.blocked_until and who.block_reason:
+        return Said(
+            N_("an editor has blocked you from posting until %(until)s UTC: %(reason)s"),
+            until=f"{who.blocked_until:%Y-%m-%d %H:%M}",
+            reason=who.block_reason,
+        )
+    if who.blocked_until:
+        return Said(
+            N_("an editor has blocked you from posting until %(until)s UTC"),
+            until=f"{who.blocked_until:%Y-%m-%d %H:%M}",
+        )
+    if who.block_reason:
+        return Said(
+            N_("an editor has blocked you from posting: %(reason)s"), reason=who.block_reason
+        )
+    return Said(N_("an editor has blocked you from posting"))
 
 
 @use_case
@@ -162,7 +199,7 @@ def post(
     thread's author (services/notices.py)."""
     who = _viewer(unit, member_id, generation)
     if who is None:
-        return Posted(None, "you are not signed in", "session")
+        return Posted(None, NOT_SIGNED_IN, "session")
     if who.blocked:
         return Posted(None, block_text(who), "blocked")
     parent = None
@@ -173,7 +210,7 @@ def post(
             or parent.parent_id is not None
             or not rows.is_visible(unit.session, parent)
         ):
-            return Posted(None, "the message you reply to is not on the board", "thread")
+            return Posted(None, Said(N_("the message you reply to is not on the board")), "thread")
     ip = ip[:64]
     problem, approved = _limits(unit, member_id, ip)
     if problem:
@@ -181,7 +218,7 @@ def post(
     try:
         rendered = text.render(body, unit.settings.board)
     except text.MessageRefused as exc:
-        return Posted(None, str(exc), "message")
+        return Posted(None, exc.said, "message")
     held = approved < unit.settings.board.held_posts
     status = BoardStatus.HELD if held else BoardStatus.SHOWN
     rows.add(
@@ -227,12 +264,18 @@ def _own(unit: Unit, member_id: int, message_id: int) -> BoardMessage | str:
     """The member's message if they may still change it, else why not."""
     message = rows.get(unit.session, message_id)
     if message is None or message.member_id != member_id:
-        return "that is not one of your messages"
+        return Said(N_("that is not one of your messages"))
     if message.status not in (BoardStatus.HELD, BoardStatus.SHOWN):
-        return "that message is no longer on the board"
+        return Said(N_("that message is no longer on the board"))
     minutes = unit.settings.board.edit_minutes
     if unit.now - message.created_at > dt.timedelta(minutes=minutes):
-        return f"a message can be changed for {minutes} minutes after it is posted (board.edit_minutes)"
+        return Said(
+            N_(
+                "a message can be changed for %(minutes)s minutes after it is posted "
+                "(board.edit_minutes)"
+            ),
+            minutes=minutes,
+        )
     return message
 
 
@@ -255,14 +298,14 @@ class Changed:
 def edit(unit: Unit, member_id: int, generation: int, message_id: int, body: str) -> Changed:
     """A member rewrites their own message within board.edit_minutes of posting it."""
     if _viewer(unit, member_id, generation) is None:
-        return Changed(None, "you are not signed in", signed_out=True)
+        return Changed(None, NOT_SIGNED_IN, signed_out=True)
     found = _own(unit, member_id, message_id)
     if isinstance(found, str):
         return Changed(None, found)
     try:
         rendered = text.render(body, unit.settings.board)
     except text.MessageRefused as exc:
-        return Changed(found.parent_id or found.id, str(exc))
+        return Changed(found.parent_id or found.id, exc.said)
     found.body_md, found.body_html, found.body_text = (
         rendered.markdown,
         rendered.html,
@@ -289,7 +332,7 @@ def delete(unit: Unit, member_id: int, generation: int, message_id: int) -> Chan
     """A member deletes their own message within board.edit_minutes of posting it (a thread's
     first message takes its replies off the board with it)."""
     if _viewer(unit, member_id, generation) is None:
-        return Changed(None, "you are not signed in", signed_out=True)
+        return Changed(None, NOT_SIGNED_IN, signed_out=True)
     found = _own(unit, member_id, message_id)
     if isinstance(found, str):
         return Changed(None, found)
@@ -307,13 +350,13 @@ def report(
     """A member reports someone else's message. Reported by board.report_threshold members,
     it leaves the board until an editor looks (services/moderation.py)."""
     if _viewer(unit, member_id, generation) is None:
-        return Changed(None, "you are not signed in", signed_out=True)
+        return Changed(None, NOT_SIGNED_IN, signed_out=True)
     message = rows.get(unit.session, message_id)
     if message is None or not rows.is_visible(unit.session, message):
-        return Changed(None, "that message is not on the board")
+        return Changed(None, Said(N_("that message is not on the board")))
     thread = message.parent_id or message.id
     if message.member_id == member_id:
-        return Changed(thread, "you cannot report your own message")
+        return Changed(thread, CANNOT_REPORT_OWN)
     if rows.has_reported(unit.session, message_id, member_id):
         return Changed(thread)  # once is enough; nothing changes
     reason = " ".join(text.tidy(reason).split())[:REASON_CHARS]

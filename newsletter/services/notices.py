@@ -13,9 +13,12 @@ import datetime as dt
 
 from markupsafe import Markup
 
+from newsletter import i18n
 from newsletter.content.board import display_name, tidy
 from newsletter.content.layout import system_message
+from newsletter.i18n import N_
 from newsletter.services import mail
+from newsletter.services.preferences import language_of
 from newsletter.services.unit import Unit
 from newsletter.storage import board as board_rows
 from newsletter.storage import members as member_rows
@@ -36,16 +39,21 @@ def _queue(
     retry_hours: float = mail.RETRY_HOURS,
     headers: dict[str, str] | None = None,
 ) -> int:
-    settings, env = unit.settings, unit.services.env
-    context = {"list_name": settings.list.name, "name": member.name, **context}
+    """Lay out and queue one message to `member`, in their language: `subject` is a message
+    id with a %(list)s value, the list's name in that language."""
+    settings = unit.settings
+    language = language_of(unit, member)
+    env = unit.services.env_for(language)
+    list_name = settings.list.name_in(language)
+    context = {"list_name": list_name, "name": member.name, **context}
     msgid, data = system_message(
-        from_name=settings.list.name,
+        from_name=list_name,
         from_address=settings.list.from_address,
         # Names are cleaned when they come in; one stored otherwise must still not break the
         # header (a line break in To would be refused, and the reply with it).
         to_name=" ".join(tidy(member.name).split()),
         to_address=member.email,
-        subject=subject,
+        subject=i18n.gettext(language, subject, list=list_name),
         text=env.get_template(f"email/{template}.txt").render(context),
         html=env.get_template(f"email/{template}.html").render(context),
         now=unit.now,
@@ -70,7 +78,7 @@ def queue_signin(unit: Unit, member: Member, signin_id: int) -> int:
         unit,
         member,
         SIGNIN,
-        f"Sign in to {unit.settings.list.name}",
+        N_("Sign in to %(list)s"),
         "signin",
         {"link": unit.services.links.signin(member.id, signin_id), "minutes": minutes},
         retry_hours=minutes / 60,
@@ -100,7 +108,7 @@ def reply(
         unit,
         author,
         REPLY,
-        f"A reply to your message on the {unit.settings.list.name} board",
+        N_("A reply to your message on the %(list)s board"),
         "board_reply",
         {
             "replier": display_name(replier),

@@ -14,8 +14,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from newsletter.i18n import N_, Said
 from newsletter.services import evidence, notices
 from newsletter.services.board import blocked
+from newsletter.services.preferences import language_of
 from newsletter.services.unit import Unit, use_case
 from newsletter.storage import board as board_rows
 from newsletter.storage import members as member_rows
@@ -41,9 +43,9 @@ class LinkRequest:
 def _may_sign_in(unit: Unit, member: Member | None) -> str:
     """Why this member may not sign in ("" when they may)."""
     if member is None or member.status != MemberStatus.ACTIVE:
-        return "only members who receive the newsletter can sign in"
+        return Said(N_("only members who receive the newsletter can sign in"))
     if blocked(board_rows.standing(unit.session, member.id), unit.now):
-        return "an editor has blocked this member from the board for now"
+        return Said(N_("an editor has blocked this member from the board for now"))
     return ""
 
 
@@ -73,17 +75,21 @@ class SignedIn:
     generation: int = 0
     refused: str = ""
     ask_again: bool = False  # scanner signs around: the person must press once more
+    language: str = ""  # the member's, for the page that says why not or asks again
 
 
 def _signin_problem(unit: Unit, member_id: int, signin_id: int) -> str:
     row = signins.get(unit.session, signin_id)
     if row is None or row.member_id != member_id:
-        return "the link names a sign-in that does not exist"
+        return Said(N_("the link names a sign-in that does not exist"))
     if row.used_at is not None:
-        return "this sign-in link has been used already; ask for a new one"
+        return Said(N_("this sign-in link has been used already; ask for a new one"))
     minutes = unit.settings.board.signin_minutes
     if unit.now - row.created_at > dt.timedelta(minutes=minutes):
-        return f"this sign-in link has expired (links last {minutes} minutes); ask for a new one"
+        return Said(
+            N_("this sign-in link has expired (links last %(minutes)s minutes); ask for a new one"),
+            minutes=minutes,
+        )
     return ""
 
 
@@ -93,6 +99,11 @@ class LinkPage:
 
     problem: str
     email: str
+    language: str  # the member's: the page is in it
+
+
+def _language(unit: Unit, member: Member | None) -> str:
+    return unit.settings.list.language if member is None else language_of(unit, member)
 
 
 def visit(
@@ -124,10 +135,11 @@ def visit(
     )
     if visitor is None:
         return None
-    problem = _may_sign_in(unit, member_rows.get(unit.session, member_id))
+    member = member_rows.get(unit.session, member_id)
+    problem = _may_sign_in(unit, member)
     if not problem and signin_id is not None:
         problem = _signin_problem(unit, member_id, signin_id)
-    return LinkPage(problem, visitor.email)
+    return LinkPage(problem, visitor.email, _language(unit, member))
 
 
 @use_case
@@ -142,13 +154,15 @@ def sign_in(
 ) -> SignedIn:
     """The button's POST on a sign-in link (`signin_id`, which it uses up) or on an issue's
     board link (`issue_id`; the door checks its age, board.issue_link_days)."""
-    problem = _may_sign_in(unit, member_rows.get(unit.session, member_id))
+    member = member_rows.get(unit.session, member_id)
+    language = _language(unit, member)
+    problem = _may_sign_in(unit, member)
     if not problem and signin_id is not None:
         problem = _signin_problem(unit, member_id, signin_id)
     if problem:
-        return SignedIn(refused=problem)
+        return SignedIn(refused=problem, language=language)
     if not (person or confirmed) and evidence.machine_nearby(unit, member_id):
-        return SignedIn(ask_again=True)
+        return SignedIn(ask_again=True, language=language)
     if signin_id is not None:
         row = signins.get(unit.session, signin_id)
         assert row is not None
@@ -158,7 +172,7 @@ def sign_in(
         how = f"the board link of issue #{issue_id}"
     standing = board_rows.standing(unit.session, member_id)
     unit.audit("sign-in", member_id=member_id, detail=f"by {how}")
-    return SignedIn(member_id, standing.generation if standing else 0)
+    return SignedIn(member_id, standing.generation if standing else 0, language=language)
 
 
 @use_case
@@ -171,6 +185,11 @@ def sign_out_everywhere(unit: Unit, member_id: int, generation: int) -> bool:
     standing.generation += 1
     unit.audit("sign-out-everywhere", member_id=member_id, detail="every session ended")
     return True
+
+
+def language(unit: Unit, member_id: int) -> str:
+    """The language of a member's pages (the list's for no such member)."""
+    return _language(unit, member_rows.get(unit.session, member_id))
 
 
 @use_case

@@ -250,6 +250,7 @@ class Person:
     blocked_until: dt.datetime | None
     block_reason: str
     notices: bool
+    language: str | None = None  # the member's own choice (None: the list's)
 
 
 _PEOPLE = (
@@ -262,6 +263,7 @@ _PEOPLE = (
         BoardMember.blocked_until,
         BoardMember.block_reason,
         BoardMember.notices,
+        Member.language,
     )
     .outerjoin(BoardMember, BoardMember.member_id == Member.id)
     .where(Member.id.in_(bindparam("ids", expanding=True)))
@@ -284,6 +286,7 @@ def load_people(session: Session, member_ids: set[int]) -> None:
                 row[5],
                 row[6] or "",
                 True if row[7] is None else bool(row[7]),
+                row[8],
             )
         for member_id in wanted:
             known.setdefault(member_id, None)

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from newsletter import i18n
+from newsletter.i18n import N_
 from newsletter.services import board
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Services
@@ -94,7 +96,10 @@ class BoardPages:
         self.limits = services.settings.board
         self.cache = TTLCache(ttl=2.0, size=256)
         self.bars: OrderedDict[tuple[Any, ...], str] = OrderedDict()
-        self.controls: dict[str, str] = {}
+        self.controls: dict[tuple[str, str], str] = {}
+        # Readers who are not signed in see the board in the list's language; a member sees
+        # it in their own (each language a page of its own in the cache).
+        self.language = services.settings.list.language
         services.listen(self._changed)
 
     def _changed(self, what: str) -> None:
@@ -118,16 +123,22 @@ class BoardPages:
 
     # --- filling a cut page for one reader -------------------------------------------------------
 
-    def _fragment(self, template: str) -> str:
-        found = self.controls.get(template)
+    def _fragment(self, template: str, language: str) -> str:
+        found = self.controls.get((template, language))
         if found is None:
-            found = self.controls[template] = self.pages.render(
-                f"web/{template}", message_id="\x00id\x00", minutes=self.limits.edit_minutes
+            found = self.controls[(template, language)] = self.pages.render(
+                f"web/{template}",
+                language,
+                message_id="\x00id\x00",
+                minutes=self.limits.edit_minutes,
             )
         return found
 
-    def _controls(self, threads: tuple[board.ThreadView, ...]) -> dict[int, Controls]:
-        own, others = self._fragment("_board_own.html"), self._fragment("_board_report.html")
+    def _controls(
+        self, threads: tuple[board.ThreadView, ...], language: str
+    ) -> dict[int, Controls]:
+        own = self._fragment("_board_own.html", language)
+        others = self._fragment("_board_report.html", language)
         return {
             m.id: Controls(
                 m.member_id,
@@ -141,18 +152,20 @@ class BoardPages:
 
     def _bar(self, who: board.Viewer, action: str, error: str = "", draft: str = "") -> str:
         """The signed-in member's bar and form, with NAME and CSRF marks left in it."""
-        key = (who.notices, who.blocked, who.block_reason, who.blocked_until, action)
+        language = who.language or self.language
+        key = (who.notices, who.blocked, who.block_reason, who.blocked_until, action, language)
         found = None if error or draft else self.bars.get(key)
         if found is None:
             found = self.pages.render(
                 "web/_board_me.html",
+                language,
                 name=NAME,
                 csrf=CSRF,
                 notices=who.notices,
-                blocked=board.block_text(who) if who.blocked else "",
+                blocked=i18n.say(language, board.block_text(who)) if who.blocked else "",
                 action=action,
                 reply=action != "/board",
-                error=error,
+                error=i18n.say(language, error),
                 draft=draft,
                 limits=self.limits,
             )
@@ -164,6 +177,8 @@ class BoardPages:
 
     def _fill(self, cut: Cut, viewer: Viewer | None, request: Request, bar: str = "") -> bytes:
         done = DONE.get(request.query_params.get("done", ""))
+        if done:
+            done = i18n.gettext(self._language(viewer), done)
         notice = f'<p class="done" role="status">{html.escape(done)}</p>'.encode() if done else b""
         if viewer is None:
             return cut.fill(lambda name, _: notice if name == "notice" else b"")
@@ -190,26 +205,33 @@ class BoardPages:
 
     # --- the board and a thread ----------------------------------------------------------------
 
+    def _language(self, viewer: Viewer | None) -> str:
+        """The language of the reader's pages: a member's own, else the list's."""
+        return (viewer[1].language or self.language) if viewer else self.language
+
     def _gate(self, viewer: Viewer | None) -> HTMLResponse | None:
         """Members-only reading: everyone else sees the seed's sentence."""
         if viewer is None and self.limits.read == "members":
             return self.pages.page("board_gate.html")
         return None
 
-    async def _board_cut(self, number: int, signed_in: bool) -> Cut:
+    async def _board_cut(self, number: int, viewer: Viewer | None) -> Cut:
+        signed_in, language = viewer is not None, self._language(viewer)
+
         async def compute() -> Cut:
             found = await self.gateway.read(board.page, number)
             page = self.pages.render(
                 "web/board.html",
+                language,
                 page=found,
                 signed_in=signed_in,
                 me=Markup(ME),
                 notice=Markup(NOTICE),
                 ctl=control,
             )
-            return Cut.of(page, self._controls(found.threads))
+            return Cut.of(page, self._controls(found.threads, language))
 
-        cached: Cut = await self.cache.get(("board", number, signed_in), compute)
+        cached: Cut = await self.cache.get(("board", number, signed_in, language), compute)
         return cached
 
     def _number(self, request: Request) -> int:
@@ -221,32 +243,41 @@ class BoardPages:
         gate = self._gate(viewer)
         if gate is not None:
             return gate
-        cut = await self._board_cut(self._number(request), viewer is not None)
+        cut = await self._board_cut(self._number(request), viewer)
         bar = self._bar(viewer[1], "/board") if viewer else ""
         return self._answer(self._fill(cut, viewer, request, bar))
 
-    async def _thread_cut(self, thread_id: int, signed_in: bool) -> Cut | None:
+    async def _thread_cut(self, thread_id: int, viewer: Viewer | None) -> Cut | None:
+        signed_in, language = viewer is not None, self._language(viewer)
+
         async def compute() -> Cut | None:
             found = await self.gateway.read(board.thread, thread_id)
             if found is None:
                 return None
             page = self.pages.render(
                 "web/thread.html",
+                language,
                 thread=found,
                 signed_in=signed_in,
                 me=Markup(ME),
                 notice=Markup(NOTICE),
                 ctl=control,
             )
-            return Cut.of(page, self._controls((found,)))
+            return Cut.of(page, self._controls((found,), language))
 
         if not 1 <= thread_id <= MAX_ID:
             return None
-        cached: Cut | None = await self.cache.get(("thread", thread_id, signed_in), compute)
+        key = ("thread", thread_id, signed_in, language)
+        cached: Cut | None = await self.cache.get(key, compute)
         return cached
 
-    def _no_thread(self) -> HTMLResponse:
-        return self.pages.message("Not found", "There is no such thread on the board.", 404)
+    def _no_thread(self, viewer: Viewer | None = None) -> HTMLResponse:
+        return self.pages.message(
+            N_("Not found"),
+            N_("There is no such thread on the board."),
+            404,
+            self._language(viewer),
+        )
 
     async def thread_page(self, request: Request) -> Response:
         viewer = await self.signins.viewer(request)
@@ -254,9 +285,9 @@ class BoardPages:
         if gate is not None:
             return gate
         thread_id = int(request.path_params["message_id"])
-        cut = await self._thread_cut(thread_id, viewer is not None)
+        cut = await self._thread_cut(thread_id, viewer)
         if cut is None:
-            return self._no_thread()
+            return self._no_thread(viewer)
         bar = self._bar(viewer[1], f"/board/{thread_id}") if viewer else ""
         return self._answer(self._fill(cut, viewer, request, bar))
 
@@ -298,7 +329,7 @@ class BoardPages:
 
     async def post_thread(self, request: Request) -> Response:
         async def refused(viewer: Viewer, error: str, draft: str, status: int) -> Response:
-            cut = await self._board_cut(1, True)
+            cut = await self._board_cut(1, viewer)
             bar = self._bar(viewer[1], "/board", error, draft)
             return self._answer(self._fill(cut, viewer, request, bar), status)
 
@@ -308,9 +339,9 @@ class BoardPages:
         thread_id = int(request.path_params["message_id"])
 
         async def refused(viewer: Viewer, error: str, draft: str, status: int) -> Response:
-            cut = await self._thread_cut(thread_id, True)
+            cut = await self._thread_cut(thread_id, viewer)
             if cut is None:
-                return self._no_thread()
+                return self._no_thread(viewer)
             bar = self._bar(viewer[1], f"/board/{thread_id}", error, draft)
             return self._answer(self._fill(cut, viewer, request, bar), status)
 
@@ -320,8 +351,12 @@ class BoardPages:
 
     # --- a member's own messages, and reports --------------------------------------------------
 
-    def _not_yours(self, reason: str) -> HTMLResponse:
-        return self.pages.message("Not possible", f"{reason[:1].upper()}{reason[1:]}.", 400)
+    def _not_yours(self, reason: str, language: str | None = None) -> HTMLResponse:
+        language = language or self.language
+        said = i18n.say(language, reason)
+        text = i18n.gettext(language, N_("%(sentence)s."), sentence=said[:1].upper() + said[1:])
+        title = i18n.gettext(language, N_("Not possible"))
+        return self.pages.page("message.html", 400, language=language, title=title, text=text)
 
     async def edit_page(self, request: Request) -> Response:
         viewer = await self.signins.viewer(request)
@@ -329,21 +364,23 @@ class BoardPages:
             return self.signins.members_only()
         message_id = int(request.path_params["message_id"])
         if not 1 <= message_id <= MAX_ID:
-            return self._no_thread()
+            return self._no_thread(viewer)
         own = await self.gateway.read(board.own, viewer[1].member_id, message_id)
         if isinstance(own, str):
-            return self._not_yours(own)
+            return self._not_yours(own, self._language(viewer))
         return self._edit(viewer, own.id, own.markdown, "")
 
     def _edit(
         self, viewer: Viewer, message_id: int, draft: str, error: str, status: int = 200
     ) -> HTMLResponse:
+        language = self._language(viewer)
         return self.pages.page(
             "board_edit.html",
             status,
+            language=language,
             message_id=message_id,
             draft=draft,
-            error=error,
+            error=i18n.say(language, error),
             csrf=self.auth.csrf(viewer[0]),
             limits=self.limits,
         )
@@ -368,7 +405,7 @@ class BoardPages:
         if changed.refused and changed.thread_id is not None:  # the text: the form again
             return self._edit((session, who), message_id, body, changed.refused, 400)
         if changed.refused:
-            return self._not_yours(changed.refused)
+            return self._not_yours(changed.refused, self._language((session, who)))
         return self.signins.to_board("edited", f"/board/{changed.thread_id}")
 
     async def _act(
@@ -377,10 +414,10 @@ class BoardPages:
         checked = await self.signins.checked_form(request)
         if isinstance(checked, Response):
             return checked
-        session, _, form = checked
+        session, who, form = checked
         message_id = int(request.path_params["message_id"])
         if not 1 <= message_id <= MAX_ID:
-            return self._no_thread()
+            return self._no_thread((session, who))
         if "reason" in extra:
             extra["reason"] = form.get("reason", "")
         changed = await self.gateway.call(
@@ -394,7 +431,7 @@ class BoardPages:
         if changed.signed_out:
             return self.signins.members_only()
         if changed.refused:
-            return self._not_yours(changed.refused)
+            return self._not_yours(changed.refused, self._language((session, who)))
         path = "/board" if changed.thread_id is None else f"/board/{changed.thread_id}"
         return self.signins.to_board(done, path)
 
@@ -405,10 +442,15 @@ class BoardPages:
         message_id = int(request.path_params["message_id"])
         found = await self.gateway.read(board.message, message_id) if message_id <= MAX_ID else None
         if found is None:
-            return self._no_thread()
+            return self._no_thread(viewer)
         if found.member_id == viewer[1].member_id:
-            return self._not_yours("you cannot report your own message")
-        return self.pages.page("board_report.html", message=found, csrf=self.auth.csrf(viewer[0]))
+            return self._not_yours(board.CANNOT_REPORT_OWN, self._language(viewer))
+        return self.pages.page(
+            "board_report.html",
+            language=self._language(viewer),
+            message=found,
+            csrf=self.auth.csrf(viewer[0]),
+        )
 
     async def delete(self, request: Request) -> Response:
         return await self._act(request, board.delete, "deleted")

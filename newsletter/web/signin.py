@@ -14,8 +14,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from newsletter import i18n
 from newsletter.content.addresses import normalize_address
 from newsletter.errors import TokenError
+from newsletter.i18n import N_
 from newsletter.services import board, signin
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Services
@@ -26,18 +28,18 @@ from newsletter.web.pages import CSP_NONE, Pages, empty, security_headers
 
 MAX_ID = 2**31 - 1
 # What a redirect to the board may say (?done=...): fixed texts, so a link from elsewhere
-# cannot make the board show words of its choosing.
+# cannot make the board show words of its choosing. Said in the reader's language.
 DONE = {
-    "signedin": "You are signed in.",
-    "signedout": "You are signed out.",
-    "everywhere": "You are signed out on every device.",
-    "notices-off": "Reply notices are off.",
-    "notices-on": "Reply notices are on.",
-    "held": "Thank you. You are new here, so your message waits for an editor's approval.",
-    "posted": "Your message is on the board.",
-    "edited": "Your message is changed.",
-    "deleted": "Your message is deleted.",
-    "reported": "Thank you: an editor will look at the message.",
+    "signedin": N_("You are signed in."),
+    "signedout": N_("You are signed out."),
+    "everywhere": N_("You are signed out on every device."),
+    "notices-off": N_("Reply notices are off."),
+    "notices-on": N_("Reply notices are on."),
+    "held": N_("Thank you. You are new here, so your message waits for an editor's approval."),
+    "posted": N_("Your message is on the board."),
+    "edited": N_("Your message is changed."),
+    "deleted": N_("Your message is deleted."),
+    "reported": N_("Thank you: an editor will look at the message."),
 }
 
 
@@ -48,6 +50,8 @@ class SigninPages:
         self.pages = pages
         self.signer = services.signer
         self.auth = MemberAuth(services.settings, services.signer)
+        # Pages for no one in particular (the sign-in form) are in the list's language.
+        self.language = services.settings.list.language
 
     def routes(self) -> list[Route]:
         read = ["GET", "HEAD"]
@@ -80,9 +84,9 @@ class SigninPages:
     def to_board(self, done: str, path: str = "/board") -> RedirectResponse:
         return RedirectResponse(f"{path}?done={done}", status_code=303, headers=security_headers())
 
-    def members_only(self) -> Response:
+    def members_only(self, language: str | None = None) -> Response:
         """The answer to a member's form posted by someone not signed in (or forged)."""
-        return self.pages.page("members_only.html", 403)
+        return self.pages.page("members_only.html", 403, language=language)
 
     async def signed_form(
         self, request: Request
@@ -118,9 +122,8 @@ class SigninPages:
     async def signin_form(self, request: Request) -> Response:
         form = await form_fields(request)
         if form is None:
-            return self.pages.page(
-                "signin.html", 400, error="The form could not be read.", email="", sent=False
-            )
+            error = i18n.gettext(self.language, N_("The form could not be read."))
+            return self.pages.page("signin.html", 400, error=error, email="", sent=False)
         raw = form.get("email", "")
         if form.get("website"):  # a field people never see: only bots fill it in
             return self.pages.page("signin.html", error="", email="", sent=True)
@@ -131,9 +134,12 @@ class SigninPages:
         asked = await self.gateway.call("web", signin.request_link, email, ip=client_ip(request))
         if asked.limited:
             return self.pages.message(
-                "Too many requests",
-                "Too many sign-in links were asked for from your network; try again in an hour.",
+                N_("Too many requests"),
+                N_(
+                    "Too many sign-in links were asked for from your network; try again in an hour."
+                ),
                 429,
+                self.language,
             )
         # The same answer whatever the address: the page reveals no membership.
         return self.pages.page("signin.html", error="", email="", sent=True)
@@ -185,7 +191,8 @@ class SigninPages:
             return empty()
         return self.pages.page(
             "signin_link.html",
-            problem=page.problem,
+            language=page.language,
+            problem=i18n.say(page.language, page.problem),
             email=page.email,
             action=request.url.path,
             confirm=False,
@@ -208,11 +215,22 @@ class SigninPages:
         )
         if done.refused:
             return self.pages.page(
-                "signin_link.html", 400, problem=done.refused, email="", action="", confirm=False
+                "signin_link.html",
+                400,
+                language=done.language,
+                problem=i18n.say(done.language, done.refused),
+                email="",
+                action="",
+                confirm=False,
             )
         if done.ask_again:
             return self.pages.page(
-                "signin_link.html", problem="", email="", action=request.url.path, confirm=True
+                "signin_link.html",
+                language=done.language,
+                problem="",
+                email="",
+                action=request.url.path,
+                confirm=True,
             )
         response = self.to_board("signedin")
         self.auth.set(response, self.auth.new(done.member_id, done.generation))
@@ -268,12 +286,15 @@ class SigninPages:
 
     async def notices_page(self, request: Request) -> Response:
         try:
-            self._notices_member(request)
+            member_id = self._notices_member(request)
         except TokenError as exc:
             return self.pages.bad_link(str(exc))
         if request.method == "HEAD":
             return empty()
-        return self.pages.page("notices.html", token=request.path_params["token"], done=False)
+        language = await self.gateway.read(signin.language, member_id)
+        return self.pages.page(
+            "notices.html", language=language, token=request.path_params["token"], done=False
+        )
 
     async def notices_form(self, request: Request) -> Response:
         try:
@@ -291,4 +312,7 @@ class SigninPages:
         )
         if one_click:
             return PlainTextResponse("reply notices off\n", headers=security_headers(CSP_NONE))
-        return self.pages.page("notices.html", token=request.path_params["token"], done=True)
+        language = await self.gateway.read(signin.language, member_id)
+        return self.pages.page(
+            "notices.html", language=language, token=request.path_params["token"], done=True
+        )
