@@ -86,21 +86,23 @@ def link_in(data: bytes, path: str) -> str:
     return found.group(0)
 
 
-def ask_for_link(tab: Page, live: Live, email: str) -> str:
-    """The member asks for a sign-in link on the site; the link in the mail that arrives."""
+def ask_for_link(tab: Page, live: Live, email: str, subject: str = "Sign in to") -> str:
+    """The member asks for a sign-in link on the site (its form is in the list's language);
+    the link in the mail that arrives (in the member's: `subject` starts its Subject)."""
     had = len(live.smtp.by_recipient().get(email, []))
     tab.goto(f"{live.url}/board")
     tab.get_by_role("link", name="login").click()
     tab.get_by_label("Email address").fill(email)
     tab.get_by_role("button", name="Send me a sign-in link").click()
     expect(tab.locator("h1")).to_have_text("Check your inbox")
-    return link_in(live.mail(email, "Sign in to", had + 1)[-1], "s")
+    return link_in(live.mail(email, subject, had + 1)[-1], "s")
 
 
-def sign_in(tab: Page, live: Live, email: str) -> None:
-    tab.goto(ask_for_link(tab, live, email))
-    tab.get_by_role("button", name="Sign in").click()
-    expect(tab.locator("p.done")).to_have_text("You are signed in.")
+def sign_in(tab: Page, live: Live, email: str, *, chinese: bool = False) -> None:
+    """Sign in as the member; `chinese`: the member reads Chinese (王芳, in the sample)."""
+    tab.goto(ask_for_link(tab, live, email, "登录" if chinese else "Sign in to"))
+    tab.get_by_role("button", name="登录" if chinese else "Sign in").click()
+    expect(tab.locator("p.done")).to_have_text("您已登录。" if chinese else "You are signed in.")
 
 
 def new_page(browser: Browser) -> tuple[BrowserContext, Page]:  # noqa: F811
@@ -147,11 +149,13 @@ def test_sign_in_post_approve_reply_and_the_notice(
 
     wang_context, wang = new_page(browser)
     try:
-        sign_in(wang, live, WANG)
+        # 王芳 reads Chinese (subscribers/example.csv): her mail and board are in Chinese.
+        sign_in(wang, live, WANG, chinese=True)
+        expect(wang.locator("html")).to_have_attribute("lang", "zh-Hans")
         wang.locator(".thread", has_text="Has anyone pledged").locator(".thread-link a").click()
-        wang.get_by_label("Your reply").fill("We did, in *Shanghai*, last year.")
-        wang.get_by_role("button", name="Reply", exact=True).click()
-        expect(wang.locator("p.done")).to_have_text("Your message is on the board.")
+        wang.get_by_label("您的回复").fill("We did, in *Shanghai*, last year.")
+        wang.get_by_role("button", name="回复", exact=True).click()
+        expect(wang.locator("p.done")).to_have_text("您的留言已发布到留言板。")
         expect(wang.locator(".replies em")).to_have_text("Shanghai")
         wang.screenshot(path=str(tmp_path / "board-thread.png"), full_page=True)
     finally:
