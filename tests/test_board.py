@@ -15,7 +15,7 @@ from sqlalchemy import inspect, text, update
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from newsletter.services import board, members, moderation
+from newsletter.services import board, erasure, members, moderation
 from newsletter.services.boundary import Gateway
 from newsletter.storage import db, search
 from newsletter.storage.models import BoardStatus, Member, MemberStatus
@@ -588,6 +588,53 @@ def test_a_member_reads_the_board_and_its_mail_in_their_own_language(board_site:
     anyone = b.reader().client.get("/board").text
     assert '<html lang="en">' in anyone
     assert SEED.split(",")[0] in anyone
+
+
+# --- erasure -------------------------------------------------------------------------------------
+
+
+@pytest.mark.board_config(held_posts=0)
+def test_erasing_a_member_erases_what_they_wrote_on_the_board(board_site: Board) -> None:
+    """An erasure (services/erasure.py) reaches the board: the member's messages keep their
+    place without text or network address, their words leave the audit log, their reports,
+    sign-in links and standing go, and their session signs nobody in any more."""
+    b = board_site
+    li, wang = b.sign_in(LI), b.sign_in(WANG)
+    li.post("Customs seizures at Ningbo")
+    thread = b.messages()[0].id
+    wang.post("Our **pledge loan** in Suzhou", f"/board/{thread}")
+    wang.post("A thread of Wang's own about Kunshan")
+    wang.client.post(f"/board/{thread}/report", data={"csrf": wang.csrf(), "reason": "Wuxi"})
+    reader = b.reader()
+    for word in ("Suzhou", "Kunshan"):
+        assert 'id="board-hits"' in reader.client.get(f"/search?q={word}").text
+    done = b.run(erasure.erase_member, b.member_id(WANG), reason="asked by mail")
+    assert done.board_erased == 2
+    wang_id = b.member_id(f"erased:{done.member_id}")
+    with b.sessions() as s:
+        rows = s.execute(
+            text(
+                "SELECT status, body_md, body_html, body_text, ip FROM board_messages "
+                "WHERE member_id = :m"
+            ),
+            {"m": wang_id},
+        ).all()
+        assert [tuple(r) for r in rows] == [("deleted", "", "", "", "")] * 2
+        for table in ("board_reports", "board_signins", "board_members"):
+            left = s.execute(
+                text(f"SELECT count(*) FROM {table} WHERE member_id = :m"), {"m": wang_id}
+            )
+            assert left.scalar() == 0, table
+        details = " ".join(s.scalars(text("SELECT detail FROM audit_log")))
+    for word in ("Suzhou", "Kunshan", "Wuxi", "王芳", WANG):
+        assert word not in details, word
+    assert "Ningbo" in details  # Li Wei's words are hers to keep
+    for word in ("Suzhou", "Kunshan"):  # the erasure dropped the cached answers too
+        assert "Nothing matches" in reader.client.get(f"/search?q={word}").text
+    page = wang.client.get(f"/board/{thread}").text
+    assert "Customs seizures at Ningbo" in page
+    assert "Suzhou" not in page
+    assert 'name="csrf"' not in page  # her session ended with her
 
 
 # --- the migration -------------------------------------------------------------------------------
