@@ -30,10 +30,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-## screenshots: the desk's pages at 1280 and 375 px into docs/screenshots/ (axe-core from npm)
+## screenshots: the desk's pages at 1280 and 375 px, and the demo issue at 375 px (with and
+## without <style>) and 600 px, light and dark, into docs/screenshots/ (axe-core from npm)
 screenshots: $(STAMP)
 	npm ci --prefix tests --no-audit --no-fund --loglevel=error
-	NEWSLETTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_desk_look.py -m "not postgres"
+	NEWSLETTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_desk_look.py tests/test_email_look.py -m "not postgres"
 
 ## translations: extract the messages of the templates and the package (babel.cfg), merge them
 ## into every catalog (newsletter/locale/*/LC_MESSAGES/messages.po), check each compiles, and

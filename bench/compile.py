@@ -98,6 +98,7 @@ def naive_message(
             "language": settings.list.language,
             "base_url": base,
             "archive_url": f"{base}/archive",
+            "postal_address": settings.list.postal_address,
         },
         "subject": p.compiled.subject,
         "date": p.compiled.created,
@@ -115,6 +116,9 @@ def naive_message(
             "trap": v["trap"],
         },
         "previous": None,  # no earlier survey's results, as in the compiled issue here
+        "note_html": Markup(""),  # no editor's note, subject or preheader of the desk's
+        "note_text": "",
+        "preheader": "",
     }
     html = issue.inline_css(env.get_template("email/issue.html").render(context))
     text = env.get_template("email/issue.txt").render(context)

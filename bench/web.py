@@ -117,6 +117,10 @@ def _archived(signer: Signer, ids: Ids, i: int) -> tuple[str, str]:
     return f"/archive/{ids.issue_id}?t={token}", ""
 
 
+def _click(signer: Signer, ids: Ids, i: int) -> Item:
+    return f"/r/{signer.make(Kind.CLICK, ids.issue_id, ids.members[i], i % 3)}", ""
+
+
 def _fixed(path: str) -> Callable[[Signer, Ids, int], Item]:
     return lambda _s, _ids, _i: (path, "")
 
@@ -168,6 +172,8 @@ ENDPOINTS = [
     Endpoint("board", "GET", "/board (signed in)", OK, _board),
     # A new thread: a new member's first post, held for approval; answered by a redirect.
     Endpoint("post", "POST", "/board body&csrf (signed in)", frozenset({303}), _post, True),
+    # An item's link: a redirect (302) to the issue's own link, the fetch held as evidence.
+    Endpoint("redirect", "GET", "/r/<click token>", frozenset({302}), _click),
     Endpoint(
         "one-click",
         "POST",

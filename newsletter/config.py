@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from newsletter import i18n
+from newsletter.deliverability import mail_problems
 from newsletter.errors import ConfigError, MissingSecret
 
 SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
@@ -58,6 +59,8 @@ SMTP_PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 API_TOKEN_ENV = "NEWSLETTER_API_TOKEN"
 WRITER_TOKEN_ENV = "NEWSLETTER_API_TOKEN_WRITER"
 DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
+IMAP_PASSWORD_ENV = "NEWSLETTER_IMAP_PASSWORD"
+POSTMARK_PASSWORD_ENV = "NEWSLETTER_POSTMARK_PASSWORD"
 
 T = TypeVar("T")
 KB, MB = 1024, 1024 * 1024
@@ -114,6 +117,8 @@ class ListSettings:
     language: str = "en"
     # The time zone of times editors read and set (a scheduled send), e.g. "Asia/Shanghai".
     timezone: str = "UTC"
+    # The sender's postal address, shown in every message's footer (CAN-SPAM asks for one).
+    postal_address: str = ""
     translations: dict[str, ListWords] = field(default_factory=dict)
 
     def name_in(self, language: str) -> str:
@@ -206,6 +211,41 @@ class WebSettings:
     login_attempts_per_address: int = between(10, 1, 10_000)
     login_attempts_per_name: int = between(30, 1, 100_000)
     login_window_seconds: float = between(900.0, 1, DAY)
+
+
+@dataclass(frozen=True, slots=True)
+class BouncesSettings:
+    # Mailman's scoring: a hard bounce adds 1, a soft one 0.5, at most once a day; at the
+    # threshold the member is suppressed; the score lapses after quiet_days without one.
+    threshold: float = between(5.0, 0.5, 1000)
+    quiet_days: float = between(7.0, 0.01, 3650)
+    # `newsletter bounces serve`: the SMTP receiver of the bounce domain.
+    host: str = "127.0.0.1"
+    port: int = between(8026, 1, 65535)
+    max_bytes: int = between(10 * MB, 1 * KB, 100 * MB)
+    # `newsletter bounces fetch`: an IMAP mailbox (the password from NEWSLETTER_IMAP_PASSWORD).
+    imap_host: str = ""
+    imap_port: int = between(993, 1, 65535)
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    imap_user: str = ""
+    imap_folder: str = "INBOX"
+    imap_done_folder: str = "Processed"
+    # Webhooks: the SNS topics whose SES notifications are taken (empty: SES's hook is off),
+    # and Postmark's basic-auth user (its password from NEWSLETTER_POSTMARK_PASSWORD).
+    ses_topics: list[str] = field(default_factory=list)
+    postmark_user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingSettings:
+    # Links of items and the footer go through /r/TOKEN, counted per issue and link.
+    clicks: bool = True
+    # Keep a row per member and click (who clicked what); off: only counts remain.
+    per_member: bool = False
+    # A member fetching this many different links of an issue within burst_seconds is a
+    # scanner (a person opens one or two).
+    burst_links: int = between(3, 2, 1000)
+    burst_seconds: float = between(10.0, 0.1, 3600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +366,8 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     dkim: DkimSettings | None = None
     web: WebSettings = field(default_factory=WebSettings)
+    bounces: BouncesSettings = field(default_factory=BouncesSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     editor: Editors = field(default_factory=_no_editors)
     sink: SinkSettings = field(default_factory=SinkSettings)
     issue: IssueSettings = field(default_factory=IssueSettings)
@@ -339,6 +381,8 @@ class Settings:
     secret_keys: tuple[bytes, ...] = field(default=(), repr=False)
     api_token: str = field(default="", repr=False)
     writer_api_token: str = field(default="", repr=False)
+    imap_password: str = field(default="", repr=False)
+    postmark_password: str = field(default="", repr=False)
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the config against the site folder."""
@@ -367,8 +411,13 @@ def load(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    mail_checks: bool = True,
 ) -> Settings:
-    """Read config.toml (plus overrides, a nested dict) and the environment into Settings."""
+    """Read config.toml (plus overrides, a nested dict) and the environment into Settings.
+
+    `mail_checks=False` loads a site whose domains or DKIM key mailbox providers would
+    refuse (`newsletter doctor` does, to list every such problem with mail_problems).
+    """
     path = Path(path)
     env = os.environ if env is None else env
     raw = _read_toml(path)
@@ -385,7 +434,15 @@ def load(
         Settings,
         raw,
         "",
-        skip={"site_dir", "config_path", "secret_keys", "api_token", "writer_api_token"},
+        skip={
+            "site_dir",
+            "config_path",
+            "secret_keys",
+            "api_token",
+            "writer_api_token",
+            "imap_password",
+            "postmark_password",
+        },
     )
     settings = dataclasses.replace(
         settings,
@@ -394,8 +451,10 @@ def load(
         secret_keys=_secret_keys(env, path.resolve().parent),
         api_token=env.get(API_TOKEN_ENV, ""),
         writer_api_token=env.get(WRITER_TOKEN_ENV, ""),
+        imap_password=env.get(IMAP_PASSWORD_ENV, ""),
+        postmark_password=env.get(POSTMARK_PASSWORD_ENV, ""),
     )
-    _validate(settings)
+    _validate(settings, mail_checks)
     problem = url_problem(settings.database.url)
     if problem:
         where = f" (from {DATABASE_URL_ENV})" if url_from_env else ""
@@ -493,13 +552,14 @@ def _resolve_sqlite_url(url: str, site_dir: Path) -> str:
 _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 
 
-def _validate(s: Settings) -> None:
+def _validate(s: Settings, mail_checks: bool = True) -> None:
     """What the types alone do not say, table by table; the first problem found is raised."""
     _check_list(s.list)
     _check_wording(s.wording)
     _check_smtp(s.smtp)
-    if s.dkim is not None and not s.path(s.dkim.key_file).is_file():
-        raise ConfigError("dkim.key_file", f"no such file: {s.path(s.dkim.key_file)}")
+    if mail_checks:
+        for problem in mail_problems(s):
+            raise problem
     _check_sizes(s.items, s.issue)
     if s.survey is not None:
         _check_survey(s.survey)
@@ -511,11 +571,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError("api_token", f"{WRITER_TOKEN_ENV} must differ from {API_TOKEN_ENV}")
     _check_editors(s.editor)
     _check_schedules(s.schedule)
+    _check_bounces(s)
 
 
 def _check_list(lst: ListSettings) -> None:
     if not lst.base_url.startswith(("http://", "https://")):
-        raise ConfigError("list.base_url", "must start with http:// or https://")
+        raise ConfigError("list.base_url", "must start with https:// (or http:// on loopback)")
     if not _ADDRESS.match(lst.from_address):
         raise ConfigError("list.from_address", f"not an email address: {lst.from_address!r}")
     for key in ("return_path", "reply_to"):
@@ -524,7 +585,7 @@ def _check_list(lst: ListSettings) -> None:
             raise ConfigError(f"list.{key}", f"not an email address: {value!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", lst.id):
         raise ConfigError("list.id", "must be a dotted name such as news.example.org (RFC 2919)")
-    for key in ("name", "subject"):
+    for key in ("name", "subject", "postal_address"):
         if re.search(r"[\r\n\x00]", getattr(lst, key)):
             raise ConfigError(f"list.{key}", "must not contain line breaks")
     check_subject(lst.subject)
@@ -606,6 +667,24 @@ def _check_language(where: str, code: str, *, exact: bool = False) -> None:
         raise ConfigError(
             where, f"{code!r} is not a language we have (one of: {', '.join(i18n.languages())})"
         )
+
+
+def _check_bounces(s: Settings) -> None:
+    b = s.bounces
+    if b.postmark_user and len(s.postmark_password) < 16:
+        raise MissingSecret(
+            "bounces.postmark_user",
+            POSTMARK_PASSWORD_ENV,
+            "Postmark's webhook needs a password of 16 characters or more",
+        )
+    for i, topic in enumerate(b.ses_topics):
+        if not re.fullmatch(r"arn:aws[\w-]*:sns:[\w-]+:\d{12}:[\w-]{1,256}", topic):
+            raise ConfigError(
+                f"bounces.ses_topics[{i}]",
+                f"not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME): {topic!r}",
+            )
+    if re.search(r"[\r\n\x00]", b.imap_folder + b.imap_done_folder + b.imap_user):
+        raise ConfigError("bounces.imap_folder", "must not contain line breaks")
 
 
 def _check_editors(editors: Editors) -> None:

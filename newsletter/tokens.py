@@ -32,6 +32,10 @@ _EPOCH_DAY = 86400
 VALUE_LIMIT = 2**63
 _VARINT_MAX_BYTES = 9
 
+# A tag (Signer.tag) is 8 base32 characters: 40 bits, so a forger guessing at one address
+# needs about 2**39 tries on average, each a message to the bounce address.
+TAG_LENGTH = 8
+
 _ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -65,6 +69,8 @@ class Kind(IntEnum):
     SESSION = 8, ("member_id", "generation", "session")
     FORM = 9, ("member_id", "session")
     NOTICES = 10, ("member_id",)
+    # A link of an issue's own (an item's, the footer's), by its place in the issue's list.
+    CLICK = 11, ("issue_id", "member_id", "link")
     # The member's preference page, from an issue (bytes 20 and 21: far from the kinds other
     # work in progress adds, so merges never give two kinds one byte).
     PREFERENCES = 20, ("member_id", "issue_id")
@@ -167,6 +173,27 @@ class Signer:
         mac.update(payload)
         return mac.digest()[:_MAC_LEN]
 
+    def tag(self, text: str, length: int = TAG_LENGTH) -> str:
+        """A short MAC of `text`: lower-case base32 (a-z, 2-7), for places where a token does
+        not fit, such as a VERP return path. Lower case, since many hosts fold the case of a
+        local part. A prefix keeps it apart from every link token's MAC."""
+        return self._tag(0, text)[:length]
+
+    def tag_matches(self, text: str, tag: str) -> bool:
+        """Whether `tag` is `text`'s tag under any key (checked in constant time)."""
+        if len(tag) != TAG_LENGTH:
+            return False
+        tag = tag.lower()
+        return any(
+            hmac.compare_digest(tag, self._tag(i, text)[:TAG_LENGTH])
+            for i in range(len(self._macs))
+        )
+
+    def _tag(self, index: int, text: str) -> str:
+        mac = self._macs[index].copy()
+        mac.update(b"tag\x00" + text.encode())
+        return base64.b32encode(mac.digest()[:10]).decode("ascii").lower()
+
     def make(self, kind: Kind, *values: int, day: int | None = None) -> str:
         """A token carrying `values` (as many as `kind` has fields, each in [0, 2**63))."""
         if len(values) != len(kind.fields):
@@ -188,6 +215,28 @@ class Signer:
         raw = bytes(payload) + self._mac(0, bytes(payload))
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
+    def make_series(self, kind: Kind, *values: int, last: range) -> list[str]:
+        """make(kind, *values, n) for each n in `last`, the shared start signed once: the
+        tokens of one message's links differ only in their last value, so the shared bytes
+        are laid out and hashed once, and the HMAC state after them copied for each link."""
+        if not last:
+            return []
+        first = self.make(kind, *values, last[0])  # checks the values and the count
+        raw = base64.urlsafe_b64decode(first + "=" * (-len(first) % 4))
+        head = raw[: -_MAC_LEN - _varint_size(last[0])]
+        started = self._macs[0].copy()
+        started.update(head)
+        out = [first]
+        for n in last[1:]:
+            if not 0 <= n < VALUE_LIMIT:
+                raise ValueError(f"token value {kind.fields[-1]}={n} is outside [0, 2**63)")
+            tail = _varint(n)
+            mac = started.copy()
+            mac.update(tail)
+            token = head + tail + mac.digest()[:_MAC_LEN]
+            out.append(base64.urlsafe_b64encode(token).rstrip(b"=").decode("ascii"))
+        return out
+
     def check(self, token: str, kind: Kind, *, max_age_days: int | None = None) -> tuple[int, ...]:
         """The values a genuine token of `kind` carries; TokenError for anything else."""
         raw = _decode(token)
@@ -207,6 +256,19 @@ class Signer:
         if max_age_days is not None and _today() - day > max_age_days:
             raise TokenError("the token has expired")
         return values
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _varint_size(v: int) -> int:
+    return max(1, -(-v.bit_length() // 7))
 
 
 def _today() -> int:

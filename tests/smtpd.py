@@ -8,7 +8,8 @@
   "stall"      at DATA, wait `stall_seconds` before answering (past the client's timeout)
 `refuse` maps an address to a permanent reply given at RCPT every time.
 `pipelining` adds PIPELINING (RFC 2920) to the EHLO reply; aiosmtpd reads commands a line at
-a time, so it already answers pipelined commands in order.
+a time, so it already answers pipelined commands in order. `eight_bit=False` drops 8BITMIME
+(RFC 6152) from it, as an old relay would: such a relay must be given 7bit messages only.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class RecordingHandler:
     stall_seconds: float = 3.0
     delay_seconds: float = 0.0  # every message: a slow server
     pipelining: bool = False
+    eight_bit: bool = True
     attempts: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,6 +63,8 @@ class RecordingHandler:
     ) -> list[str]:
         # aiosmtpd hands over its reply lines, ending with "250 HELP"; ours go before that.
         session.host_name = hostname
+        if not self.eight_bit:
+            responses = [r for r in responses if "8BITMIME" not in r.upper()]
         return [*responses[:-1], *(["250-PIPELINING"] if self.pipelining else []), responses[-1]]
 
     async def handle_RCPT(
@@ -83,8 +87,19 @@ class RecordingHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if not self.eight_bit and any(o.upper().startswith("BODY=8BITMIME") for o in options):
+            return "555 5.5.4 BODY=8BITMIME not offered here"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         (address,) = envelope.rcpt_tos
+        if not self.eight_bit and any(b > 0x7F for b in envelope.original_content):
+            return "554 5.6.0 8bit data to a relay that did not offer 8BITMIME"
         fault = self._fault(address)
         if fault in ("drop-data", "stall"):
             self.attempts[address] += 1

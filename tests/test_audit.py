@@ -25,8 +25,12 @@ from typer.testing import CliRunner
 from newsletter.cli.main import app as cli
 from newsletter.config import Settings
 from newsletter.content.sources import read_source
+from newsletter.content.verp import Verp
+from newsletter.delivery import dsn
 from newsletter.services import (
     board,
+    bounces,
+    clicks,
     drafts,
     editors,
     erasure,
@@ -45,7 +49,7 @@ from newsletter.services import (
 from newsletter.services.unit import USE_CASES, Services
 from newsletter.storage import db
 from newsletter.web.app import create_app
-from tests import steps
+from tests import returns, steps
 from tests.conftest import SECRET
 from tests.snapshot import snapshot
 from tests.test_desk import TOKEN, desk_settings, log_in
@@ -147,6 +151,25 @@ def _old_hit(site: Site) -> None:
             ),
             {"at": old.replace(tzinfo=None)},
         )
+
+
+def _pending_click(site: Site) -> None:
+    """A fetch of an issue's link whose window has passed, so that settling decides it."""
+    old = site.services.clock() - dt.timedelta(minutes=10)
+    with site.sessions.begin() as s:
+        s.execute(
+            text(
+                "INSERT INTO click_hits (issue_id, member_id, link, method, at, decided) "
+                "VALUES (:i, 1, 0, 'GET', :at, :no)"
+            ),
+            {"i": site.issue_id, "at": old.replace(tzinfo=None), "no": False},
+        )
+
+
+def _bounce(site: Site) -> Any:
+    verp = Verp(site.settings.list.return_path, site.services.signer)
+    raw = returns.dsn(to=verp.address(site.issue_id, 1), recipient="li.wei@example.org")
+    return site.run(bounces.apply, dsn.read(raw), source="test")
 
 
 def _paused(site: Site) -> None:
@@ -294,6 +317,8 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
     "items.hold": (None, lambda s: s.run(items.hold, "md:extra1"), "hold-item"),
     "editors.login": (None, lambda s: s.run(editors.login, "ed", address="192.0.2.1"), "login"),
     "evidence.fold": (_old_hit, lambda s: s.run(evidence.fold), "fold-hits"),
+    "bounces.apply": (None, _bounce, "bounce"),
+    "clicks.settle": (_pending_click, lambda s: s.run(clicks.settle), "settle-clicks"),
     "drafts.save": (None, lambda s: s.run(drafts.save, note_md="A *note*."), "edit-draft"),
     "drafts.schedule": (
         None,

@@ -641,13 +641,13 @@ def test_erasing_a_member_erases_what_they_wrote_on_the_board(board_site: Board)
 
 
 def test_the_migration_makes_the_board_and_takes_it_away(database_url: str) -> None:
-    """0012_board on a database at the revision before it (0014_prefs): its tables and search
+    """0012_board on a database at the revision before it (0013_bounces): its tables and search
     index, which finds a message; downgraded, nothing of them is left; upgraded again, all is
-    back. (From 0010 the chain runs through 0011_members and 0014_prefs first.)"""
+    back. (From 0010 the chain runs through 0011_members, 0014_prefs and 0013_bounces first.)"""
     engine = db.make_engine(database_url)
     config = db._alembic_config(engine)
     command.upgrade(config, "0010")
-    command.upgrade(config, "0014_prefs")
+    command.upgrade(config, "0013_bounces")
     command.upgrade(config, "0012_board")
     with engine.begin() as conn:
         conn.execute(
@@ -668,10 +668,11 @@ def test_the_migration_makes_the_board_and_takes_it_away(database_url: str) -> N
         assert [h.message_id for h in search.search_board(session, "valuation")] == [1]
     board_tables = {"board_messages", "board_reports", "board_members", "board_signins"}
     assert board_tables <= set(inspect(engine).get_table_names())
-    command.downgrade(config, "0014_prefs")
+    command.downgrade(config, "0013_bounces")
     left = set(inspect(engine).get_table_names())
     assert not {t for t in left if t.startswith("board")}
-    assert {"issue_variants", "suppressions"} <= left  # what came before it stays
+    # What came before it stays: 0011_members', 0014_prefs' and 0013_bounces' tables.
+    assert {"suppressions", "issue_variants", "bounce_events", "click_counts"} <= left
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT to_regclass('ix_board_fts')")) is None

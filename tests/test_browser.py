@@ -15,13 +15,23 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import config
 from newsletter.delivery.sink import ServerThread
+from newsletter.services import clicks
+from newsletter.services.unit import Services
 from newsletter.storage import db
-from newsletter.storage.models import Delivery, Member, Vote, utcnow
+from newsletter.storage.models import (
+    ClickCount,
+    ClickHit,
+    Delivery,
+    Member,
+    MemberClick,
+    Vote,
+    utcnow,
+)
 from newsletter.web.app import create_app
 from tests.browser import live_server
 from tests.checks import parse
@@ -91,10 +101,41 @@ class Served:
     clock: Clock
     sessions: sessionmaker[Session]
     smtp: RecordingHandler
+    settings: config.Settings
 
     def status(self, email: str) -> str:
         with self.sessions() as s:
             return str(s.scalar(select(Member.status).where(Member.email == email)))
+
+    def clicks(self, *, scanners: bool = False) -> int:
+        with self.sessions() as s:
+            column = ClickCount.scanners if scanners else ClickCount.people
+            return int(s.scalar(select(func.coalesce(func.sum(column), 0))) or 0)
+
+    def click_rows(self) -> int:
+        with self.sessions() as s:
+            hits = s.scalar(select(func.count()).select_from(ClickHit)) or 0
+            kept = s.scalar(select(func.count()).select_from(MemberClick)) or 0
+            return int(hits + kept)
+
+    def settle_clicks(self, fetches: int) -> None:
+        """Once `fetches` link fetches wait to be decided (a redirect answers before its fetch
+        is stored), run the click rule as `serve` does in the background, at the app's time;
+        then again past the settle window, which purges the evidence."""
+        deadline = time.monotonic() + 10
+        while True:
+            with self.sessions() as s:
+                waiting = s.scalar(
+                    select(func.count()).select_from(ClickHit).where(ClickHit.decided.is_(False))
+                )
+            if (waiting or 0) >= fetches:
+                break
+            assert time.monotonic() < deadline, f"{waiting} fetches stored, not {fetches}"
+            time.sleep(0.05)
+        services = Services(self.settings, self.sessions, clock=self.clock)
+        services.run("system", clicks.settle)
+        self.clock.now += dt.timedelta(minutes=2)
+        services.run("system", clicks.settle)
 
     def counted(self, email: str) -> int | None:
         with self.sessions() as s:
@@ -115,7 +156,7 @@ def served(demo: Demo) -> Iterator[Served]:
         sessions = db.open_database(settings.database_url)
         clock = Clock()
         with live_server(create_app(settings, sessions, clock=clock), port=demo.port) as url:
-            yield Served(url, clock, sessions, handler)
+            yield Served(url, clock, sessions, handler, settings)
         sessions.kw["bind"].dispose()
 
 
@@ -203,20 +244,29 @@ def test_scanner_in_a_browser_counts_nothing(demo: Demo, served: Served, page: P
     served.clock.now = delivered + dt.timedelta(seconds=1)
     every = LINK.findall(demo.html[email])
     assert any("/t/" in u for u in every)  # the hidden link is there for scanners to find
+    assert any("/r/" in u for u in every)  # the items' links go through redirects
+    clicks_before = served.clicks()
     assert any("/p/" in u for u in every)  # and the preference link
     with served.sessions() as s:
         choices = s.execute(select(Member).where(Member.id == member_id)).scalar_one()
         before = (choices.language, choices.sections, choices.survey, choices.paused_until)
     for url in every:  # HEAD and GET of every link, then each page loaded with its script run
-        assert page.request.head(url).status < 400
-        assert page.request.get(url).status < 400
+        # A redirect is not followed: its target is elsewhere, and tests reach only loopback.
+        assert page.request.head(url, max_redirects=0).status < 400
+        assert page.request.get(url, max_redirects=0).status < 400
     for url in every:
-        page.goto(url)
-        page.wait_for_load_state("networkidle")
+        if "/r/" not in url:
+            page.goto(url)
+            page.wait_for_load_state("networkidle")
     served.clock.now += dt.timedelta(seconds=120)
     page.goto(f"{served.url}/survey/1")  # settles pending clicks
     assert served.counted(email) is None
     assert served.status(email) == "active"
+    served.settle_clicks(2 * sum(1 for u in every if "/r/" in u))
+    people, scanners = served.clicks(), served.clicks(scanners=True)
+    assert people == clicks_before  # not one of the redirect fetches counted as a person's
+    assert scanners >= sum(1 for u in every if "/r/" in u)
+    assert served.click_rows() == 0  # decided and gone: only counts remain
     with served.sessions() as s:
         choices = s.execute(select(Member).where(Member.id == member_id)).scalar_one()
         after = (choices.language, choices.sections, choices.survey, choices.paused_until)
@@ -227,3 +277,33 @@ def test_scanner_in_a_browser_counts_nothing(demo: Demo, served: Served, page: P
     served.clock.now += dt.timedelta(seconds=31)
     page.goto(f"{served.url}/survey/1")
     assert served.counted(email) == 3
+
+
+def test_a_persons_click_on_an_items_link_counts_once(
+    demo: Demo, served: Served, page: Page
+) -> None:
+    """A member opens the message minutes after delivery and clicks one item's link: the
+    redirect takes Chromium to the report (served here by the test, since tests reach only
+    this machine), and after the settle window the link counts one person more, and no row
+    names the member."""
+    email = "maria.garcia@example.org"
+    redirects = [u for u in LINK.findall(demo.html[email]) if "/r/" in u]
+    assert len(redirects) >= 3
+    served.clock.now = utcnow() + dt.timedelta(minutes=10)
+    before = served.clicks()
+    page.route(
+        "https://chinaip.example.org/**",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="text/html",
+            body="<!DOCTYPE html><title>Report</title><h1>The report</h1>",
+        ),
+    )
+    page.set_content(demo.html[email])  # the message, as a mail client shows it
+    page.locator("a[href*='/r/']").nth(1).click()
+    page.wait_for_url("https://chinaip.example.org/**")
+    assert page.locator("h1").inner_text() == "The report"
+    served.clock.now += dt.timedelta(seconds=31)
+    served.settle_clicks(1)
+    assert served.clicks() == before + 1
+    assert served.click_rows() == 0

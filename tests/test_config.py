@@ -24,6 +24,7 @@ from newsletter.content.compiler import ItemView, render_subject
 from newsletter.errors import ConfigError, DatabaseError, HeaderError, MissingSecret
 from newsletter.site import environment
 from newsletter.storage import db
+from tests.dkimkeys import rsa_pem
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,7 +189,7 @@ def toml_number(value: float) -> str:
 
 
 def config_with(tmp_path: Path, where: str, name: str, value: float) -> Path:
-    (tmp_path / "dkim.pem").write_text("not read when the config loads\n")
+    (tmp_path / "dkim.pem").write_bytes(rsa_pem(1024))  # read and checked at load
     text = MINIMAL + ROOM.get(f"{where}.{name}", "")
     text += f"\n{table_header(where)}\n{REQUIRED.get(where, '')}{name} = {toml_number(value)}\n"
     return write(tmp_path, text)
@@ -197,13 +198,15 @@ def config_with(tmp_path: Path, where: str, name: str, value: float) -> Path:
 def test_every_numeric_key_has_a_range() -> None:
     # Found by walking the dataclasses: tables, optional tables, arrays and named tables.
     names = {f"{where}.{f.name}" for where, _, f in NUMERIC}
-    assert len(names) == len(NUMERIC) == 43
+    assert len(names) == len(NUMERIC) == 50
     assert {
         "smtp.fallback[0].port",
         "dkim.processes",
         "schedule.s.min_items",
         "board.max_chars",
         "board.digest_messages",
+        "bounces.threshold",
+        "tracking.burst_links",
     } <= names
     for where, cls, f in NUMERIC:
         allowed = f.metadata.get("range")

@@ -29,8 +29,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
+from newsletter.content.verp import Verp
 from newsletter.services import (
     board,
+    bounces,
     erasure,
     issues,
     items,
@@ -41,9 +43,11 @@ from newsletter.services import (
     votes,
 )
 from newsletter.services.unit import Services
+from newsletter.storage import clicks as click_rows
 from newsletter.storage import db
 from newsletter.storage.models import Issue
 from newsletter.web.app import create_app
+from tests import returns
 from tests.browser import IN_CI, live_server
 from tests.smtpd import RecordingHandler
 from tests.test_desk import EDITOR, PASSWORD, desk_settings
@@ -68,7 +72,7 @@ class Ids:
     item: int
     issue: int
     survey: int
-    member: int = 1
+    member: int = 1  # one whose mail came back
     erased: int = 2
 
 
@@ -144,6 +148,7 @@ PAGES: tuple[DeskPage, ...] = (
     DeskPage("member", "/desk/members/{member}"),
     DeskPage("member-erased", "/desk/members/{erased}"),
     DeskPage("members-import", "/desk/members", act=upload_mailchimp),
+    DeskPage("member-bounces", "/desk/members/{member}/bounces"),
     DeskPage("audit", "/desk/audit"),
     DeskPage("not-found", "/desk/issues/999", status=404),
 )
@@ -194,6 +199,15 @@ def desk_site(
     chosen = (options[0], options[1], options[0], options[2])
     for member_id, option in zip((1, 2, 3, 4), chosen, strict=True):
         services.run(ACTOR, votes.click, survey_id, member_id, option, method="POST", person=True)
+    # What came back: a bounce and a delay for member 1, clicks people and scanners made.
+    verp = Verp(settings.list.return_path, services.signer).address(released.issue_id, 1)
+    for raw in (
+        returns.dsn(to=verp, recipient="li.wei@example.org"),
+        returns.dsn(to=verp, recipient="li.wei@example.org", action="delayed", status="4.4.7"),
+    ):
+        bounces.take(services, raw, source="smtp")
+    with sessions.begin() as s:
+        click_rows.add_counts(s, {(released.issue_id, 0): (3, 5), (released.issue_id, 2): (1, 4)})
     drafts = [
         items.ItemDraft(
             title="Court backs the patent holder in a long-running dispute over battery cells",

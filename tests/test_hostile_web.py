@@ -228,7 +228,7 @@ def assert_error_page(response: httpx.Response) -> None:
     assert heading, where
     assert heading.group(1).strip(), where
     # The problem in a sentence: a message page's lead, or a form's error line.
-    assert re.search(r'<p class="(lead|error)"[^>]*>[^<]+</p>', page), where
+    assert re.search(r'<p class="(lead|error|notice error)"[^>]*>[^<]+</p>', page), where
     if status == 405:
         assert heading.group(1) == "Not here", where
         assert f"{method} is not what this address takes." in page, where

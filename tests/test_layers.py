@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 LAYERS = {
     "errors": 0,
     "config": 0,
+    "deliverability": 0,
     "tokens": 0,
     "site": 0,
     "i18n": 0,

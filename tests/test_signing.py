@@ -16,8 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim.util import parse_tag_value  # type: ignore[import-untyped]
+from hypothesis import given
+from hypothesis import strategies as st
 
-from newsletter.delivery.signing import DEFAULT_HEADERS, DkimSigner
+from newsletter.delivery.signing import DEFAULT_HEADERS, OVERSIGNED, DkimSigner
 from newsletter.errors import ConfigError
 
 DOMAIN, SELECTOR = "news.example.org", "nl2025"
@@ -75,6 +77,7 @@ def message(unsubscribe: bytes = UNSUBSCRIBE, filler: int = 40) -> bytes:
         b"List-Unsubscribe: <" + unsubscribe + b">",
         b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         b"List-Archive: <https://news.example.org/archive>",
+        b"X-Campaign: 42",  # signed by no one: the signer drops it before dkimpy sees it
         b"MIME-Version: 1.0",
         b'Content-Type: multipart/alternative; boundary="' + boundary + b'"',
     ]
@@ -116,12 +119,21 @@ def test_signed_message_verifies(signer: DkimSigner, key: Key) -> None:
 def test_signature_tags(signer: DkimSigner) -> None:
     t = tags(signer.signature_header(message()))
     signed = [h.strip() for h in t[b"h"].split(b":")]
-    for h in (b"from", b"to", b"subject", b"date", b"message-id", b"list-id"):
+    for h in (b"from", b"to", b"subject", b"date", b"message-id", b"list-id", b"list-archive"):
         assert h in signed
-    assert b"list-unsubscribe" in signed
-    assert b"list-unsubscribe-post" in signed
-    assert b"feedback-id" not in signed  # only headers that the message has
-    assert signed == [h for h in DEFAULT_HEADERS if h != b"feedback-id"]
+    for h in (b"list-unsubscribe", b"list-unsubscribe-post", b"mime-version", b"content-type"):
+        assert h in signed
+    assert b"feedback-id" not in signed  # not over-signed, and this message has none
+    # Each over-signed field once more than the message has it; reply-to, absent, once.
+    expected = [
+        h
+        for h in DEFAULT_HEADERS
+        for _ in range((h in message()[:2000].lower()) + (h in OVERSIGNED))
+    ]
+    assert signed == expected
+    assert signed.count(b"from") == 2
+    assert signed.count(b"reply-to") == 1
+    assert signed.count(b"list-archive") == 1
     assert t[b"c"] == b"relaxed/simple"
     assert t[b"a"] == b"rsa-sha256"
     assert t[b"d"] == DOMAIN.encode()
@@ -143,6 +155,74 @@ def test_tampering_fails(signer: DkimSigner, key: Key, tamper: Callable[[bytes],
     signed = signer.sign(message())
     assert tamper(signed) != signed
     assert not verify(tamper(signed), key)
+
+
+ADDED = [
+    b"From: Mallory <news@news.example.org>",
+    b"Subject: Your account is locked",
+    b"List-Unsubscribe: <https://evil.example/u/x>",
+    b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+    b"To: someone@example.com",
+    b"Date: Tue, 04 Mar 2025 09:00:00 +0000",
+    b"Message-ID: <other@news.example.org>",
+    b"List-Id: Other <other.example.org>",
+    b"Reply-To: mallory@evil.example",
+    b'Content-Type: text/plain; charset="utf-8"',
+]
+
+
+@pytest.mark.parametrize("field", ADDED, ids=[f.split(b":")[0].decode() for f in ADDED])
+@pytest.mark.parametrize("where", ["above", "below", "top"])
+def test_a_field_a_client_shows_cannot_be_added(
+    signer: DkimSigner, key: Key, field: bytes, where: str
+) -> None:
+    signed = signer.sign(message())
+    name = field.split(b":")[0] + b":"
+    if where == "top":  # above the signature itself
+        forged = field + CRLF + signed
+    else:
+        head, _, body = signed.partition(CRLF + CRLF)
+        lines = head.split(CRLF)
+        at = next((i for i, line in enumerate(lines) if line.startswith(name)), len(lines))
+        lines.insert(at if where == "above" else at + 1, field)
+        forged = CRLF.join(lines) + CRLF + CRLF + body
+    assert verify(signed, key)
+    assert not verify(forged, key)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b"Received: from relay.example by mx.example", b"X-Spam-Score: 0.1", b"Feedback-ID: x"],
+)
+def test_fields_relays_add_leave_the_signature_valid(
+    signer: DkimSigner, key: Key, field: bytes
+) -> None:
+    assert verify(field + CRLF + signer.sign(message()), key)
+
+
+@given(
+    headers=st.lists(st.sampled_from([b"From", b"to", b"TO", b"Subject", b"x"]), max_size=8),
+    include=st.lists(st.sampled_from([b"from", b"to", b"subject", b"cc"]), max_size=10),
+)
+def test_the_field_choice_is_dkimpys(headers: list[bytes], include: list[bytes]) -> None:
+    from newsletter.delivery.signing import _select_headers
+
+    fields = [(name, b"value %d" % i) for i, name in enumerate(headers)]
+    assert _select_headers(fields, include) == dkim.select_headers(fields, include)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"b", b"=", b";", b" ", b"\t", b"\r\n", b"\n", b"h", b"A", b"0", b"+/", b"x"]
+        )
+    )
+)
+def test_the_b_tag_is_blanked_as_dkimpy_blanks_it(pieces: list[bytes]) -> None:
+    from newsletter.delivery.signing import _BTAG
+
+    value = b"".join(pieces)
+    assert _BTAG.sub(rb"\1", value) == dkim.RE_BTAG.sub(rb"\1", value)
 
 
 def test_relaxed_headers_survive_refolding(signer: DkimSigner, key: Key) -> None:
@@ -211,7 +291,7 @@ def test_same_signature_as_dkimpy(
     monkeypatch.setattr(time, "time", lambda: 1_740_992_400.0)
     msg = message()
     ours = signer.signature_header(msg)
-    include = [h for h in DEFAULT_HEADERS if h != b"feedback-id"]
+    include = signer.include(name for name, _ in dkim.rfc822_parse(msg)[0])
     theirs: bytes = dkim.sign(
         msg,
         SELECTOR.encode(),
@@ -226,6 +306,58 @@ def test_same_signature_as_dkimpy(
     # ...and the fast path left dkimpy's module alone: its RSA is still its own.
     assert dkim.RSASSA_PKCS1_v1_5_sign is dkim.crypto.RSASSA_PKCS1_v1_5_sign
     assert dkim.parse_pem_private_key is dkim.crypto.parse_pem_private_key
+
+
+LAID_OUT = [
+    pytest.param(message(), id="digest"),
+    pytest.param(message(filler=0), id="short"),
+    pytest.param(
+        message().replace(b"X-Campaign: 42", b"Reply-To: desk@news.example.org\r\nCc: x@y.example"),
+        id="reply-to-and-an-unsigned-cc",
+    ),
+    pytest.param(message().replace(b"To: ", b"To: a@b.example\r\nTo: "), id="two-to"),
+    pytest.param(
+        message().replace(b"List-Id: Example News", b"List-Id:   Example \t News\r\n\t (list)"),
+        id="odd-white-space-and-folds",
+    ),
+    pytest.param(message() + b"\r\n\r\n\r\n", id="trailing-blank-lines"),
+]
+
+
+@pytest.mark.parametrize("msg", LAID_OUT)
+def test_the_laid_out_path_makes_what_dkimpy_makes(
+    signer: DkimSigner, key: Key, msg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages laid out by personalize.py are signed without dkimpy's per-call work; the
+    header must be byte for byte dkimpy's own, at the same t=."""
+    from newsletter.delivery.signing import _CrlfDKIM
+
+    monkeypatch.setattr(time, "time", lambda: 1_740_992_400.0)
+    include = signer.include(name for name, _ in dkim.rfc822_parse(msg)[0])
+    theirs: bytes = dkim.sign(
+        msg,
+        SELECTOR.encode(),
+        DOMAIN.encode(),
+        key.pem,
+        canonicalize=(b"relaxed", b"simple"),
+        include_headers=include,
+    )
+    ours = signer.signature_header(msg, crlf_only=True)
+    assert ours == theirs
+    assert verify(ours + msg, key)
+    # ...and the path through dkimpy itself gives the same.
+    d = _CrlfDKIM.fresh(msg, frozenset(DEFAULT_HEADERS))
+    assert (
+        d.sign(SELECTOR.encode(), DOMAIN.encode(), signer._key, include_headers=include) == theirs
+    )
+
+
+def test_messages_the_laid_out_path_does_not_take_go_through_dkimpy(
+    signer: DkimSigner, key: Key
+) -> None:
+    odd = b"From someone Mon Mar  3 09:00:00 2025\r\n" + message()  # an mbox line first
+    assert signer._laid_out(odd) is None
+    assert verify(signer.signature_header(odd, crlf_only=True) + odd, key)
 
 
 def test_pkcs8_key_and_threads(key: Key) -> None:
@@ -273,6 +405,11 @@ def test_parse_shortcut_matches_dkimpy(raw: bytes) -> None:
             b"\tfolded junk\r\nTo: c@d.example\r\nSubject: one\r\n to:  fold\r\n"
             b"TO: again@d.example\r\n\r\nbody\r\n",
             id="mbox-line-folds-and-repeats",
+        ),
+        pytest.param(
+            b"From: a@b.example\r\nX-Junk: 1\r\n\tfolded junk\r\nTo: c@d.example\r\n"
+            b"Subject: one\r\n  two\r\n\tthree\r\nX-After: 2\r\n\r\nbody\r\n",
+            id="folded-fields-crlf",
         ),
     ],
 )

@@ -152,11 +152,13 @@ def test_kinds_fit_their_byte_and_carry_their_values() -> None:
         "SESSION": 3,
         "FORM": 2,
         "NOTICES": 1,
+        "CLICK": 3,
         "PREFERENCES": 2,
         "ADDRESS": 2,
     }
-    # No byte reused: the board's kinds are 6 to 10, the preference page's 20 and 21.
-    assert [int(kind) for kind in Kind] == [*range(1, 11), 20, 21]
+    # No byte reused: the board's kinds are 6 to 10, the click's 11, the preference page's
+    # 20 and 21.
+    assert [int(kind) for kind in Kind] == [*range(1, 12), 20, 21]
     top = VALUE_LIMIT - 1
     assert len(SIGNER.make(Kind.VOTE, top, top, top, day=top)) == LONGEST
 
@@ -361,3 +363,18 @@ def test_expiry() -> None:
 @given(st.text(max_size=80))
 def test_arbitrary_input_never_passes(text: str) -> None:
     refused(text, Kind.VOTE)
+
+
+@given(
+    st.integers(0, VALUE_LIMIT - 1),
+    st.integers(0, VALUE_LIMIT - 1),
+    st.integers(0, 300),
+    st.integers(0, 40),
+)
+def test_a_series_of_click_tokens_is_the_tokens_made_one_by_one(
+    issue: int, member: int, start: int, count: int
+) -> None:
+    last = range(start, start + count)
+    series = SIGNER.make_series(Kind.CLICK, issue, member, last=last)
+    assert series == [SIGNER.make(Kind.CLICK, issue, member, n) for n in last]
+    assert [SIGNER.check(t, Kind.CLICK) for t in series] == [(issue, member, n) for n in last]

@@ -1,4 +1,4 @@
-"""`newsletter issue ...`: preview, list, show, status, test, pause, resume, cancel."""
+"""`newsletter issue ...`: preview, list, show, report, status, test, pause, resume, cancel."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from newsletter.cli.sending import (
     with_progress,
 )
 from newsletter.content.preview import write_preview
-from newsletter.services import issues, mail, sending
+from newsletter.services import issues, mail, reports, sending
 from newsletter.storage.models import IssueStatus, MailStatus
 
 issue_app = group(
@@ -89,6 +89,55 @@ def issue_show(issue_id: Annotated[int, typer.Argument(help="The issue.")]) -> N
     console.print(
         ", ".join(f"{n} {st}" for st, n in sorted(info.counts.items())) or "no deliveries"
     )
+
+
+@issue_app.command("report")
+def issue_report(
+    issue_id: Annotated[int, typer.Argument(help="The issue.")],
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the report to this CSV file.")
+    ] = None,
+) -> None:
+    """What went out and what came back: delivered, bounced, complaints, unsubscribes, people's
+    clicks per link (a bar each; scanners' clicks left out and counted apart), survey votes."""
+    found = state.services().run(actor(), reports.settled_report, issue_id)
+    i = found.issue
+    console.print(f"issue #{i.id}: {i.subject} ({i.status})")
+    for name, value in (
+        ("delivered", found.delivered),
+        ("refused by the relay", found.refused),
+        ("bounced later", found.bounced),
+        ("delayed (warnings)", found.warnings),
+        ("complaints", found.complaints),
+        ("unsubscribes", found.unsubscribes),
+    ):
+        console.print(f"  {name:<22}{value:>8}")
+    console.print(
+        f"clicks by people: {found.people} (by scanners, left out: {found.scanners}"
+        + (f"; still being weighed: {found.pending_clicks}" if found.pending_clicks else "")
+        + ")"
+    )
+    table = Table()
+    table.add_column("link")
+    table.add_column("people", justify="right")
+    table.add_column("", min_width=20)
+    table.add_column("scanners", justify="right")
+    for link in found.links:
+        width = round(20 * link.people / found.most_clicked) if found.most_clicked else 0
+        table.add_row(
+            link.url,
+            str(link.people),
+            "█" * width or ("▏" if link.people else ""),
+            str(link.scanners),
+        )
+    console.print(table)
+    if found.results is not None:
+        console.print(f"survey: {found.results.question}")
+        for o in found.results.options:
+            console.print(f"  {o.votes:>5}  {'█' * round(o.percent / 5):<20} {o.label}")
+    if csv_path is not None:
+        csv_path.write_text(reports.as_csv(found), encoding="utf-8", newline="")
+        console.print(f"wrote {csv_path}")
 
 
 @issue_app.command("status")

@@ -19,6 +19,9 @@ class ArchivePage:
         self.links = links
         self.survey_id = compiled.survey_id
         self.vote_positions = compiled.vote_positions
+        # On the web page the issue's links lead straight to their targets: only a message's
+        # links are counted (through /r/).
+        self._targets = {f"link{i}": html.escape(url) for i, url in enumerate(compiled.links)}
         parts = compiled.slot_pattern.split(compiled.html)
         self._literals = parts[0::2]
         self._names = parts[1::2]
@@ -27,6 +30,7 @@ class ArchivePage:
     def _values(self, member: tuple[int, str] | None) -> dict[str, str]:
         links, issue = self.links, self.issue_id
         values = {"to": "", "date": "", "msgid": "", "trap": "#", "view": links.archive(issue)}
+        values.update(self._targets)
         if member is None:
             values["name"] = "reader"
             values["unsubscribe"] = values["prefs"] = links.subscribe()

@@ -89,6 +89,8 @@ class Compiled:
     vote_positions: tuple[int, ...]
     created: dt.datetime
     stats: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The issue's own links, in slot order (link0, link1, …): the /r/ redirects' targets.
+    links: tuple[str, ...] = ()
 
     @property
     def slot_pattern(self) -> re.Pattern[str]:
@@ -248,6 +250,23 @@ class Shape:
     preheader: str = ""  # the line mail clients show after the subject in the inbox
 
 
+PREHEADER_LENGTH = 140  # about what an inbox line shows after the subject
+
+
+def default_preheader(items: Sequence[ItemView]) -> str:
+    """The inbox preview line when an editor set none: the first titles, as many as fit."""
+    line = ""
+    for item in items:
+        title = " ".join(item.title.split())
+        candidate = f"{line} · {title}" if line else title
+        if len(candidate) > PREHEADER_LENGTH:
+            if not line:
+                line = title[: PREHEADER_LENGTH - 1].rstrip() + "…"
+            break
+        line = candidate
+    return line
+
+
 def compile_issue(
     settings: Settings,
     env: Environment,
@@ -261,10 +280,12 @@ def compile_issue(
     language: str | None = None,
     sections: Collection[str] | None = None,
     board: Sequence[BoardPost] = (),
+    links: tuple[str, ...] = (),
 ) -> Compiled:
     """Render, inline and make the text part of one issue (or of one variant: only the items of
     `sections`, in `language`; env must carry that language's messages). Runs once per issue
-    and variant, never per member."""
+    and variant, never per member. `links`: the issue's link list so far (another variant's),
+    which this copy's link slots number on from, so that one list serves every variant."""
     shape = shape or Shape()
     now = now or utcnow()
     nonce = nonce or new_nonce()
@@ -294,6 +315,7 @@ def compile_issue(
             "language": i18n.html_lang(language),
             "base_url": base,
             "archive_url": f"{base}/archive",
+            "postal_address": settings.list.postal_address,
         },
         "subject": subject,
         "date": now,
@@ -304,7 +326,7 @@ def compile_issue(
         "slots": slots,
         "note_html": Markup(shape.note_html),  # sanitised by nh3 when it was saved
         "note_text": shape.note_text,
-        "preheader": shape.preheader,
+        "preheader": shape.preheader or default_preheader(items),
         "board": tuple(board),
     }
     timings: dict[str, Any] = {}
@@ -316,16 +338,23 @@ def compile_issue(
     text = env.get_template("email/issue.txt").render(context)
     timings.update(render_s=t1 - t0, inline_s=t2 - t1, text_s=_clock() - t2)
     pattern = slot_pattern(nonce)
+    text = _tidy_text(text)
+    if settings.tracking.clicks:
+        # Imported here: redirects.py uses this module's `slot`.
+        from newsletter.content.redirects import route_links
+
+        inlined, text, links = route_links(inlined, text, nonce, links)
     compiled = Compiled(
         subject=subject,
         html=wrap_lines(inlined, pattern),
-        text=wrap_lines(_tidy_text(text), pattern),
+        text=wrap_lines(text, pattern),
         nonce=nonce,
         item_ids=tuple(i.id for i in items),
         survey_id=survey_view.id if survey_view else None,
         vote_positions=tuple(o.position for o in survey_view.options) if survey_view else (),
         created=now,
         stats=timings,
+        links=links,
     )
     size = compiled.html_bytes_estimate()
     if size > settings.issue.size_limit:
@@ -355,4 +384,5 @@ def from_row(row: IssueRow) -> Compiled:
         survey_id=row.survey_id,
         vote_positions=tuple(votes),
         created=row.created_at,
+        links=tuple(row.links or ()),
     )

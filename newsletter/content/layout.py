@@ -1,9 +1,10 @@
-"""Message layout: header fields made safe, the DATA form of a message, and system messages.
+"""Message layout: header fields made safe, the MIME skeleton of every message, the DATA form.
 
-The issue's own messages are laid out once per issue (personalize.py) and filled per member;
-system messages (confirmations, test copies' wrappers, later sign-in links and notices) are
-few, so they are built here with the email package, in the same style: multipart/alternative,
-quoted-printable bodies, Date and Message-ID on the From domain, Auto-Submitted (RFC 3834).
+Every message the project sends, an issue's or a system message (a confirmation, a sign-in
+link, a notice), is laid out by `alternative`: multipart/alternative, a text and an HTML
+part, both quoted-printable (qp.py) with lines of at most 76 characters, headers folded to
+at most 78. An issue's is laid out once with its member slots open and filled per member
+(personalize.py); a system message's is laid out with nothing open (`system_message`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import re
 import secrets
 from collections.abc import Sequence
 from email.header import Header
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
 
+from newsletter.content import qp
 from newsletter.errors import HeaderError
 
 CRLF = "\r\n"
@@ -54,10 +53,6 @@ def encode_unstructured(text: str, header_name: str) -> str:
     ).encode(linesep=CRLF)
 
 
-def normalize_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
-
-
 def dot_stuff(literal: bytes) -> bytes:
     # RFC 5321 §4.5.2: a line that starts with "." gets another one in front.
     return literal.replace(b"\r\n.", b"\r\n..")
@@ -92,6 +87,84 @@ def message_id(domain: str) -> str:
     return f"<{secrets.token_hex(12)}@{domain}>"
 
 
+HEADER_LIMIT = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
+
+
+def fold(field: str, limit: int = HEADER_LIMIT) -> str:
+    """A header field ("Name: value") folded at spaces so that no line passes `limit`, where
+    it can be (a word longer than a line stays whole). Unfolding restores it exactly."""
+    if len(field) <= limit and "\r\n" not in field:
+        return field
+    out: list[str] = []
+    for line in field.split(CRLF):
+        while len(line) > limit:
+            cut = line.rfind(" ", 1, limit + 1)
+            while cut > 0 and line[cut - 1] == " ":
+                cut -= 1
+            if cut <= 0 or not line[:cut].strip():
+                nxt = line.find(" ", limit + 1)
+                if nxt == -1:
+                    break
+                cut = nxt
+            out.append(line[:cut])
+            line = line[cut:]
+        out.append(line)
+    return CRLF.join(out)
+
+
+Key = tuple[str, str]  # (slot name, where: "header", "text" or "html")
+
+
+def alternative(
+    headers: Sequence[str],
+    text: str,
+    html: str,
+    boundary: str,
+    pattern: re.Pattern[str] | None = None,
+) -> tuple[list[bytes], list[Key]]:
+    """The whole message cut at its slots: (literals, keys), len(literals) == len(keys) + 1.
+
+    `headers` are complete fields ("Name: value", folded); slots in them (matches of
+    `pattern`) take their values as they are. The text and HTML bodies are encoded as
+    quoted-printable with each slot on lines of its own (qp.encode), so their values go
+    through qp.value. MIME-Version and the multipart Content-Type are added here.
+    """
+    head = CRLF.join(
+        [
+            *headers,
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        ]
+    )
+    literals: list[bytes] = []
+    keys: list[Key] = []
+    pending = b""
+    pos = 0
+    for m in pattern.finditer(head) if pattern else ():
+        literals.append(pending + head[pos : m.start()].encode())
+        pending = b""
+        keys.append((m.group(1), "header"))
+        pos = m.end()
+    pending += head[pos:].encode() + b"\r\n\r\nThis is a multi-part message in MIME format.\r\n"
+    for subtype, body in (("plain", text), ("html", html)):
+        pending += (
+            f'--{boundary}{CRLF}Content-Type: text/{subtype}; charset="utf-8"{CRLF}'
+            f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
+        ).encode()
+        parts, names = qp.encode(body, pattern)
+        for literal, name in zip(parts, names, strict=False):
+            literals.append(pending + literal)
+            pending = b""
+            keys.append((name, "text" if subtype == "plain" else "html"))
+        pending += parts[-1] + b"\r\n"
+    literals.append(pending + f"--{boundary}--{CRLF}".encode())
+    return literals, keys
+
+
+def new_boundary() -> str:
+    return "=_nl_" + secrets.token_hex(12)
+
+
 def system_message(
     *,
     from_name: str,
@@ -104,28 +177,25 @@ def system_message(
     now: dt.datetime,
     headers: dict[str, str] | None = None,
 ) -> tuple[str, bytes]:
-    """(Message-ID, the message's bytes with CRLF lines) for one system message."""
-    for field, value in (("From", from_name), ("To", to_name), ("Subject", subject)):
-        if _HEADER_UNSAFE.search(value):
-            raise HeaderError(field, value)
-    for field, value in (("From", from_address), ("To", to_address)):
-        if _HEADER_UNSAFE.search(value) or not value.isascii():
-            raise HeaderError(field, value)
-    # The email package's SMTP policy encodes non-ASCII names and subjects (RFC 2047) and
-    # folds long lines itself; values are handed over plain.
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = Address(from_name, addr_spec=from_address)
-    msg["To"] = Address(to_name, addr_spec=to_address)
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.format_datetime(now.astimezone(dt.UTC).replace(microsecond=0))
+    """(Message-ID, the message's bytes with CRLF lines) for one system message: laid out as
+    an issue's message is (`alternative`), with Date, a random Message-ID on the From domain
+    and Auto-Submitted: auto-generated (RFC 3834)."""
+    if _HEADER_UNSAFE.search(from_address) or not from_address.isascii():
+        raise HeaderError("From", from_address)
     msgid = message_id(from_address.rsplit("@", 1)[1])
-    msg["Message-ID"] = msgid
-    # RFC 3834: made by a program, not a reply to anything; vacation responders stay quiet.
-    msg["Auto-Submitted"] = "auto-generated"
+    fields = [
+        f"From: {format_address(from_name, from_address, 'From')}",
+        f"To: {format_address(to_name, to_address, 'To')}",
+        f"Subject: {encode_unstructured(subject, 'Subject')}",
+        f"Date: {email.utils.format_datetime(now.astimezone(dt.UTC).replace(microsecond=0))}",
+        f"Message-ID: {msgid}",
+        # RFC 3834: made by a program, not a reply to anything; vacation responders stay quiet.
+        "Auto-Submitted: auto-generated",
+    ]
     for name, value in (headers or {}).items():
-        if _HEADER_UNSAFE.search(value):
+        if _HEADER_UNSAFE.search(value) or _HEADER_UNSAFE.search(name):
             raise HeaderError(name, value)
-        msg[name] = value
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
-    return msgid, msg.as_bytes()
+        fields.append(f"{name}: {encode_unstructured(value, name)}")
+    literals, _ = alternative([fold(f) for f in fields], text, html, new_boundary())
+    (data,) = literals
+    return msgid, data

@@ -64,6 +64,20 @@ class LinkBuilder:
             return self.page(f"/preview/vote/{option}")
         return self.page(f"/v/{self.signer.make(Kind.VOTE, survey_id, member_id, option)}")
 
+    def click(self, issue_id: int, member_id: int, link: int, target: str) -> str:
+        """The /r/ redirect to the issue's link number `link` (its target when inert)."""
+        if self.signer is None:
+            return target
+        return self.page(f"/r/{self.signer.make(Kind.CLICK, issue_id, member_id, link)}")
+
+    def clicks(self, issue_id: int, member_id: int, targets: tuple[str, ...]) -> list[str]:
+        """click() for every link of the issue, signed as a series (tokens.make_series)."""
+        if self.signer is None:
+            return list(targets)
+        base = self.page("/r/")
+        tokens = self.signer.make_series(Kind.CLICK, issue_id, member_id, last=range(len(targets)))
+        return [base + token for token in tokens]
+
     def confirm(self, member_id: int) -> str:
         if self.signer is None:
             return self.page("/preview/confirm")

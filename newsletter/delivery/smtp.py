@@ -83,8 +83,8 @@ class Relays:
         self.factory = factory
         self.down_until = [0.0] * len(self.relays)
 
-    async def connect(self) -> tuple[SmtpClient, RelaySettings, bool]:
-        """A connected client, its relay, and whether the relay offers 8BITMIME."""
+    async def connect(self) -> tuple[SmtpClient, RelaySettings]:
+        """A connected client and its relay."""
         errors: list[str] = []
         now = time.monotonic()
         order = sorted(range(len(self.relays)), key=lambda i: (self.down_until[i] > now, i))
@@ -101,7 +101,7 @@ class Relays:
                 errors.append(f"{relay.name}: {exc.__class__.__name__}: {exc}")
                 continue
             self.down_until[i] = 0.0
-            return client, relay, client.supports_extension("8bitmime")
+            return client, relay
         raise NoRelayAvailable(errors)
 
 
@@ -125,14 +125,11 @@ class Connection:
         if stale:
             await self.release(polite=True)
         if self.client is None:
-            self.client, self.relay, eight_bit = await self.relays.connect()
+            # Every message is 7bit (quoted-printable bodies, RFC 2047 headers): any relay
+            # takes it as it is, 8BITMIME or not, and none needs to re-encode (and so break
+            # the DKIM signature of) a body.
+            self.client, self.relay = await self.relays.connect()
             self.used, self.last_used = 0, time.monotonic()
-            if not eight_bit:
-                relay = self.relay
-                await self.release(polite=True)
-                raise aiosmtplib.SMTPNotSupported(
-                    f"{relay.name} does not offer 8BITMIME (RFC 6152), which UTF-8 bodies need"
-                )
         return self.client
 
     def mark_used(self) -> None:
@@ -297,12 +294,12 @@ def _fast_capable(protocol: object) -> bool:
 
 
 def _mail_arguments(sender: str, data: bytes, size: bool) -> bytes:
-    mail = b"FROM:<" + sender.encode() + b"> BODY=8BITMIME"
+    mail = b"FROM:<" + sender.encode() + b">"
     return mail + b" SIZE=%d" % len(data) if size else mail
 
 
 async def transmit(client: SmtpClient, sender: str, recipient: str, data: bytes) -> None:
-    """One SMTP transaction: MAIL (8BITMIME, SIZE), RCPT, DATA. Raises aiosmtplib's errors.
+    """One SMTP transaction: MAIL (with SIZE), RCPT, DATA. Raises aiosmtplib's errors.
 
     `data` is a plain message or a Wire; a Wire to a server that offers PIPELINING goes in
     two round trips. Addresses are already normalised (members.py and the config's checks),

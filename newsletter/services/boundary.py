@@ -54,6 +54,11 @@ def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_exception(value)
 
 
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a posted use-case failed", exc_info=future.exception())
+
+
 class Batcher:
     """One thread, one transaction per batch of waiting use-cases, one wake-up per batch."""
 
@@ -207,6 +212,25 @@ class Gateway:
         future: asyncio.Future[T] = loop.create_future()
         self.batcher.submit(_Job(fn, args, kwargs, who, loop, future))
         return await future
+
+    def post(
+        self,
+        actor: str | Actor,
+        fn: Callable[Concatenate[Unit, P], T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> asyncio.Future[T]:
+        """Put a short use-case in the next batch without waiting for it: for evidence a
+        request need not wait on (a click on a redirect, answered at once). A failure is
+        logged; a crash before the batch commits loses what it held."""
+        who = as_actor(actor)
+        check(who, fn)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        future.add_done_callback(_log_failure)
+        self.batcher.submit(_Job(fn, args, kwargs, who, loop, future))
+        return future
 
     def close(self) -> None:
         self.batcher.close()

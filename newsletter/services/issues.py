@@ -281,6 +281,7 @@ def release_next(
             html=compiled.html,
             text=compiled.text,
             nonce=compiled.nonce,
+            links=list(compiled.links),
             survey_id=compiled.survey_id,
             created_at=compiled.created,
             schedule=schedule,

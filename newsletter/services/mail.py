@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
 from newsletter import i18n
 from newsletter.content import layout
@@ -66,38 +68,86 @@ def queue(
     return row
 
 
-def queue_confirmation(unit: Unit, member: Member, *, signup_id: int | None = None) -> int:
-    """The double opt-in message for `member` (part of the subscribe use-case)."""
-    settings, env = unit.settings, unit.services.env
-    context = {
-        "list_name": settings.list.name,
-        "name": member.name,
-        "link": unit.services.links.confirm(member.id),
+def queue_system_mail(
+    unit: Unit,
+    *,
+    kind: str,
+    template: str,
+    subject: str,
+    to_address: str,
+    to_name: str = "",
+    context: Mapping[str, Any] | None = None,
+    preheader: str = "",
+    language: str | None = None,
+    member_id: int | None = None,
+    signup_id: int | None = None,
+    retry_hours: float = RETRY_HOURS,
+) -> int:
+    """Queue one system message (a confirmation, a sign-in link, a notice): every kind goes
+    through here, so each has the same headers, layout and delivery.
+
+    Renders `email/<template>.html` and `.txt` (which extend `email/system.html` and
+    `system.txt`: the issue's masthead and footer) with `context` and the site's values,
+    lays the message out with `layout.system_message` (Date, a Message-ID on the From
+    domain, Auto-Submitted: auto-generated, quoted-printable text and HTML parts) and queues
+    it; the mailer sends it through the relays with retries, DKIM-signed when [dkim] is set.
+    `language` (a member's) picks the templates' catalog and the list's name; `subject` is
+    given already in it. Returns the queued message's id.
+    """
+    settings = unit.settings
+    lst = settings.list
+    language = language or lst.language
+    env = unit.services.env_for(language)
+    list_name = lst.name_in(language)
+    values = {
+        "list_name": list_name,
+        "base_url": lst.base_url.rstrip("/"),
+        "archive_url": unit.services.links.archive(),
+        "postal_address": lst.postal_address,
+        "subject": subject,
+        "preheader": preheader,
+        **(context or {}),
     }
     msgid, data = system_message(
-        from_name=settings.list.name,
-        from_address=settings.list.from_address,
-        to_name=member.name,
-        to_address=member.email,
-        subject=i18n.gettext(
-            settings.list.language,
-            N_("Confirm your subscription to %(list)s"),
-            list=settings.list.name,
-        ),
-        text=env.get_template("email/confirm.txt").render(context),
-        html=env.get_template("email/confirm.html").render(context),
+        from_name=list_name,
+        from_address=lst.from_address,
+        to_name=to_name,
+        to_address=to_address,
+        subject=subject,
+        text=env.get_template(f"email/{template}.txt").render(values),
+        html=env.get_template(f"email/{template}.html").render(values),
         now=unit.now,
+        headers={"Reply-To": lst.reply_to} if lst.reply_to else None,
     )
     row = queue(
         unit,
-        kind=CONFIRM,
-        to_address=member.email,
+        kind=kind,
+        to_address=to_address,
         message_id=msgid,
         message=data,
+        member_id=member_id,
+        signup_id=signup_id,
+        retry_hours=retry_hours,
+    )
+    return row.id
+
+
+def queue_confirmation(unit: Unit, member: Member, *, signup_id: int | None = None) -> int:
+    """The double opt-in message for `member` (part of the subscribe use-case)."""
+    lst = unit.settings.list
+    return queue_system_mail(
+        unit,
+        kind=CONFIRM,
+        template="confirm",
+        subject=i18n.gettext(
+            lst.language, N_("Confirm your subscription to %(list)s"), list=lst.name
+        ),
+        to_address=member.email,
+        to_name=member.name,
+        context={"name": member.name, "link": unit.services.links.confirm(member.id)},
         member_id=member.id,
         signup_id=signup_id,
     )
-    return row.id
 
 
 @use_case

@@ -63,10 +63,14 @@ class MemberInfo:
     name: str
     status: MemberStatus
     created_at: dt.datetime
+    bounce_score: float = 0.0  # as stored (services/bounces.py shows it lapsed when it has)
+    left_reason: str = ""
 
     @classmethod
     def of(cls, m: Member) -> MemberInfo:
-        return cls(m.id, m.email, m.name, m.status, m.created_at)
+        return cls(
+            m.id, m.email, m.name, m.status, m.created_at, m.bounce_score or 0.0, m.left_reason
+        )
 
 
 # --- import ----------------------------------------------------------------------------------

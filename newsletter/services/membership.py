@@ -33,6 +33,8 @@ class MemberDetail:
     updated_at: dt.datetime
     unsubscribed_at: dt.datetime | None
     bounce_count: int
+    bounce_score: float = 0.0  # as stored (services/bounces.py shows it lapsed when it has)
+    left_reason: str = ""  # why what came back made them leave ("complaint", a DSN's status)
 
     @classmethod
     def of(cls, m: Member) -> MemberDetail:
@@ -46,6 +48,8 @@ class MemberDetail:
             m.updated_at,
             m.unsubscribed_at,
             m.bounce_count,
+            m.bounce_score or 0.0,
+            m.left_reason,
         )
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from newsletter import i18n
 from newsletter.content.addresses import normalize_address
-from newsletter.content.layout import system_message
 from newsletter.content.variants import member_key, read_sections, sections_text
 from newsletter.errors import NewsletterError
 from newsletter.i18n import N_
@@ -220,35 +219,27 @@ def change_address(unit: Unit, member_id: int, new_address: str) -> Preferences:
 
 
 def _queue_address_mail(unit: Unit, member: Member) -> None:
+    """The confirmation sent to the new address, in the member's language, made as every
+    system message is (mail.queue_system_mail)."""
     settings, language = unit.settings, language_of(unit, member)
     assert member.new_email is not None
     assert member.new_email_nonce is not None
     list_name = settings.list.name_in(language)
-    context = {
-        "list_name": list_name,
-        "name": member.name,
-        "old": member.email,
-        "new": member.new_email,
-        "link": unit.services.links.address(member.id, member.new_email_nonce),
-        "days": ADDRESS_DAYS,
-    }
-    env = unit.services.env_for(language)
-    msgid, data = system_message(
-        from_name=list_name,
-        from_address=settings.list.from_address,
-        to_name=member.name,
-        to_address=member.new_email,
-        subject=i18n.gettext(language, N_("Confirm your new address for %(list)s"), list=list_name),
-        text=env.get_template("email/address.txt").render(context),
-        html=env.get_template("email/address.html").render(context),
-        now=unit.now,
-    )
-    mail.queue(
+    mail.queue_system_mail(
         unit,
         kind=ADDRESS,
+        template="address",
+        subject=i18n.gettext(language, N_("Confirm your new address for %(list)s"), list=list_name),
         to_address=member.new_email,
-        message_id=msgid,
-        message=data,
+        to_name=member.name,
+        context={
+            "name": member.name,
+            "old": member.email,
+            "new": member.new_email,
+            "link": unit.services.links.address(member.id, member.new_email_nonce),
+            "days": ADDRESS_DAYS,
+        },
+        language=language,
         member_id=member.id,
     )
 

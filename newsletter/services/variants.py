@@ -97,7 +97,7 @@ def compile_all(
         else:
             by_key[key] = variant
 
-    def make(variant: Variant, nonce: str | None) -> Compiled:
+    def make(variant: Variant, nonce: str | None, links: tuple[str, ...] = ()) -> Compiled:
         return compiler.compile_issue(
             settings,
             unit.services.env_for(variant.language),
@@ -110,16 +110,20 @@ def compile_all(
             language=variant.language,
             sections=variant.sections,
             board=board,
+            links=links,
         )
 
     own = make(whole, None)
     others: dict[Variant, Compiled] = {}
+    links = own.links
     for variant in by_key.values():
         if variant != whole and variant not in others:
-            # One nonce for the issue: slots and Message-IDs read alike in every variant.
-            others[variant] = make(variant, own.nonce)
-    # The own copy claims every item: it shows them all.
-    own = dataclasses.replace(own, item_ids=tuple(i.id for i in items))
+            # One nonce for the issue: slots and Message-IDs read alike in every variant; one
+            # link list, numbered on from the own copy's, so /r/ links mean one URL each.
+            others[variant] = make(variant, own.nonce, links)
+            links = others[variant].links
+    # The own copy claims every item (it shows them all) and keeps the issue's link list.
+    own = dataclasses.replace(own, item_ids=tuple(i.id for i in items), links=links)
     return Plan(own, others, by_key, frozenset(idle), whole)
 
 

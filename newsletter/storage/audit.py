@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter.storage.models import AuditEntry
@@ -42,3 +42,15 @@ def since(session: Session, at: dt.datetime) -> Sequence[AuditEntry]:
     return session.scalars(
         select(AuditEntry).where(AuditEntry.at >= at).order_by(AuditEntry.id)
     ).all()
+
+
+def count(session: Session, *, issue_id: int, action: str) -> int:
+    """Entries of `action` about the issue (e.g. the unsubscribes its links brought)."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(AuditEntry.issue_id == issue_id, AuditEntry.action == action)
+        )
+        or 0
+    )

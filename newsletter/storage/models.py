@@ -1,4 +1,4 @@
-"""SQLAlchemy tables and the status enums: members, items, issues, surveys, deliveries, system mail."""
+"""SQLAlchemy tables and the status enums: members, items, issues, surveys, deliveries, mail, bounces, clicks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -164,6 +165,16 @@ class Member(Base):
     unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Permanent failures (5xx) so far; at delivery.bounce_threshold the member becomes "bounced".
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The bounces that came back (services/bounces.py): 1 a hard one, 0.5 a soft one, at most
+    # one a day; at bounces.threshold the member is suppressed. It lapses to 0 after
+    # bounces.quiet_days without a bounce.
+    bounce_score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # The last day a bounce counted (one a day counts) and when the last one came.
+    bounce_day: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    bounced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Why the member was suppressed or unsubscribed by what came back ("complaint", a DSN's
+    # status and diagnostic); "" for a member's own unsubscribe.
+    left_reason: Mapped[str] = mapped_column(String(300), default="", server_default="")
     # The member's own choices (docs/preferences.md). None: the list's language, every section.
     language: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # The sections chosen, as a JSON list in text (comparable in SQL, unlike JSON on PostgreSQL).
@@ -256,6 +267,9 @@ class Issue(Base):
     # Temporary failures are retried until this moment, then recorded as failed.
     retry_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     pause_reason: Mapped[str] = mapped_column(String(1000), default="")
+    # The issue's own links (items', the footer's), in order: a click link names one by its
+    # place here, so only these are redirected to (None: an issue made before clicks were).
+    links: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class IssueItem(Base):
@@ -604,3 +618,74 @@ class BoardSignin(Base):
     ip: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BounceKind(StrEnum):
+    """What came back for one member: a hard bounce (failed, 5.x.x), a soft one (failed with a
+    4.x.x status), a warning (delayed: counts nothing), a complaint (ARF: unsubscribes)."""
+
+    HARD = "hard"
+    SOFT = "soft"
+    WARNING = "warning"
+    COMPLAINT = "complaint"
+
+
+class BounceEvent(Base):
+    """One bounce, warning or complaint applied to a member: the history the desk shows."""
+
+    __tablename__ = "bounce_events"
+    __table_args__ = (Index("ix_bounce_events_member_at", "member_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[BounceKind] = mapped_column(StatusType(BounceKind))
+    status: Mapped[str] = mapped_column(String(16), default="")  # RFC 3463, e.g. 5.1.1
+    diagnostic: Mapped[str] = mapped_column(String(1000), default="")
+    source: Mapped[str] = mapped_column(String(32), default="")  # smtp, read, imap, ses, ...
+    score: Mapped[float] = mapped_column(Float, default=0.0)  # what it added to the score
+    # The same report delivered twice counts once: its digest (report and recipient) is unique.
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class ClickHit(Base):
+    """A fetch of an issue's link by a member's message, held as evidence until the click
+    rule has decided it (docs/bounces.md); then only ClickCount keeps anything of it."""
+
+    __tablename__ = "click_hits"
+    __table_args__ = (
+        Index("ix_click_hits_member_at", "member_id", "at"),
+        Index("ix_click_hits_decided_at", "decided", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issue_id: Mapped[int] = mapped_column(Integer)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    link: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(8))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    decided: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ClickCount(Base):
+    """Decided clicks per issue and link: people's and scanners', with no member in them."""
+
+    __tablename__ = "click_counts"
+
+    issue_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    link: Mapped[int] = mapped_column(Integer, primary_key=True)
+    people: Mapped[int] = mapped_column(Integer, default=0)
+    scanners: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MemberClick(Base):
+    """A person's click, by member: kept only with tracking.per_member = true."""
+
+    __tablename__ = "member_clicks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    issue_id: Mapped[int] = mapped_column(Integer)
+    link: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -25,7 +25,8 @@ from starlette.routing import Mount, Route
 
 from newsletter.config import Settings
 from newsletter.delivery.mailer import Mailer
-from newsletter.services import evidence, votes
+from newsletter.delivery.providers import Fetch, fetch_https
+from newsletter.services import clicks, evidence, votes
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Services
 from newsletter.site import defaults_dir
@@ -35,10 +36,12 @@ from newsletter.web.api import api_app
 from newsletter.web.board import BoardPages
 from newsletter.web.desk import Desk
 from newsletter.web.feed import feed_route
+from newsletter.web.hooks import Hooks
 from newsletter.web.jobs import Jobs
 from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
 from newsletter.web.preferences import PreferencePages
+from newsletter.web.redirects import Redirects
 from newsletter.web.signin import SigninPages
 
 log = logging.getLogger(__name__)
@@ -122,7 +125,8 @@ def error_handlers(pages: Pages) -> dict[Any, Callable[[Request, Exception], Any
 
 async def maintain(gateway: Gateway, jobs: Jobs) -> None:
     """Every few seconds: release the next issue if its scheduled send is due (and send it in
-    the background), settle the clicks whose quiet period has passed and fold old hits, a
+    the background), settle the votes and link clicks whose quiet period has passed and fold
+    old hits, a
     chunk a transaction, so a burst's requests never pay for it nor wait on its lock."""
     interval = min(60.0, max(1.0, gateway.services.settings.web.vote_window_seconds / 3))
     while True:
@@ -130,6 +134,8 @@ async def maintain(gateway: Gateway, jobs: Jobs) -> None:
         try:
             await jobs.send_if_scheduled()
             while (await gateway.call("system", votes.settle)).decided == votes.SETTLE_CHUNK:
+                pass
+            while (await gateway.call("system", clicks.settle)).decided == clicks.SETTLE_CHUNK:
                 pass
             while await gateway.call("system", evidence.fold) == evidence.FOLD_CHUNK:
                 pass
@@ -172,8 +178,10 @@ def create_app(
     *,
     clock: Callable[[], dt.datetime] = utcnow,
     background: bool = True,
+    fetch: Fetch = fetch_https,
 ) -> Starlette:
-    """The web app for one site. `clock` is a seam for tests. With `background`, while the app
+    """The web app for one site. `clock` and `fetch` (how a webhook fetches a provider's
+    certificate and confirms a subscription over HTTPS) are seams for tests. With `background`, while the app
     runs (its lifespan) it delivers the system mail queue, and every few seconds settles the
     votes whose quiet period has passed and folds old link hits into counts."""
     services = Services(settings, sessions or db.open_database(settings.database_url), clock=clock)
@@ -196,11 +204,13 @@ def create_app(
             *member_pages.routes(),
             *signins.routes(),
             *board_pages.routes(),
+            *Redirects(gateway, pages).routes(),
             *preference_pages.routes(),
             feed_route(gateway, settings.list.name, settings.list.base_url.rstrip("/")),
             static_route(settings),
             favicon_route(settings),
             *desk.routes(),
+            *Hooks(gateway, fetch).routes(),
             Mount("/api", app=api_app(gateway, jobs)),
         ],
         middleware=[Middleware(SecurityHeaders)],

@@ -4,7 +4,6 @@ with its live preview, and the page of one issue (failures, retry, the message a
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -12,7 +11,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from newsletter.errors import NewsletterError
-from newsletter.services import drafts, issues, items, members, surveys, votes
+from newsletter.services import drafts, issues, items, members, reports, surveys
 from newsletter.services.unit import Permission
 from newsletter.web.auth import Editor
 from newsletter.web.desk.base import MAX_ID, DeskBase
@@ -62,6 +61,7 @@ class EditorialPages:
             Route("/desk/items/{ref}/{action}", f(self.item_action, w), methods=["POST"]),
             Route("/desk/issues/{issue_id:int}", p(self.issue_page), methods=["GET"]),
             Route("/desk/issues/{issue_id:int}/message.html", p(self.message), methods=["GET"]),
+            Route("/desk/issues/{issue_id:int}/report.csv", p(self.report_csv), methods=["GET"]),
         ]
 
     # --- the next issue ------------------------------------------------------------------------
@@ -224,13 +224,11 @@ class EditorialPages:
         try:
             if issue_id > MAX_ID:
                 raise issues.NotFound(f"there is no issue #{issue_id}")
-            info = await self.gateway.read(issues.info, issue_id)
+            # Clicks and votes whose window has passed are decided first.
+            found = await self.gateway.call(editor.actor, reports.settled_report, issue_id)
         except issues.NotFound as exc:
             return self.desk.page("message.html", editor, 404, title="No such issue", text=str(exc))
-        survey_id = await self.gateway.read(issues.survey_of, issue_id)
-        results: Any = None
-        if survey_id is not None:
-            results = await self.gateway.read(votes.results, survey_id)
+        info, results = found.issue, found.results
         text, kind = self.desk.auth.notice(request)
         return self.desk.page(
             "issue.html",
@@ -240,8 +238,24 @@ class EditorialPages:
             failures=await self.gateway.read(issues.failures, issue_id),
             items=await self.gateway.read(issues.item_titles, issue_id),
             results=results,
+            report=found,
             notice=text,
             notice_kind=kind,
+        )
+
+    async def report_csv(self, request: Request, editor: Editor) -> Response:
+        """The issue's report as CSV: figures, clicks per link, the survey's votes."""
+        issue_id = int(request.path_params["issue_id"])
+        try:
+            if issue_id > MAX_ID:
+                raise issues.NotFound(f"there is no issue #{issue_id}")
+            found = await self.gateway.call(editor.actor, reports.settled_report, issue_id)
+        except issues.NotFound as exc:
+            return self.desk.page("message.html", editor, 404, title="No such issue", text=str(exc))
+        headers = security_headers()
+        headers["Content-Disposition"] = f'attachment; filename="issue-{issue_id}-report.csv"'
+        return Response(
+            reports.as_csv(found), media_type="text/csv; charset=utf-8", headers=headers
         )
 
     async def message(self, request: Request, editor: Editor) -> Response:

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from newsletter.content.mapping import Field
 from newsletter.errors import NewsletterError
-from newsletter.services import audit, erasure, members, membership
+from newsletter.services import audit, bounces, erasure, members, membership
 from newsletter.services.unit import Permission
 from newsletter.storage.models import MemberStatus
 from newsletter.web.auth import Editor
@@ -98,6 +98,7 @@ class MemberPages:
             Route(f"{one}/edit", f(self.edit, need), methods=["POST"]),
             Route(f"{one}/unsubscribe", f(self.unsubscribe, need), methods=["POST"]),
             Route(f"{one}/erase", f(self.erase, need), methods=["POST"]),
+            Route(f"{one}/bounces", p(self.bounces_page, need), methods=["GET"]),
             Route("/desk/audit", p(self.audit_page), methods=["GET"]),
         ]
 
@@ -172,6 +173,23 @@ class MemberPages:
             attributes="\n".join(f"{k} = {v}" for k, v in sorted(found.attributes.items())),
             notice=text,
             notice_kind=kind,
+        )
+
+    async def bounces_page(self, request: Request, editor: Editor) -> Response:
+        """One member: status, why they left, and what came back for them (bounce history)."""
+        member_id = int(request.path_params["member_id"])
+        history = None
+        if member_id <= MAX_ID:
+            history = await self.gateway.read(bounces.history, member_id)
+        if history is None:
+            return self.desk.page(
+                "message.html", editor, 404, title="No such member", text="There is no such member."
+            )
+        return self.desk.page(
+            "member_bounces.html",
+            editor,
+            history=history,
+            threshold=self.gateway.services.settings.bounces.threshold,
         )
 
     async def _act(self, request: Request, editor: Editor, work: str, form: FormData) -> Response:

@@ -1,7 +1,7 @@
 """board: the members' board (messages, reports), members' board standing, sign-in links
 
 Revision ID: 0012_board
-Revises: 0014_prefs
+Revises: 0013_bounces
 
 The full-text index over board messages is dialect-specific and unknown to the ORM models
 (like items' in 0003): newsletter.storage.search names it (BOARD_FTS_TABLE, BOARD_PG_INDEX)
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_board"
-down_revision = "0014_prefs"
+down_revision = "0013_bounces"
 branch_labels = None
 depends_on = None
 
