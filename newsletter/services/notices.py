@@ -1,10 +1,12 @@
 """Mail from the board: sign-in links and reply notices, queued as system mail by the asking use-case.
 
-Each is laid out by content/layout.system_message and queued with services/mail.queue in the
-transaction that asks for it; the mailer delivers it (DKIM-signed when configured) and
-retries it. A reply notice goes to the thread's author at most once a thread a day, never to
-a member who left or bounced, and carries List-Unsubscribe (RFC 2369) with RFC 8058's
-one-click POST: it switches reply notices off, not the newsletter.
+Each goes through services/mail.queue_system_mail, as every system message does: its own
+templates (email/signin.*, email/board_reply.*) extend the shared system layout, in the
+member's language, queued in the transaction that asks for it; the mailer delivers it
+(DKIM-signed when configured) and retries it. A reply notice goes to the thread's author at
+most once a thread a day, never to a member who left or bounced, and carries
+List-Unsubscribe (RFC 2369) with RFC 8058's one-click POST: it switches reply notices off,
+not the newsletter.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from markupsafe import Markup
 
 from newsletter import i18n
 from newsletter.content.board import display_name, tidy
-from newsletter.content.layout import system_message
 from newsletter.i18n import N_
 from newsletter.services import mail
 from newsletter.services.preferences import language_of
@@ -39,36 +40,25 @@ def _queue(
     retry_hours: float = mail.RETRY_HOURS,
     headers: dict[str, str] | None = None,
 ) -> int:
-    """Lay out and queue one message to `member`, in their language: `subject` is a message
-    id with a %(list)s value, the list's name in that language."""
-    settings = unit.settings
+    """Queue one message to `member` in their language (mail.queue_system_mail): `subject`
+    is a message id with a %(list)s value, the list's name in that language."""
     language = language_of(unit, member)
-    env = unit.services.env_for(language)
-    list_name = settings.list.name_in(language)
-    context = {"list_name": list_name, "name": member.name, **context}
-    msgid, data = system_message(
-        from_name=list_name,
-        from_address=settings.list.from_address,
+    list_name = unit.settings.list.name_in(language)
+    return mail.queue_system_mail(
+        unit,
+        kind=kind,
+        template=template,
+        subject=i18n.gettext(language, subject, list=list_name),
+        to_address=member.email,
         # Names are cleaned when they come in; one stored otherwise must still not break the
         # header (a line break in To would be refused, and the reply with it).
         to_name=" ".join(tidy(member.name).split()),
-        to_address=member.email,
-        subject=i18n.gettext(language, subject, list=list_name),
-        text=env.get_template(f"email/{template}.txt").render(context),
-        html=env.get_template(f"email/{template}.html").render(context),
-        now=unit.now,
-        headers=headers,
-    )
-    row = mail.queue(
-        unit,
-        kind=kind,
-        to_address=member.email,
-        message_id=msgid,
-        message=data,
+        context={"name": member.name, **context},
+        language=language,
         member_id=member.id,
         retry_hours=retry_hours,
+        headers=headers,
     )
-    return row.id
 
 
 def queue_signin(unit: Unit, member: Member, signin_id: int) -> int:
