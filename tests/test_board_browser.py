@@ -196,12 +196,15 @@ def scan(tab: Page, links: list[str], clock: Clock) -> None:
     """What a mail scanner does: HEAD and GET of every link within two seconds, then each page
     loaded in a browser that runs its script (and has no person to press anything)."""
     for url in links:
-        assert tab.request.head(url).status < 400, url
-        assert tab.request.get(url).status < 400, url
+        # A redirect (an issue's /r/ link) is not followed: its target is elsewhere, and
+        # tests reach only loopback.
+        assert tab.request.head(url, max_redirects=0).status < 400, url
+        assert tab.request.get(url, max_redirects=0).status < 400, url
         clock.advance(seconds=0.01)
     for url in links:
-        tab.goto(url)
-        tab.wait_for_load_state("networkidle")
+        if "/r/" not in url:
+            tab.goto(url)
+            tab.wait_for_load_state("networkidle")
 
 
 def no_session(tab: Page) -> bool:
@@ -252,6 +255,7 @@ def test_a_scanner_on_an_issue_with_the_board_link_signs_nobody_in(
     assert len(messages) == 5
     every = [u for m in messages for u in LINK.findall(html_of(m.parse()))]
     assert sum("/b/" in u for u in every) == 5
+    assert any("/r/" in u for u in every)  # the items' links: redirects, fetched unfollowed
     scan(page, every, live.clock)
     assert live.sign_ins() == 0
     assert no_session(page)

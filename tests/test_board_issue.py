@@ -74,13 +74,17 @@ def test_the_next_issue_carries_the_threads_approved_since_the_last(
     b.run(moderation.hide, b.messages()[-1].id)  # ... and then hidden
     first = b.run(issues.release_next)
     issue = stored(b, first.issue_id)
+    # The thread's link is one of the issue's own, so it goes through /r/ (tracking.clicks):
+    # a slot in both parts, its URL in the issue's link list.
+    links = list(issue.links or ())
+    thread_slot = f"XSLOT{issue.nonce}link{links.index(f'http://127.0.0.1:8000/board/{busy}')}"
     for part in (issue.html, issue.text):
         assert SECTION in part
         assert part.index("A busy thread about") < part.index("A newer quiet thread")
         assert "A quiet thread" not in part  # two at most (board.digest_messages)
         assert "Hidden by an editor" not in part
         assert "2 replies" in part
-        assert f"http://127.0.0.1:8000/board/{busy}" in part
+        assert thread_slot in part
     assert "<strong>" not in issue.html.split(SECTION)[1].split("</div>")[0]  # an excerpt: text
 
     b.clock.advance(hours=1)
@@ -156,6 +160,44 @@ def test_every_issue_carries_each_members_own_board_link(
     assert "Signed in as <strong>陈杰</strong>" in chen.client.get("/board").text
 
 
+@pytest.mark.board_config(held_posts=0)
+def test_the_threads_links_are_counted_and_each_members_board_link_is_their_own(
+    board_site: Board, site: Path, smtp_server: RecordingHandler
+) -> None:
+    """tracking.clicks routes the issue's own links through /r/: the board section's links to
+    its threads are the issue's content like its items', so they are; a member's board link
+    (/b/TOKEN) is a slot of its own, signed for that member, and is not; a URL a member
+    wrote in a message is text in the digest, not a link of the issue."""
+    b = board_site
+    steps.import_source(b.sessions, str(site / "examples" / "seed-feed.xml"))
+    written = "https://court.example/ruling/2026-88"
+    thread = approved(b, b.sign_in(WANG), f"The ruling is at {written} for anyone curious")
+    issue_id = b.run(issues.release_next).issue_id
+    issue = stored(b, issue_id)
+    links = list(issue.links or ())
+    assert f"http://127.0.0.1:8000/board/{thread}" in links
+    assert not any("/b/" in url or url.endswith("/board") for url in links)
+    assert written not in links
+    assert f'href="{written}"' not in issue.html
+    deliver(b, issue_id)
+    for rcpt, (received,) in smtp_server.by_recipient().items():
+        msg = parse(received.data)
+        html, text = html_of(msg), text_of(msg)
+        section = html.split(SECTION, 1)[1].split("Sign in to the board to reply", 1)[0]
+        hrefs = LINK.findall(section)
+        assert [b.path(u).split("/")[1] for u in hrefs] == ["r", "b"], rcpt
+        thread_link, own = (b.path(u) for u in hrefs)
+        # The thread's link redirects to the thread; the board link is the member's own,
+        # straight to the sign-in button (the same in the footer and the text part).
+        answer = b.reader().client.get(thread_link, follow_redirects=False)
+        assert answer.status_code == 302
+        assert answer.headers["location"] == f"http://127.0.0.1:8000/board/{thread}"
+        assert html.count(f"http://127.0.0.1:8000{own}") == 2
+        assert own in text
+        assert written in text
+        assert f'href="{written}"' not in html
+
+
 def sign_ins(b: Board) -> int:
     with b.sessions() as s:
         return int(
@@ -181,7 +223,9 @@ def test_a_scanner_fetching_every_link_signs_nobody_in(
     for path in every:  # HEAD then GET of every link, as a mail scanner does
         for method in ("HEAD", "GET"):
             answer = scanner.client.request(method, path, follow_redirects=False)
-            assert answer.status_code in (200, 204), (method, path)
+            # An issue's own links (/r/) redirect to what they carry; every other page shows.
+            expected = (302,) if path.startswith("/r/") else (200, 204)
+            assert answer.status_code in expected, (method, path)
             assert "set-cookie" not in answer.headers, (method, path)
     assert sign_ins(b) == 0
     assert "member_session" not in scanner.client.cookies
