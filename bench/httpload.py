@@ -44,21 +44,27 @@ def machine_busy() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
 
 
+# One request: (path, body), or (path, body, headers of its own) such as a member's cookie.
+Item = tuple[str, str] | tuple[str, str, dict[str, str]]
+
+
 @dataclass
 class Spec:
-    """What to send: one method and header set, a list of (path, body) taken in turn."""
+    """What to send: one method and header set, a list of requests taken in turn."""
 
     method: str
-    items: list[tuple[str, str]]
+    items: list[Item]
     expect: frozenset[int] = frozenset({200})
     headers: dict[str, str] = field(default_factory=dict)
 
     def raw(self, host: str) -> list[bytes]:
         out = []
-        for path, body in self.items:
+        for item in self.items:
+            path, body = item[0], item[1]
+            own: dict[str, str] = item[2] if len(item) > 2 else {}
             data = body.encode()
             lines = [f"{self.method} {path} HTTP/1.1", f"Host: {host}", f"User-Agent: {USER_AGENT}"]
-            lines += [f"{k}: {v}" for k, v in self.headers.items()]
+            lines += [f"{k}: {v}" for k, v in {**self.headers, **own}.items()]
             if data or self.method not in ("GET", "HEAD"):
                 lines.append(f"Content-Length: {len(data)}")
             out.append(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
@@ -69,7 +75,7 @@ class Spec:
         d = json.loads(path.read_text(encoding="utf-8"))
         return cls(
             d["method"],
-            [(p, b) for p, b in d["items"]],
+            [(i[0], i[1], dict(i[2])) if len(i) > 2 else (i[0], i[1]) for i in d["items"]],
             frozenset(d.get("expect", [200])),
             dict(d.get("headers", {})),
         )
@@ -370,7 +376,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="the server's address (default 127.0.0.1)")
     add("--port", type=int, required=True, help="the server's port")
-    add("--spec", type=Path, help="a JSON file: method, items [[path, body], ...], expect, headers")
+    add(
+        "--spec",
+        type=Path,
+        help="a JSON file: method, items [[path, body] or [path, body, {headers}], ...], "
+        "expect, headers",
+    )
     add("--path", action="append", default=[], help="a GET path (repeatable; instead of --spec)")
     add("--connections", type=int, default=50, help="concurrent keep-alive connections (50)")
     add("--warmup", type=float, default=1.0, help="seconds of load before the window (1)")

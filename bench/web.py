@@ -34,6 +34,7 @@ import tempfile
 import textwrap
 import time
 import traceback
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -74,17 +75,21 @@ class Ids:
     sent: int
 
 
+# One request: (path, body), or (path, body, headers of its own), e.g. a member's cookie.
+Item = tuple[str, str] | tuple[str, str, dict[str, str]]
+
+
 @dataclass(frozen=True)
 class Endpoint:
     name: str
     method: str
     what: str  # the path, as shown in the table
     expect: frozenset[int]
-    # (path, body) of the request for the i-th member of the rotation.
-    make: Callable[[Signer, Ids, int], tuple[str, str]]
+    # The request for the i-th member of the rotation.
+    make: Callable[[Signer, Ids, int], Item]
     form: bool = False
 
-    def items(self, signer: Signer, ids: Ids) -> list[tuple[str, str]]:
+    def items(self, signer: Signer, ids: Ids) -> list[Item]:
         return [self.make(signer, ids, i) for i in range(len(ids.members))]
 
 
@@ -112,12 +117,30 @@ def _archived(signer: Signer, ids: Ids, i: int) -> tuple[str, str]:
     return f"/archive/{ids.issue_id}?t={token}", ""
 
 
-def _click(signer: Signer, ids: Ids, i: int) -> tuple[str, str]:
+def _click(signer: Signer, ids: Ids, i: int) -> Item:
     return f"/r/{signer.make(Kind.CLICK, ids.issue_id, ids.members[i], i % 3)}", ""
 
 
-def _fixed(path: str) -> Callable[[Signer, Ids, int], tuple[str, str]]:
+def _fixed(path: str) -> Callable[[Signer, Ids, int], Item]:
     return lambda _s, _ids, _i: (path, "")
+
+
+def _signed_in(signer: Signer, ids: Ids, i: int) -> tuple[dict[str, str], str]:
+    """The i-th member's session cookie, as signing in sets it, and their forms' CSRF token."""
+    member = ids.members[i]
+    cookie = signer.make(Kind.SESSION, member, 0, member)  # generation 0, session number
+    return {"Cookie": f"member_session={cookie}"}, signer.make(Kind.FORM, member, member)
+
+
+def _board(signer: Signer, ids: Ids, i: int) -> Item:
+    headers, _ = _signed_in(signer, ids, i)
+    return "/board", "", headers
+
+
+def _post(signer: Signer, ids: Ids, i: int) -> Item:
+    headers, csrf = _signed_in(signer, ids, i)
+    body = f"Member {ids.members[i]} asks: has anyone pledged a patent as collateral?"
+    return "/board", urllib.parse.urlencode({"csrf": csrf, "body": body}), headers
 
 
 OK = frozenset({200})
@@ -145,6 +168,10 @@ ENDPOINTS = [
     Endpoint("archive-issue", "GET", "/archive/<id>?t=<view token>", OK, _archived),
     Endpoint("search", "GET", "/search?q=patent", OK, _fixed("/search?q=patent")),
     Endpoint("home", "GET", "/", OK, _fixed("/")),
+    # The board as a signed-in member reads it (the session checked, the page filled in).
+    Endpoint("board", "GET", "/board (signed in)", OK, _board),
+    # A new thread: a new member's first post, held for approval; answered by a redirect.
+    Endpoint("post", "POST", "/board body&csrf (signed in)", frozenset({303}), _post, True),
     # An item's link: a redirect (302) to the issue's own link, the fetch held as evidence.
     Endpoint("redirect", "GET", "/r/<click token>", frozenset({302}), _click),
     Endpoint(
@@ -300,6 +327,8 @@ class Site:
                 ("smtp", "port"): str(sink_port),
                 # Exit as soon as every message has an outcome (nothing is deferred here).
                 ("delivery", "linger_seconds"): "0",
+                # Every request comes from this one address: its posts are not to be limited.
+                ("board", "posts_per_ip_hour"): "10000000",
             },
         )
         self.config.write_text(toml, encoding="utf-8")
@@ -317,6 +346,7 @@ class Site:
         with running(sink, sink_port, self.folder / "sink.log", self.env):
             self.cli("send", timeout=1800)
         ids = read_ids(self.database_url)
+        self.seed_board(ids)
         say(
             f"  {self.folder.name}: {len(ids.members):,} members, issue #{ids.issue_id} sent to "
             f"{ids.sent:,}, survey #{ids.survey_id} options {ids.options}, "
@@ -325,6 +355,33 @@ class Site:
         if ids.sent != members or len(ids.members) != members:
             raise RuntimeError(f"expected {members:,} active members with a sent delivery")
         return ids
+
+    def seed_board(self, ids: Ids, threads: int = 20, replies: int = 3) -> None:
+        """Threads with replies on the board (one page's worth), posted by members and
+        approved by an editor through the service layer, as the site's pages do."""
+        from newsletter import config
+        from newsletter.services import board, moderation
+        from newsletter.services.unit import Services
+        from newsletter.storage import db
+
+        settings = config.load(self.config, env=self.env)
+        sessions = db.open_database(settings.database_url)
+        services = Services(settings, sessions)
+        # Members from the end of the rotation, but not the last, whose post is the one made
+        # before the timed window: the posts measured are new members' (held) at first.
+        authors = iter(ids.members[-threads * (replies + 1) - 1 : -1])
+        try:
+            for t in range(threads):
+                services.run("bench", board.post, next(authors), 0, f"Thread {t}: **patents**")
+                thread = services.read(moderation.queue).waiting[0].id
+                services.run("bench", moderation.approve, thread)
+                for r in range(replies):
+                    member = next(authors)
+                    services.run("bench", board.post, member, 0, f"Reply {r}", parent_id=thread)
+                    waiting = services.read(moderation.queue).waiting[0].id
+                    services.run("bench", moderation.approve, waiting)
+        finally:
+            sessions.kw["bind"].dispose()
 
     def serve(self, port: int) -> contextlib.AbstractContextManager[int]:
         command = [*newsletter_command(), "--config", str(self.config)]
@@ -479,7 +536,7 @@ class Loader:
         self,
         port: int,
         method: str,
-        items: list[tuple[str, str]],
+        items: list[Item],
         expect: frozenset[int],
         form: bool,
         watch_pid: int,
@@ -521,13 +578,13 @@ class Loader:
         return result
 
 
-def first_request(
-    port: int, method: str, path: str, body: str, form: bool, expect: frozenset[int]
-) -> str:
+def first_request(port: int, method: str, item: Item, form: bool, expect: frozenset[int]) -> str:
     """One request before the timed load: '' when its status is expected, else what came back."""
+    path, body = item[0], item[1]
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     try:
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if form else {}
+        headers.update(item[2] if len(item) > 2 else {})
         conn.request(method, path, body=body.encode() or None, headers=headers)
         response = conn.getresponse()
         data = response.read()
@@ -610,7 +667,7 @@ class Bench:
 
     def bare(self, label: str) -> Result:
         expect = frozenset({200})
-        problem = first_request(self.bare_port, "GET", "/", "", False, expect)
+        problem = first_request(self.bare_port, "GET", ("/", ""), False, expect)
         if problem:
             raise RuntimeError(f"the bare endpoint: {problem}")
         result = Result.of(label, "Starlette, 3 KB page", self.loader.wait(self.bare_load()))
@@ -669,10 +726,10 @@ class Bench:
         with site.serve(port) as pid:
             for e in wanted:
                 items = e.items(self.signer, ids)
-                path, body = items[-1]  # the last member: the timed run starts at the first
-                problem = first_request(port, e.method, path, body, e.form, e.expect)
+                last = items[-1]  # the last member: the timed run starts at the first
+                problem = first_request(port, e.method, last, e.form, e.expect)
                 if problem:
-                    table.notes.append(f"{e.name}: first {e.method} {path[:60]} gave {problem}")
+                    table.notes.append(f"{e.name}: first {e.method} {last[0][:60]} gave {problem}")
                     say(f"  {e.name}: first request: {problem}")
                 what = f"{e.method} {e.what}"
                 client = self.loader.load(port, e.method, items, e.expect, e.form, pid)

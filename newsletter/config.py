@@ -318,6 +318,37 @@ class EditorSettings:
     role: Literal["publisher", "writer"] = "publisher"
 
 
+@dataclass(frozen=True, slots=True)
+class BoardSettings:
+    """The members' board (docs/board.md)."""
+
+    # "public": anyone reads the board (and finds it in search); "members": signed-in members.
+    read: Literal["public", "members"] = "public"
+    # A message's length in characters of Markdown, and how many links it may carry.
+    max_chars: int = between(4000, 1, 100_000)
+    max_links: int = between(3, 0, 100)
+    # A member's first posts wait for an editor's approval; 0 shows every post at once.
+    held_posts: int = between(1, 0, 1000)
+    # Posts a member, and a network address, may make in an hour.
+    posts_per_hour: int = between(10, 1, 100_000)
+    posts_per_ip_hour: int = between(30, 1, 10_000_000)
+    # Members whose reports take a message off the board until an editor looks.
+    report_threshold: int = between(3, 1, 1000)
+    # Minutes a member may edit or delete their own message after posting it.
+    edit_minutes: int = between(15, 0, 1440)
+    # Minutes a sign-in link lasts (it works once), and days a session lasts.
+    signin_minutes: int = between(15, 1, 1440)
+    session_days: int = between(30, 1, 366)
+    # Days an issue's link to the board signs its member in.
+    issue_link_days: int = between(30, 1, 366)
+    # Threads on one page of the board.
+    page_size: int = between(20, 1, 200)
+    # Mail a member when someone replies to their message (at most one a thread a day).
+    reply_notices: bool = True
+    # Messages the next issue carries in "From the members' board"; 0 leaves the section out.
+    digest_messages: int = between(5, 0, 50)
+
+
 # Named here because inside Settings the name `list` is the [list] table's field.
 Editors = list[EditorSettings]
 
@@ -344,6 +375,7 @@ class Settings:
     survey: SurveySettings | None = None
     schedule: dict[str, ScheduleSettings] = field(default_factory=dict)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    board: BoardSettings = field(default_factory=BoardSettings)
     site_dir: Path = Path(".")
     config_path: Path = Path("config.toml")
     secret_keys: tuple[bytes, ...] = field(default=(), repr=False)

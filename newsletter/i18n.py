@@ -88,6 +88,35 @@ def gettext(code: str, message: str, /, **values: Any) -> str:
     return text % values if values else text
 
 
+class Said(str):
+    """Words for a reader, in English, that remember their message id and values, so a page
+    can say them in the reader's language (`say`). It is a str: logs, tests and English
+    pages use it as it is."""
+
+    message: str
+    values: dict[str, Any]
+
+    def __new__(cls, message: str, /, **values: Any) -> Said:
+        said = super().__new__(cls, message % values if values else message)
+        said.message, said.values = message, values
+        return said
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_said, (self.message, self.values))
+
+
+def _said(message: str, values: dict[str, Any]) -> Said:
+    return Said(message, **values)
+
+
+def say(code: str, text: str) -> str:
+    """`text` in the language: a Said by its message id, any other string as a message id
+    (it stays as it is when the catalog lacks it)."""
+    if isinstance(text, Said):
+        return gettext(code, text.message, **text.values)
+    return gettext(code, text) if text else text
+
+
 def ngettext(code: str, singular: str, plural: str, n: int, /, **values: Any) -> str:
     text = translations(code).ngettext(singular, plural, n)
     return text % {"num": n, **values}

@@ -1,4 +1,4 @@
-"""Signed link tokens (vote, unsubscribe, view, confirm, trap): HMAC-SHA256, url-safe, key rotation.
+"""Signed tokens (member links, sign-in, board sessions and forms): HMAC-SHA256, url-safe, key rotation.
 
 A token is base64url(payload ‖ mac), unpadded. The payload is a version byte, a kind byte, the
 day it was issued and the kind's unsigned integers (ids and an option number), each a varint:
@@ -61,6 +61,14 @@ class Kind(IntEnum):
     CONFIRM = 4, ("member_id",)
     # A link hidden from people, so only machines fetch it.
     TRAP = 5, ("member_id", "issue_id")
+    # The members' board (docs/board.md): a sign-in link sent by email (its row makes it
+    # single-use and short-lived), the board link every issue carries, a member's session
+    # cookie and the forms' CSRF token bound to it, and the link that stops reply notices.
+    SIGNIN = 6, ("member_id", "signin_id")
+    BOARD = 7, ("member_id", "issue_id")
+    SESSION = 8, ("member_id", "generation", "session")
+    FORM = 9, ("member_id", "session")
+    NOTICES = 10, ("member_id",)
     # A link of an issue's own (an item's, the footer's), by its place in the issue's list.
     CLICK = 11, ("issue_id", "member_id", "link")
     # The member's preference page, from an issue (bytes 20 and 21: far from the kinds other

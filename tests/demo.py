@@ -37,18 +37,48 @@ def demo_items() -> list[compiler.ItemView]:
     ]
 
 
+BOARD_SECTION = "From the members' board"
+
+
+def demo_board(settings: config.Settings) -> list[compiler.BoardPost]:
+    """Threads as the board's section carries them (services/board.for_issue): members' names,
+    excerpts of their text (one with an address written out, long and unbroken)."""
+    thread = settings.list.base_url.rstrip("/") + "/board/{}"
+    return [
+        compiler.BoardPost(
+            7,
+            "王芳",
+            "Has anyone filed a pledge of patent rights in Shenzhen this year? The office asked "
+            "us for a valuation report we had not prepared.",
+            3,
+            thread.format(7),
+        ),
+        compiler.BoardPost(
+            9,
+            "María García",
+            "The decision is at https://court.example/judgments/2026/civil/ip-appeals/"
+            "final-ruling-number-0088-on-the-licensing-dispute for anyone following the case.",
+            0,
+            thread.format(9),
+        ),
+    ]
+
+
 def demo_compiled(
     settings: config.Settings,
     preheader: str = "",
     items: Sequence[compiler.ItemView] | None = None,
 ) -> compiler.Compiled:
-    """The demo issue (or these items in its place), compiled as a send does."""
+    """The demo issue (or these items in its place), compiled as a send does, with threads
+    from the members' board in its section."""
     items = demo_items() if items is None else items
     assert settings.survey is not None
     survey = (1, settings.survey.question, list(enumerate(settings.survey.options, start=1)))
     env = site.environment(REPO)
     shape = compiler.Shape(preheader=preheader)
-    return compiler.compile_issue(settings, env, items, survey, shape=shape)
+    return compiler.compile_issue(
+        settings, env, items, survey, shape=shape, board=demo_board(settings)
+    )
 
 
 def mailed_html(settings: config.Settings, compiled: compiler.Compiled) -> str:

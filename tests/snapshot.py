@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
-# SQLite's full-text index (FTS5 and its shadow tables) is derived from items by triggers;
-# its rows are binary pages that say nothing a reader of the items table cannot see.
-DERIVED = ("items_fts",)
+# SQLite's full-text indexes (FTS5 and their shadow tables) are derived from items and board
+# messages by triggers; their rows are binary pages that say nothing a reader of those tables
+# cannot see.
+DERIVED = ("items_fts", "board_fts")
 
 
 def _engine(target: Engine | sessionmaker[Session]) -> Engine:

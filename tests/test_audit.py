@@ -28,6 +28,7 @@ from newsletter.content.sources import read_source
 from newsletter.content.verp import Verp
 from newsletter.delivery import dsn
 from newsletter.services import (
+    board,
     bounces,
     clicks,
     drafts,
@@ -39,7 +40,9 @@ from newsletter.services import (
     mail,
     members,
     membership,
+    moderation,
     preferences,
+    signin,
     surveys,
     votes,
 )
@@ -194,13 +197,27 @@ def _pending_member(site: Site) -> None:
         s.execute(text("UPDATE members SET status = 'pending' WHERE id = 3"))
 
 
-# Each use-case: (what to prepare, the call, the audit action it writes).
+def _posted(site: Site) -> None:
+    """Member 1's first post on the board (held for approval)."""
+    site.run(board.post, 1, 0, "A first message", ip="192.0.2.1")
+
+
+def _shown(site: Site) -> None:
+    _posted(site)
+    site.run(moderation.approve, 1)
+
+
+def _signin_link(site: Site) -> None:
+    site.run(signin.request_link, "li.wei@example.org", ip="192.0.2.1")
+
+
 def _address_nonce(site: Site) -> int:
     """The nonce of member 1's change of address waiting for confirmation."""
     with site.sessions() as s:
         return int(s.execute(text("SELECT new_email_nonce FROM members WHERE id = 1")).scalar_one())
 
 
+# Each use-case: (what to prepare, the call, the audit action it writes).
 CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str]] = {
     "members.import_members": (
         None,
@@ -324,6 +341,35 @@ CASES: dict[str, tuple[Callable[[Site], None] | None, Callable[[Site], Any], str
         "edit-item",
     ),
     "items.reorder": (None, lambda s: s.run(items.reorder, ["md:extra1"]), "reorder-items"),
+    "board.post": (None, _posted, "board-post"),
+    "board.edit": (_posted, lambda s: s.run(board.edit, 1, 0, 1, "Changed"), "board-edit"),
+    "board.delete": (_posted, lambda s: s.run(board.delete, 1, 0, 1), "board-delete"),
+    "board.report": (_shown, lambda s: s.run(board.report, 2, 0, 1, "spam"), "board-report"),
+    "moderation.approve": (_posted, lambda s: s.run(moderation.approve, 1), "board-approve"),
+    "moderation.hide": (_posted, lambda s: s.run(moderation.hide, 1), "board-hide"),
+    "moderation.remove": (_posted, lambda s: s.run(moderation.remove, 1), "board-remove"),
+    "moderation.block": (None, lambda s: s.run(moderation.block, 1, "Spam"), "board-block"),
+    "moderation.unblock": (
+        lambda s: s.run(moderation.block, 1, "Spam"),
+        lambda s: s.run(moderation.unblock, 1),
+        "board-unblock",
+    ),
+    "signin.request_link": (None, _signin_link, "signin-link"),
+    "signin.sign_in": (
+        _signin_link,
+        lambda s: s.run(signin.sign_in, 1, signin_id=1, person=True),
+        "sign-in",
+    ),
+    "signin.sign_out_everywhere": (
+        None,
+        lambda s: s.run(signin.sign_out_everywhere, 1, 0),
+        "sign-out-everywhere",
+    ),
+    "signin.set_notices": (
+        None,
+        lambda s: s.run(signin.set_notices, 1, False, via="t"),
+        "board-notices",
+    ),
     "membership.add_member": (
         None,
         lambda s: s.run(membership.add_member, "added@example.org", "Added"),

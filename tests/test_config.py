@@ -198,8 +198,16 @@ def config_with(tmp_path: Path, where: str, name: str, value: float) -> Path:
 def test_every_numeric_key_has_a_range() -> None:
     # Found by walking the dataclasses: tables, optional tables, arrays and named tables.
     names = {f"{where}.{f.name}" for where, _, f in NUMERIC}
-    assert len(names) == len(NUMERIC) == 38
-    assert {"smtp.fallback[0].port", "dkim.processes", "schedule.s.min_items"} <= names
+    assert len(names) == len(NUMERIC) == 50
+    assert {
+        "smtp.fallback[0].port",
+        "dkim.processes",
+        "schedule.s.min_items",
+        "board.max_chars",
+        "board.digest_messages",
+        "bounces.threshold",
+        "tracking.burst_links",
+    } <= names
     for where, cls, f in NUMERIC:
         allowed = f.metadata.get("range")
         assert isinstance(allowed, config.Range), f"{where}.{f.name} ({cls.__name__}) has none"

@@ -31,12 +31,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.content.verp import Verp
 from newsletter.services import (
+    board,
     bounces,
     erasure,
     issues,
     items,
     members,
     membership,
+    moderation,
     sending,
     votes,
 )
@@ -140,6 +142,7 @@ PAGES: tuple[DeskPage, ...] = (
     DeskPage("survey-new", "/desk/surveys/new"),
     DeskPage("survey-refused", "/desk/surveys/new", act=refused_survey),
     DeskPage("survey", "/desk/surveys/{survey}"),
+    DeskPage("board", "/desk/board"),
     DeskPage("members", "/desk/members"),
     DeskPage("members-refused", "/desk/members", act=add_refused),
     DeskPage("member", "/desk/members/{member}"),
@@ -227,6 +230,17 @@ def desk_site(
     ]
     written = [services.run(ACTOR, items.write, d) for d in drafts]
     services.run(ACTOR, items.hold, written[-1].guid)
+    # The board's queue: a new member's held first post, a message three members reported,
+    # and a member blocked for a week.
+    post = "Has anyone pledged a **patent portfolio** as collateral? We are looking at it."
+    services.run(ACTOR, board.post, 1, 0, post, ip="192.0.2.1")
+    services.run(ACTOR, board.post, 2, 0, "Cheap watches: https://example.org/watches", ip="")
+    services.run(ACTOR, moderation.approve, 2)
+    for reporter, why in ((3, "Selling counterfeits"), (4, ""), (5, "Spam")):
+        services.run(ACTOR, board.report, reporter, 0, 2, why)
+    services.run(
+        ACTOR, moderation.block, 4, "Links to counterfeit goods", NOW + dt.timedelta(days=7)
+    )
     services.run(
         ACTOR,
         membership.edit_member,

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page
 from newsletter.content import compiler
 from tests.browser import browser  # noqa: F401
 from tests.checks import seed_titles
-from tests.demo import POSTAL, demo_compiled, demo_settings, mailed_html
+from tests.demo import BOARD_SECTION, POSTAL, demo_compiled, demo_settings, mailed_html
 
 Scheme = Literal["light", "dark"]
 
@@ -70,6 +70,7 @@ def test_the_demo_issue_holds_at_375_px_without_style_and_at_600_as_before(
 ) -> None:
     from tests.browser import _handoff
 
+    assert BOARD_SECTION in demo_html  # the widest parts of an issue are all there
     shots = shots_dir(tmp_path)
     _handoff.resume()
     pages: list[Page] = []

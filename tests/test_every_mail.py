@@ -18,12 +18,14 @@ from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.delivery.mailer import Mailer
-from newsletter.services import issues, members, preferences
+from newsletter.services import board, issues, members, moderation, preferences, signin
 from newsletter.storage import db
+from newsletter.storage.models import Member
 from tests import steps
 from tests.checks import defects, parse
 from tests.conftest import make_settings
@@ -83,13 +85,51 @@ def change_address(site: Site) -> list[Received]:
     return site.received_since(start)
 
 
-# Each kind of mail the project sends. A kind added elsewhere (a sign-in link, a reply notice)
-# is one more line here, with the function that makes the project send it.
+def ask_to_sign_in(site: Site) -> list[Received]:
+    """王芳, who reads Chinese, asks for a link to the members' board."""
+    start = site.smtp.count()
+    steps.import_csv(site.sessions, site.folder / "subscribers" / "example.csv")
+    services = steps.services(site.settings, site.sessions)
+    asked = services.run("web", signin.request_link, "wang.fang@example.org", ip="192.0.2.7")
+    assert asked.mail_id is not None
+    site.drain()
+    return site.received_since(start)
+
+
+def reply_on_the_board(site: Site) -> list[Received]:
+    """Li Wei replies to 王芳's thread (each first post approved by an editor): she is told,
+    in Chinese, with a List-Unsubscribe that stops reply notices."""
+    start = site.smtp.count()
+    steps.import_csv(site.sessions, site.folder / "subscribers" / "example.csv")
+    services = steps.services(site.settings, site.sessions)
+    with site.sessions() as session:
+        ids = {email: id_ for email, id_ in session.execute(select(Member.email, Member.id))}
+    wang, li = ids["wang.fang@example.org"], ids["li.wei@example.org"]
+    services.run(f"member:{wang}", board.post, wang, 0, "Who has filed in Shenzhen?", ip="")
+    thread = services.read(moderation.queue).waiting[0].id
+    services.run("cli:editor", moderation.approve, thread)
+    services.run(
+        f"member:{li}", board.post, li, 0, "We did, last **May**.", parent_id=thread, ip=""
+    )
+    reply = services.read(moderation.queue).waiting[0].id
+    services.run("cli:editor", moderation.approve, reply)
+    site.drain()
+    received = site.received_since(start)
+    assert [parse(m.data)["List-Unsubscribe-Post"] for m in received] == [
+        "List-Unsubscribe=One-Click"
+    ]
+    return received
+
+
+# Each kind of mail the project sends. A kind added elsewhere is one more line here, with the
+# function that makes the project send it.
 KINDS: dict[str, Callable[[Site], list[Received]]] = {
     "issue": send_issue,
     "confirmation": sign_up,
     "test send": send_test_copy,
     "address change": change_address,
+    "board sign-in": ask_to_sign_in,
+    "reply notice": reply_on_the_board,
 }
 
 

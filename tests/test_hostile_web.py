@@ -259,7 +259,16 @@ KNOWN = (
     "/search",
     "/survey/",
     "/subscribe",
+    "/board",
+    "/board/",
+    "/board/1/",
+    "/signin",
+    "/signout",
+    "/s/",
+    "/b/",
+    "/n/",
     "/desk",
+    "/desk/board/",
     "/desk/login",
     "/desk/issues/1/",
     "/desk/surveys?survey_id=",
@@ -396,6 +405,13 @@ def send(client: TestClient, req: Req) -> httpx.Response:
 @example(req=Req("GET", "/archive/99999999999999999999"))
 @example(req=Req("HEAD", "/survey/4294967296"))
 @example(req=Req("GET", "/search?q=%00%FF"))
+@example(req=Req("POST", "/board", b"body=x&csrf=y", "application/x-www-form-urlencoded"))
+@example(req=Req("POST", "/board/1/report", b"csrf=", "application/x-www-form-urlencoded"))
+@example(req=Req("GET", "/board/2147483648"))
+@example(req=Req("GET", "/board?page=%FF"))
+@example(req=Req("POST", "/signin", b"email=%FF", "application/x-www-form-urlencoded"))
+@example(req=Req("HEAD", "/s/x"))
+@example(req=Req("POST", "/n/x", ONE_CLICK, "application/x-www-form-urlencoded"))
 @example(req=Req("GET", "/desk/surveys?survey_id=%FF"))
 @example(req=Req("GET", "/x" * 5000))
 def test_every_answer_carries_the_security_headers(sent: Site, req: Req) -> None:

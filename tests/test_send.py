@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.content.variants import member_key
 from newsletter.errors import IssueTooLarge, MissingSecret, NothingToSend
+from newsletter.services import board, moderation
 from newsletter.storage.models import Delivery, Issue, IssueItem, Member, utcnow
 from newsletter.tokens import Signer
 from tests import steps as publish
@@ -102,6 +103,13 @@ def test_rendering_and_inlining_run_once_per_issue(
     (tmp_path / "many.csv").write_text("email,name\n" + rows)
     import_csv(sessions, tmp_path / "many.csv")
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))
+    # Approved messages on the board: the issue carries them, compiled with the rest.
+    services = publish.services(settings, sessions)
+    for member_id, body in ((1, "A thread on **pledge loans**"), (2, "A thread on customs")):
+        services.run("test", board.post, member_id, 0, body, ip="192.0.2.1")
+        services.run("test", moderation.approve, member_id)
+    services.run("test", board.post, 3, 0, "A reply", parent_id=1, ip="192.0.2.1")
+    services.run("test", moderation.approve, 3)
     calls: Counter[str] = Counter()
     transform, render = premailer.Premailer.transform, jinja2.Template.render
 
@@ -118,6 +126,11 @@ def test_rendering_and_inlining_run_once_per_issue(
     send(settings, sessions)
     assert len(smtp_server.messages) == 60
     assert calls == {"premailer": 1, "email/issue.html": 1, "email/issue.txt": 1, "subject": 1}
+    for received in smtp_server.messages:
+        _, text, html, _ = check_message(received.data)
+        for part in (text, html):
+            assert "From the members' board" in part
+            assert part.index("A thread on pledge loans") < part.index("A thread on customs")
 
 
 # Members spread over sections, languages and the survey: (address, language, sections, survey).
@@ -166,11 +179,18 @@ def test_each_member_gets_their_sections_in_their_language_compiled_once_per_var
         no_survey.variant_key = member_key("en", None, False)
     import_source(sessions, str(site / "examples" / "seed-feed.xml"))
     import_source(sessions, str(site / "examples" / "sections"))
+    # A thread with a reply on the board: every variant carries it, in its own language.
+    services = publish.services(settings, sessions)
+    services.run("test", board.post, 1, 0, "A thread on **pledge loans**", ip="192.0.2.1")
+    services.run("test", moderation.approve, 1)
+    services.run("test", board.post, 4, 0, "同意", parent_id=1, ip="192.0.2.1")
+    services.run("test", moderation.approve, 2)
     calls = count_compiles(monkeypatch)
     send(settings, sessions)
 
     # Distinct copies: the whole issue in English; two sections in English; the whole issue
-    # in Chinese; two other sections in Chinese; the whole issue without the survey.
+    # in Chinese; two other sections in Chinese; the whole issue without the survey. The
+    # board's section is rendered with each, in the same run.
     assert calls == {"premailer": 5, "email/issue.html": 5, "email/issue.txt": 5, "subject": 5}
     received = smtp_server.by_recipient()
     assert "nothing.new@example.org" not in received
@@ -183,9 +203,14 @@ def test_each_member_gets_their_sections_in_their_language_compiled_once_per_var
         html = msg.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
         chosen = [s for s in ALL_SECTIONS if not sections or s in sections.split(";")]
         heads = [line.strip("= ") for line in text.splitlines() if line.startswith("== ")]
-        assert heads == chosen + (
-            ["在线调查" if language.startswith("zh") else "Online survey"] if survey else []
+        chinese = language.startswith("zh")
+        assert heads == chosen + ["来自会员留言板" if chinese else "From the members' board"] + (
+            ["在线调查" if chinese else "Online survey"] if survey else []
         )
+        for part in (text, html):
+            assert "A thread on pledge loans" in part
+            assert ("1条回复" if chinese else "1 reply") in part
+            assert ("登录留言板参与回复" if chinese else "Sign in to the board to reply") in part
         assert bool(VOTE_LINK.findall(html)) == survey
         if language.startswith("zh"):
             assert msg["Subject"].startswith("中国知识产权 — 综合报告：")

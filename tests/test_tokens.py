@@ -147,10 +147,18 @@ def test_kinds_fit_their_byte_and_carry_their_values() -> None:
         "VIEW": 2,
         "CONFIRM": 1,
         "TRAP": 2,
+        "SIGNIN": 2,
+        "BOARD": 2,
+        "SESSION": 3,
+        "FORM": 2,
+        "NOTICES": 1,
         "CLICK": 3,
         "PREFERENCES": 2,
         "ADDRESS": 2,
     }
+    # No byte reused: the board's kinds are 6 to 10, the click's 11, the preference page's
+    # 20 and 21.
+    assert [int(kind) for kind in Kind] == [*range(1, 12), 20, 21]
     top = VALUE_LIMIT - 1
     assert len(SIGNER.make(Kind.VOTE, top, top, top, day=top)) == LONGEST
 

@@ -34,12 +34,14 @@ class ArchivePage:
         if member is None:
             values["name"] = "reader"
             values["unsubscribe"] = values["prefs"] = links.subscribe()
+            values["board"] = links.page("/board")
             for pos in self.vote_positions:
                 values[f"vote{pos}"] = links.survey(self.survey_id or 0)
             return values
         member_id, name = member
         values["name"] = html.escape(name or "reader", quote=False)
         values["unsubscribe"] = links.unsubscribe(member_id, issue)
+        values["board"] = links.board(member_id, issue)
         values["prefs"] = links.preferences(member_id, issue)
         for pos in self.vote_positions:
             values[f"vote{pos}"] = links.vote(self.survey_id or 0, member_id, pos)

@@ -60,6 +60,17 @@ class SurveyView:
 
 
 @dataclass(frozen=True, slots=True)
+class BoardPost:
+    """A thread an issue carries in "From the members' board"."""
+
+    id: int
+    name: str  # its author, as the board names them
+    excerpt: str  # the start of its text
+    replies: int
+    link: str  # the thread on the board
+
+
+@dataclass(frozen=True, slots=True)
 class Section:
     name: str
     items: tuple[ItemView, ...]
@@ -268,6 +279,7 @@ def compile_issue(
     shape: Shape | None = None,
     language: str | None = None,
     sections: Collection[str] | None = None,
+    board: Sequence[BoardPost] = (),
     links: tuple[str, ...] = (),
 ) -> Compiled:
     """Render, inline and make the text part of one issue (or of one variant: only the items of
@@ -280,7 +292,7 @@ def compile_issue(
     language = language or settings.list.language
     if sections is not None:
         items = [i for i in items if i.section in sections]
-    names = ("name", "view", "unsubscribe", "trap", "prefs")
+    names = ("name", "view", "unsubscribe", "trap", "prefs", "board")
     slots = {name: slot(nonce, name) for name in names}
     survey_view = None
     if survey is not None:
@@ -315,6 +327,7 @@ def compile_issue(
         "note_html": Markup(shape.note_html),  # sanitised by nh3 when it was saved
         "note_text": shape.note_text,
         "preheader": shape.preheader or default_preheader(items),
+        "board": tuple(board),
     }
     timings: dict[str, Any] = {}
     t0 = _clock()

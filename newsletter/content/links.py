@@ -82,3 +82,23 @@ class LinkBuilder:
         if self.signer is None:
             return self.page("/preview/confirm")
         return self.page(f"/c/{self.signer.make(Kind.CONFIRM, member_id)}")
+
+    def board(self, member_id: int, issue_id: int) -> str:
+        """The board link an issue carries: a page whose button signs the member in."""
+        if self.signer is None:
+            return self.page("/board")
+        return self.page(f"/b/{self.signer.make(Kind.BOARD, member_id, issue_id)}")
+
+    def signin(self, member_id: int, signin_id: int) -> str:
+        if self.signer is None:
+            return self.page("/signin")
+        return self.page(f"/s/{self.signer.make(Kind.SIGNIN, member_id, signin_id)}")
+
+    def notices(self, member_id: int) -> str:
+        """The page that stops a member's reply notices (and RFC 8058's one-click POST)."""
+        if self.signer is None:
+            return self.page("/board")
+        return self.page(f"/n/{self.signer.make(Kind.NOTICES, member_id)}")
+
+    def thread(self, message_id: int) -> str:
+        return self.page(f"/board/{message_id}")

@@ -169,6 +169,7 @@ class Personalizer:
         values["prefs"] = links.preferences(member, issue)
         values["view"] = links.view(issue, member)
         values["trap"] = links.trap(member, issue)
+        values["board"] = links.board(member, issue)
         survey_id = self.compiled.survey_id or 0
         for pos in self.compiled.vote_positions:
             values[f"vote{pos}"] = links.vote(survey_id, member, pos)

@@ -129,6 +129,7 @@ class Batcher:
         results: list[tuple[bool, Any]] = []
         with services.sessions.begin() as session, session.no_autoflush:
             now = services.clock()
+            session.info["now"] = now  # the batch's moment, for loaders that count back from it
             # What the batch will read, fetched a few queries for all rather than one each;
             # and no flush before each query: the batch's rows go out together at the end.
             calls: dict[Callable[..., Any], list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}

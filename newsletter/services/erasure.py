@@ -9,6 +9,9 @@ What an erasure removes, and why the rest stays:
   - link hits are folded into the daily counts (no member in them) and deleted;
   - system mail to the member or the address (the stored message holds both) is deleted;
   - the subscribe form's requests for the address are deleted;
+  - board messages keep their place with no text or network address (as a deletion leaves
+    them), and what the member wrote leaves the audit log's board entries; their reports,
+    sign-in links and board standing are deleted;
   - the audit log keeps who did what to member #ID and when, with the address, the name
     and the network addresses found above replaced by "[erased]" in its details.
 
@@ -100,6 +103,7 @@ class Erased:
     audit_redacted: int
     deliveries_redacted: int
     unsent_stopped: int
+    board_erased: int = 0
 
     @property
     def summary(self) -> str:
@@ -109,7 +113,8 @@ class Erased:
             f"folded into counts, {self.mail_deleted} system messages and "
             f"{self.signups_deleted} sign-up requests deleted, {self.audit_redacted} audit "
             f"entries and {self.deliveries_redacted} relay replies redacted, "
-            f"{self.unsent_stopped} unsent messages stopped"
+            f"{self.unsent_stopped} unsent messages stopped, "
+            f"{self.board_erased} board messages erased"
         )
 
 
@@ -132,6 +137,9 @@ def erase_member(unit: Unit, member_id: int, *, reason: str) -> Erased:
     folded = hits.fold_member(session, member.id)
     signups, ips = rows.forget_signups(session, address)
     secrets |= ips
+    board, board_ips = rows.forget_board(session, member.id)
+    secrets |= board_ips
+    rows.erase_board_words(session, member.id)
     kept, dropped = rows.unlink_votes(session, member.id)
     mail = rows.delete_mail(session, member.id, address)
     audited = rows.redact_audit(session, member.id, address, secrets)
@@ -140,7 +148,7 @@ def erase_member(unit: Unit, member_id: int, *, reason: str) -> Erased:
     member.email, member.name, member.attributes = f"erased:{member.id}", "", {}
     member.status, member.bounce_count, member.updated_at = MemberStatus.ERASED, 0, now
     member.unsubscribed_at = member.unsubscribed_at or now
-    done = Erased(member.id, kept, dropped, folded, mail, signups, audited, replies, stopped)
+    done = Erased(member.id, kept, dropped, folded, mail, signups, audited, replies, stopped, board)
     # The reason is the editor's text: it may quote the address, which must not come back.
     unit.audit(
         "erase-member",
@@ -149,6 +157,8 @@ def erase_member(unit: Unit, member_id: int, *, reason: str) -> Erased:
         + done.summary,
     )
     unit.after_commit(lambda: unit.services.changed("members"))
+    if board:
+        unit.after_commit(lambda: unit.services.changed("board"))
     return done
 
 

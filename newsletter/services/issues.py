@@ -19,7 +19,7 @@ from newsletter.content.personalize import Personalizer
 from newsletter.content.results import Results
 from newsletter.delivery.reasons import Reason, reason
 from newsletter.errors import NewsletterError, NothingToSend
-from newsletter.services import drafts, mail, surveys, variants, votes
+from newsletter.services import board, drafts, mail, surveys, variants, votes
 from newsletter.services.unit import (
     Actor,
     Permission,
@@ -225,6 +225,7 @@ def compile_next(unit: Unit, *, with_survey: bool = True) -> Compiled:
         previous=previous_results(unit),
         now=unit.now,
         shape=drafts.shape(unit),
+        board=board.for_issue(unit),
     )
 
 
@@ -265,7 +266,12 @@ def release_next(
     if not items:
         raise NothingToSend("no new items since the last issue: nothing to send")
     plan = variants.compile_all(
-        unit, items, survey, previous=previous_results(unit), shape=drafts.shape(unit)
+        unit,
+        items,
+        survey,
+        previous=previous_results(unit),
+        shape=drafts.shape(unit),
+        board=board.for_issue(unit),
     )
     compiled = plan.own
     issue = rows.add(

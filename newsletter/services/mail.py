@@ -82,6 +82,7 @@ def queue_system_mail(
     member_id: int | None = None,
     signup_id: int | None = None,
     retry_hours: float = RETRY_HOURS,
+    headers: Mapping[str, str] | None = None,
 ) -> int:
     """Queue one system message (a confirmation, a sign-in link, a notice): every kind goes
     through here, so each has the same headers, layout and delivery.
@@ -92,7 +93,8 @@ def queue_system_mail(
     domain, Auto-Submitted: auto-generated, quoted-printable text and HTML parts) and queues
     it; the mailer sends it through the relays with retries, DKIM-signed when [dkim] is set.
     `language` (a member's) picks the templates' catalog and the list's name; `subject` is
-    given already in it. Returns the queued message's id.
+    given already in it. `headers`: fields of the kind's own (a notice's List-Unsubscribe),
+    after Reply-To. Returns the queued message's id.
     """
     settings = unit.settings
     lst = settings.list
@@ -117,7 +119,7 @@ def queue_system_mail(
         text=env.get_template(f"email/{template}.txt").render(values),
         html=env.get_template(f"email/{template}.html").render(values),
         now=unit.now,
-        headers={"Reply-To": lst.reply_to} if lst.reply_to else None,
+        headers={**({"Reply-To": lst.reply_to} if lst.reply_to else {}), **(headers or {})},
     )
     row = queue(
         unit,

@@ -47,6 +47,7 @@ class Permission(StrEnum):
     SEND = "send"  # release, schedule, pause, resume, cancel, retry
     MEMBERS = "members"  # add, edit, unsubscribe, erase, import, export members
     SURVEYS = "surveys"  # make, open and close surveys
+    MODERATE = "moderate"  # approve, hide and delete board messages; block members from posting
 
 
 class Role(StrEnum):
@@ -188,8 +189,13 @@ class Unit:
         self.effects.append(effect)
 
     def write(self) -> None:
-        """Write the rows collected so far (hits, audit entries) into the transaction."""
+        """Write the rows collected so far (rows storage staged in the session, hits, audit
+        entries) into the transaction."""
         self.session.flush()
+        # Storage functions may stage rows to insert with one statement for a whole batch:
+        # each registers its writer under a name in session.info["staged"].
+        for write_staged in self.session.info.pop("staged", {}).values():
+            write_staged(self.session)
         hit_rows.add(self.session, self.hits)
         audit_rows.add(self.session, self.audits)
         self.hits, self.audits = [], []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from newsletter.config import Settings
 from newsletter.content import compiler
-from newsletter.content.compiler import Compiled, ItemView, Shape
+from newsletter.content.compiler import BoardPost, Compiled, ItemView, Shape
 from newsletter.content.results import Results
 from newsletter.content.variants import Choice, Variant, effective, full, read_sections
 from newsletter.services.unit import Unit
@@ -77,8 +77,10 @@ def compile_all(
     *,
     previous: Results | None,
     shape: Shape,
+    board: Sequence[BoardPost] = (),
 ) -> Plan:
-    """Compile the issue's own copy and each other distinct variant its audience has."""
+    """Compile the issue's own copy and each other distinct variant its audience has. The
+    board's threads (read once) go into every variant, laid out in its language."""
     settings = unit.settings
     present = present_sections(settings, items)
     shows_survey = survey is not None or previous is not None
@@ -107,6 +109,7 @@ def compile_all(
             shape=shape,
             language=variant.language,
             sections=variant.sections,
+            board=board,
             links=links,
         )
 

@@ -12,6 +12,11 @@ from sqlalchemy.orm import Session
 
 from newsletter.storage.models import (
     AuditEntry,
+    BoardMember,
+    BoardMessage,
+    BoardReport,
+    BoardSignin,
+    BoardStatus,
     Delivery,
     SignupRequest,
     Suppression,
@@ -67,6 +72,51 @@ def forget_signups(session: Session, address: str) -> tuple[int, set[str]]:
     }
     result = session.execute(delete(SignupRequest).where(SignupRequest.email == address))
     return _count(result), ips
+
+
+def forget_board(session: Session, member_id: int) -> tuple[int, set[str]]:
+    """The member's board messages keep their place (replies, others' reports and the audit
+    log name them) without their text or network address, as a deletion leaves them; their
+    reports, sign-in links and board standing are deleted. Returns (messages erased, the
+    network addresses found, to be redacted from the audit log too)."""
+    ips = {
+        str(ip)
+        for table in (BoardMessage, BoardSignin)
+        for ip in session.scalars(
+            select(table.ip).where(table.member_id == member_id, table.ip != "")
+        )
+    }
+    erased = _count(
+        session.execute(
+            update(BoardMessage)
+            .where(BoardMessage.member_id == member_id)
+            .values(status=BoardStatus.DELETED, body_md="", body_html="", body_text="", ip="")
+        )
+    )
+    for table in (BoardReport, BoardSignin, BoardMember):
+        session.execute(delete(table).where(table.member_id == member_id))
+    # The batch caches of the board's people and standing must not hand the old rows back.
+    session.info.pop("board_people", None)
+    session.info.pop("board_standing", None)
+    return erased, ips
+
+
+# The member's own words in the audit log: a post's or an edit's excerpt, a report's reason.
+_WORDS_IN_DETAIL = ("board-post", "board-edit", "board-report")
+
+
+def erase_board_words(session: Session, member_id: int) -> int:
+    """The member's board entries keep what they did (a new thread, message #N, its reports)
+    and lose what they wrote, which follows the first colon of the detail."""
+    found = session.scalars(
+        select(AuditEntry).where(
+            AuditEntry.member_id == member_id, AuditEntry.action.in_(_WORDS_IN_DETAIL)
+        )
+    ).all()
+    for entry in found:
+        head, colon, _ = entry.detail.partition(":")
+        entry.detail = f"{head}: {ERASED}" if colon else entry.detail
+    return len(found)
 
 
 def _redactor(secrets: Collection[str]) -> re.Pattern[str] | None:

@@ -530,6 +530,96 @@ class SchedulerLease(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class BoardStatus(StrEnum):
+    """A board message: held (a new member's, waiting for an editor) → shown; shown →
+    reported (enough members reported it: off the board until an editor looks) → shown or
+    hidden; any → deleted (by its author or an editor; its text is gone)."""
+
+    HELD = "held"
+    SHOWN = "shown"
+    REPORTED = "reported"
+    HIDDEN = "hidden"
+    DELETED = "deleted"
+
+
+class BoardMessage(Base):
+    """A message on the members' board: a thread's first message, or a reply to one (one level)."""
+
+    __tablename__ = "board_messages"
+    __table_args__ = (
+        # The board's pages: threads (no parent) by status, newest first; replies by thread.
+        Index("ix_board_messages_parent_status", "parent_id", "status", "created_at"),
+        # The rate limits count a member's and an address's recent posts.
+        Index("ix_board_messages_member_created", "member_id", "created_at"),
+        Index("ix_board_messages_ip_created", "ip", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("board_messages.id", ondelete="CASCADE"), nullable=True
+    )
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    status: Mapped[BoardStatus] = mapped_column(StatusType(BoardStatus), index=True)
+    body_md: Mapped[str] = mapped_column(Text, default="")  # as the member wrote it
+    body_html: Mapped[str] = mapped_column(Text, default="")  # rendered and sanitised (nh3)
+    body_text: Mapped[str] = mapped_column(Text, default="")  # for mail, the digest and search
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    edited_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When it first went on the board (at once, or when an editor approved it): the digest
+    # takes the messages approved since the last issue.
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A thread's last reply notice to its author: at most one a day.
+    notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BoardReport(Base):
+    """One member's report of one message (a member reports a message once)."""
+
+    __tablename__ = "board_reports"
+
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("board_messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("members.id", ondelete="CASCADE"), primary_key=True
+    )
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class BoardMember(Base):
+    """A member's standing on the board, made when first needed: the session generation
+    (raised by "sign out everywhere"), a block from posting, and reply notices on or off."""
+
+    __tablename__ = "board_members"
+
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("members.id", ondelete="CASCADE"), primary_key=True
+    )
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    blocked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    blocked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    block_reason: Mapped[str] = mapped_column(String(500), default="")
+    notices: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class BoardSignin(Base):
+    """A sign-in link sent by email: valid for minutes, and once (`used_at`)."""
+
+    __tablename__ = "board_signins"
+    __table_args__ = (
+        Index("ix_board_signins_member_created", "member_id", "created_at"),
+        Index("ix_board_signins_ip_created", "ip", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class BounceKind(StrEnum):
     """What came back for one member: a hard bounce (failed, 5.x.x), a soft one (failed with a
     4.x.x status), a warning (delayed: counts nothing), a complaint (ARF: unsubscribes)."""

@@ -1,4 +1,4 @@
-"""Article search over items: SQLite FTS5 or PostgreSQL full-text, ranked, with highlighted snippets."""
+"""Search over items and board messages: SQLite FTS5 or PostgreSQL full-text, ranked, highlighted."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 # The objects migration 0003 makes and the ORM models do not know about.
 FTS_TABLE = "items_fts"  # SQLite: FTS5 table; its shadow tables are items_fts_*
 PG_INDEX = "ix_items_fts"  # PostgreSQL: GIN expression index on items
+BOARD_FTS_TABLE = "board_fts"  # the same for board messages (migration 0012_board)
+BOARD_PG_INDEX = "ix_board_fts"
 
 MAX_QUERY_CHARS = 500  # longer input is cut: a search box needs no more
 MAX_TERMS = 16  # more words than this are dropped: each one costs an index lookup
@@ -130,6 +132,85 @@ def search(session: Session, query: str, *, limit: int = 20, public_only: bool =
     ]
 
 
+# Board messages the board shows: shown, in a thread whose first message is shown
+# (storage/board.py's rule).
+_VISIBLE = (
+    "SELECT m.id FROM board_messages AS m LEFT JOIN board_messages AS p ON p.id = m.parent_id "
+    "WHERE m.status = 'shown' AND (m.parent_id IS NULL OR p.status = 'shown')"
+)
+_BOARD_SQLITE = text(
+    f"""
+    SELECT m.id, coalesce(m.parent_id, m.id) AS thread_id, mem.name, f.snip, -f.rank AS rank
+    FROM (
+        SELECT rowid AS id, bm25({BOARD_FTS_TABLE}) AS rank,
+               snippet({BOARD_FTS_TABLE}, 0, char(2), char(3), '…', 24) AS snip
+        FROM {BOARD_FTS_TABLE}
+        WHERE {BOARD_FTS_TABLE} MATCH :q AND rowid IN ({_VISIBLE})
+        ORDER BY rank, rowid DESC
+        LIMIT :n
+    ) AS f
+    JOIN board_messages AS m ON m.id = f.id
+    JOIN members AS mem ON mem.id = m.member_id
+    ORDER BY f.rank, m.id DESC
+    """
+)
+# The WHERE expression and status condition are migration 0012_board's partial index's, word
+# for word. (SQLite's index holds shown messages only; so does this one.)
+_BOARD_POSTGRES = text(
+    f"""
+    WITH hits AS (
+        SELECT b.id, q.query,
+               ts_rank(to_tsvector('simple', coalesce(b.body_text, '')), q.query) AS rank
+        FROM board_messages AS b, websearch_to_tsquery('simple', :q) AS q(query)
+        WHERE to_tsvector('simple', coalesce(body_text, '')) @@ q.query AND status = 'shown'
+              AND b.id IN ({_VISIBLE})
+        ORDER BY rank DESC, b.id DESC
+        LIMIT :n
+    )
+    SELECT m.id, coalesce(m.parent_id, m.id) AS thread_id, mem.name,
+           ts_headline('simple', m.body_text, h.query, :options) AS snip, h.rank
+    FROM hits AS h
+    JOIN board_messages AS m ON m.id = h.id
+    JOIN members AS mem ON mem.id = m.member_id
+    ORDER BY h.rank DESC, m.id DESC
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BoardHit:
+    message_id: int
+    thread_id: int
+    name: str  # the author's name as stored ("" when they gave none)
+    snippet_html: str  # escaped text, <mark>…</mark> around matches
+    rank: float
+
+
+def search_board(session: Session, query: str, *, limit: int = 20) -> list[BoardHit]:
+    """Board messages the board shows that match every word of `query`, best first."""
+    query = _clean(query)
+    terms = words(query)[:MAX_TERMS]
+    limit = min(limit, MAX_LIMIT)
+    if not terms or limit < 1:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            _BOARD_POSTGRES, {"q": query, "n": limit, "options": _HEADLINE_OPTIONS}
+        )
+    else:
+        rows = session.execute(_BOARD_SQLITE, {"q": fts5_query(terms), "n": limit})
+    return [
+        BoardHit(
+            message_id=int(row.id),
+            thread_id=int(row.thread_id),
+            name=str(row.name or ""),
+            snippet_html=highlight(str(row.snip or "")),
+            rank=float(row.rank) if row.rank is not None else 0.0,
+        )
+        for row in rows
+    ]
+
+
 def _clean(query: str) -> str:
     """NFKC form, cut to MAX_QUERY_CHARS; control characters (NUL!) and lone surrogates → space."""
     query = unicodedata.normalize("NFKC", query[: MAX_QUERY_CHARS * 2])[:MAX_QUERY_CHARS]
@@ -193,7 +274,7 @@ def _split_markers(value: str) -> list[str]:
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
     """Alembic include_name filter: leave the search objects out of autogenerate comparisons."""
     if type_ == "table" and name is not None:
-        return name != FTS_TABLE and not name.startswith(FTS_TABLE + "_")
+        return not any(name == t or name.startswith(t + "_") for t in (FTS_TABLE, BOARD_FTS_TABLE))
     if type_ == "index":
-        return name != PG_INDEX
+        return name not in (PG_INDEX, BOARD_PG_INDEX)
     return True

@@ -33,6 +33,7 @@ from newsletter.site import defaults_dir
 from newsletter.storage import db
 from newsletter.storage.models import utcnow
 from newsletter.web.api import api_app
+from newsletter.web.board import BoardPages
 from newsletter.web.desk import Desk
 from newsletter.web.feed import feed_route
 from newsletter.web.hooks import Hooks
@@ -41,6 +42,7 @@ from newsletter.web.members import MemberPages
 from newsletter.web.pages import Pages, SecurityHeaders, json_error
 from newsletter.web.preferences import PreferencePages
 from newsletter.web.redirects import Redirects
+from newsletter.web.signin import SigninPages
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +197,16 @@ def create_app(
         names=settings.list.name_in,
     )
     jobs = Jobs(gateway)
-    member_pages = MemberPages(services, gateway, pages)
+    signins = SigninPages(services, gateway, pages)
+    board_pages = BoardPages(services, gateway, pages, signins)
+    member_pages = MemberPages(services, gateway, pages, viewer=signins.viewer)
     preference_pages = PreferencePages(services, gateway, pages)
     desk = Desk(gateway, pages, jobs)
     app = Starlette(
         routes=[
             *member_pages.routes(),
+            *signins.routes(),
+            *board_pages.routes(),
             *Redirects(gateway, pages).routes(),
             *preference_pages.routes(),
             feed_route(gateway, settings.list.name, settings.list.base_url.rstrip("/")),

@@ -1,4 +1,4 @@
-"""The desk's sessions: signed, HttpOnly cookies, per-session CSRF tokens, signed notices."""
+"""Sessions: the desk's (signed cookies, CSRF tokens, signed notices) and members' on the board."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from newsletter.config import Settings
+from newsletter.errors import TokenError
 from newsletter.services.unit import Actor, Role
+from newsletter.tokens import Kind, Signer
 
 COOKIE = "desk_session"
 SESSION_SECONDS = 12 * 3600
@@ -90,3 +93,78 @@ class DeskAuth:
         if text and _same(sig, self._sign(b"notice", f"{kind}:{text}".encode())):
             return text, kind
         return "", ""
+
+
+# --- members' sessions on the board ------------------------------------------------------------
+
+MEMBER_COOKIE = "member_session"
+MAX_ID = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSession:
+    """What a member's session cookie says: who, in which generation (a "sign out everywhere"
+    starts a new one), and the session's own random number (its forms' CSRF tokens name it)."""
+
+    member_id: int
+    generation: int
+    sid: int
+
+
+class MemberAuth:
+    """Members' session cookies and their forms' CSRF tokens, both signed tokens (tokens.py:
+    SESSION and FORM), so keys rotate as every link's do. The cookie is HttpOnly, SameSite=Lax
+    (a link from elsewhere still arrives signed in; a form posted from elsewhere does not) and
+    Secure when the site is served over https."""
+
+    def __init__(self, settings: Settings, signer: Signer) -> None:
+        self.signer = signer
+        self.days = settings.board.session_days
+        self.secure = settings.list.base_url.startswith("https://")
+
+    def new(self, member_id: int, generation: int) -> str:
+        """A new session's cookie value."""
+        return self.signer.make(Kind.SESSION, member_id, generation, secrets.randbits(62))
+
+    def session(self, request: Request) -> MemberSession | None:
+        """The session the request's cookie names (not yet checked against the database)."""
+        token = request.cookies.get(MEMBER_COOKIE, "")
+        if not token:
+            return None
+        try:
+            member_id, generation, sid = self.signer.check(
+                token, Kind.SESSION, max_age_days=self.days
+            )
+        except TokenError:
+            return None
+        if member_id > MAX_ID or generation > MAX_ID:
+            return None
+        return MemberSession(member_id, generation, sid)
+
+    def csrf(self, session: MemberSession) -> str:
+        return self.signer.make(Kind.FORM, session.member_id, session.sid)
+
+    def csrf_ok(self, session: MemberSession, token: object) -> bool:
+        if not isinstance(token, str):
+            return False
+        try:
+            values = self.signer.check(token, Kind.FORM, max_age_days=self.days)
+        except TokenError:
+            return False
+        return values == (session.member_id, session.sid)
+
+    def set(self, response: Response, value: str) -> None:
+        response.set_cookie(
+            MEMBER_COOKIE,
+            value,
+            max_age=self.days * 86400,
+            path="/",
+            httponly=True,
+            samesite="lax",
+            secure=self.secure,
+        )
+
+    def clear(self, response: Response) -> None:
+        response.delete_cookie(
+            MEMBER_COOKIE, path="/", httponly=True, samesite="lax", secure=self.secure
+        )

@@ -1,4 +1,4 @@
-"""Member pages: votes, unsubscribe, subscribe with double opt-in, archive and search.
+"""Member pages: votes, unsubscribe, subscribe with double opt-in, archive and search (with the board).
 
 Nothing here changes state on a plain GET or HEAD: those only show a page and record the
 hit as evidence (docs/votes.md). Votes wait for evidence that a person clicked; unsubscribe
@@ -29,7 +29,7 @@ from newsletter.content.addresses import clean_name, normalize_address
 from newsletter.content.archive import ArchivePage
 from newsletter.content.results import Results
 from newsletter.errors import NewsletterError, TokenError
-from newsletter.services import evidence, issues, members, votes
+from newsletter.services import board, evidence, issues, members, votes
 from newsletter.services.boundary import Gateway
 from newsletter.services.unit import Services
 from newsletter.storage.models import MemberStatus
@@ -117,8 +117,17 @@ class TTLCache:
 class MemberPages:
     """The member-facing routes of one site."""
 
-    def __init__(self, services: Services, gateway: Gateway, pages: Pages) -> None:
+    def __init__(
+        self,
+        services: Services,
+        gateway: Gateway,
+        pages: Pages,
+        *,
+        viewer: Callable[[Request], Awaitable[object | None]] | None = None,
+    ) -> None:
         self.services = services
+        # Who is signed in to the board (web/signin.py), for search's board hits.
+        self.viewer = viewer
         self.gateway = gateway
         self.pages = pages
         self.signer = services.signer
@@ -139,6 +148,8 @@ class MemberPages:
             self.vote_pages.clear()
         elif what == "issues":
             self.archive_cache.drop()
+        elif what == "board":
+            self.search_cache.drop()
 
     def routes(self) -> list[Route]:
         read = ["GET", "HEAD"]
@@ -509,16 +520,28 @@ class MemberPages:
                     page = await self._issue_page(issue_id, variant) or page
         return HTMLResponse(page.render(member), headers=security_headers(CSP_ISSUE))
 
+    async def _board_visible(self, request: Request) -> bool:
+        """Board messages are found by anyone when the board is public, else by members."""
+        if self.services.settings.board.read == "public":
+            return True
+        return self.viewer is not None and await self.viewer(request) is not None
+
     async def search(self, request: Request) -> Response:
         q = request.query_params.get("q", "")[:200]
         hits: list[Any] = []
+        board_hits: list[Any] = []
         if q.strip():
 
             async def compute() -> list[Any]:
                 return await self.gateway.read(issues.search_archive, q)
 
+            async def compute_board() -> list[Any]:
+                return await self.gateway.read(board.search_board, q)
+
             hits = await self.search_cache.get(q.strip(), compute)
-        return self.pages.page("search.html", q=q, hits=hits)
+            if await self._board_visible(request):
+                board_hits = await self.search_cache.get(("board", q.strip()), compute_board)
+        return self.pages.page("search.html", q=q, hits=hits, board_hits=board_hits)
 
 
 __all__ = ["MemberPages", "client_ip"]

@@ -8,6 +8,8 @@ from typing import Any
 from jinja2 import Environment
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from newsletter import i18n
+
 # Pages load nothing from elsewhere and run only our own script; forms post only here.
 CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
@@ -98,8 +100,14 @@ class Pages:
             headers=security_headers(csp),
         )
 
-    def message(self, title: str, text: str, status: int = 200) -> HTMLResponse:
-        return self.page("message.html", status, title=title, text=text)
+    def message(
+        self, title: str, text: str, status: int = 200, language: str | None = None
+    ) -> HTMLResponse:
+        """A page of one title and one paragraph; with `language`, both are message ids (or
+        i18n.Said) said in it."""
+        if language is not None:
+            title, text = i18n.say(language, title), i18n.say(language, text)
+        return self.page("message.html", status, language=language, title=title, text=text)
 
     def bad_link(self, reason: str) -> HTMLResponse:
         return self.message("This link does not work", f"{reason}. Nothing was recorded.", 400)

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from newsletter.services.boundary import Gateway
 from newsletter.web.desk.base import DeskBase
+from newsletter.web.desk.board import BoardPages
 from newsletter.web.desk.editorial import EditorialPages
 from newsletter.web.desk.issues import IssuePages
 from newsletter.web.desk.people import MemberPages
@@ -29,6 +30,7 @@ class Desk(DeskBase):
         self.editorial = EditorialPages(self)
         self.people = MemberPages(self)
         self.surveys = SurveyPages(self)
+        self.board = BoardPages(self)
 
     def routes(self) -> list[Route]:
         return [
@@ -37,6 +39,7 @@ class Desk(DeskBase):
             *self.editorial.routes(),
             *self.people.routes(),
             *self.surveys.routes(),
+            *self.board.routes(),
         ]
 
 
