@@ -21,7 +21,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from newsletter.storage import db
-from newsletter.storage.models import Delivery, DeliveryStatus, Issue, utcnow
+from newsletter.storage.models import AuditEntry, Delivery, DeliveryStatus, Issue, utcnow
 from newsletter.web.app import create_app
 from tests.browser import browser, live_server, page  # noqa: F401
 from tests.smtpd import RecordingHandler
@@ -182,4 +182,31 @@ def test_an_editor_writes_shapes_schedules_and_mends_an_issue(
         with sessions() as s:
             row = s.scalars(select(Delivery).where(Delivery.status == DeliveryStatus.FAILED)).all()
             assert row == []
+        # The audit log: a row for each of the editor's actions above, in order, with its
+        # detail, and the scheduled release by the scheduler.
+        with sessions() as s:
+            log = [
+                (a.actor, a.action, a.detail)
+                for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))
+                if a.actor != "test"
+            ]
+    assert [(actor, action) for actor, action, _ in log] == [
+        (EDITOR, "login"),
+        (EDITOR, "write-item"),
+        (EDITOR, "edit-draft"),
+        (EDITOR, "reorder-items"),
+        (EDITOR, "hold-item"),
+        (EDITOR, "test-send"),
+        (EDITOR, "schedule"),
+        ("scheduler:send-at", "release"),
+        (EDITOR, "retry"),
+    ]
+    details = {action: detail for _, action, detail in log}
+    assert WRITTEN in details["write-item"]
+    assert "subject" in details["edit-draft"]
+    assert "note" in details["edit-draft"]
+    assert HELD in details["hold-item"]
+    assert "proof@example.org" in details["test-send"]
+    assert f"{at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" in details["schedule"]
+    assert details["retry"] == "1 failed deliveries queued again"
     sessions.kw["bind"].dispose()

@@ -386,7 +386,7 @@ def test_readme_using_it_works_line_by_line_in_a_fresh_shell(built: Built, tmp_p
     assert "ada@example.org" in eml.read_text(encoding="utf-8")
 
 
-def test_compose_runs_postgresql_serve_and_a_worker_from_the_image() -> None:
+def test_compose_describes_postgresql_serve_and_a_worker_from_the_image() -> None:
     text = (REPO / "compose.yaml").read_text(encoding="utf-8")
     services = yaml.safe_load(text)["services"]
     assert set(services) == {"db", "web", "worker"}
@@ -405,7 +405,7 @@ def test_compose_runs_postgresql_serve_and_a_worker_from_the_image() -> None:
     assert "command" not in services["web"]  # the image's CMD: serve
     assert cmd[:2] == ["newsletter", "serve"]
     assert services["worker"]["command"] == ["newsletter", "worker"]
-    # The bounce receiver, for when it exists: present, commented out.
+    # The bounce receiver: present, commented out (it needs the relay pointed at it).
     assert re.search(
         r'^  # bounces:\n(  #.*\n)*  #   command: \["newsletter", "bounces", "serve"', text, re.M
     )

@@ -9,6 +9,7 @@ at most 78. An issue's is laid out once with its member slots open and filled pe
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email.utils
 import re
@@ -21,15 +22,42 @@ from newsletter.errors import HeaderError
 
 CRLF = "\r\n"
 _HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
+
+
+# An encoded-word is at most 75 characters (RFC 2047 §2): "=?utf-8?b?" and "?=" leave 63 for
+# base64, which carries 45 bytes. "To: " and a word of 72 fit a 78-character line.
+_WORD_BYTES = 45
+
+
+def encoded_words(text: str) -> str:
+    """Text as RFC 2047 "B" encoded-words in UTF-8, folded one word a line (CRLF, space):
+    each word at most 75 characters and cut between characters, never inside one. The same
+    words email.header.Header writes for a short phrase, without its per-call set-up (a To
+    field is made for every message of an issue)."""
+    data = text.encode()
+    if len(data) <= _WORD_BYTES:
+        return f"=?utf-8?b?{base64.b64encode(data).decode('ascii')}?="
+    words: list[str] = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # a continuation byte: back off
+            end -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[start:end]).decode('ascii')}?=")
+        start = end
+    return (CRLF + " ").join(words)
 
 
 def encode_phrase(text: str, header_name: str) -> str:
     """A display name or phrase for a header: RFC 2047 encoded-words when it is not ASCII."""
     if _HEADER_UNSAFE.search(text):
         raise HeaderError(header_name, text)
-    if text.isascii():
-        return email.utils.quote(text) if re.search(r'[()<>\[\]:;@\\,."]', text) else text
-    return Header(text, "utf-8", header_name=header_name).encode(linesep=CRLF)
+    # ASCII as it is, quoted where a special would end the phrase (RFC 5322 §3.2.3); encoded
+    # when it is not ASCII, or when readers would take it for an encoded-word.
+    if text.isascii() and "=?" not in text:
+        return f'"{email.utils.quote(text)}"' if _SPECIALS.search(text) else text
+    return encoded_words(text)
 
 
 def format_address(name: str, address: str, header_name: str) -> str:
@@ -37,11 +65,6 @@ def format_address(name: str, address: str, header_name: str) -> str:
         raise HeaderError(header_name, address)
     if not name:
         return address
-    if name.isascii():
-        formatted = email.utils.formataddr((name, address))
-        if _HEADER_UNSAFE.search(formatted):
-            raise HeaderError(header_name, name)
-        return formatted
     return f"{encode_phrase(name, header_name)} <{address}>"
 
 

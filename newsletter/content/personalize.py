@@ -198,9 +198,10 @@ class Personalizer:
                     value = f"<{value}>" if len(value) <= _LINK_ROOM else f"{CRLF} <{value}>"
                 out.append(value.encode())
                 continue
-            data = encoded.get(name)
-            if data is None:  # a link is in both parts, some twice: encoded once
-                data = encoded[name] = qp.value(v[name])
+            text = v[name]
+            data = encoded.get(text)
+            if data is None:  # a link is in both parts, some twice, under two names: encoded once
+                data = encoded[text] = qp.value(text)
             out.append(data)
         return v["msgid"], out
 
