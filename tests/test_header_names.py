@@ -17,12 +17,9 @@ ADDRESS = "member@example.org"
 # Names as members type them: any script, but no control characters (the import refuses line
 # breaks; a header cannot hold the others) and no runs or ends of white space, which a display
 # name does not keep.
-NAME = st.text(
-    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Zs")), min_size=1, max_size=80
-) | st.lists(
-    st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Zs")), min_size=1),
-    min_size=2,
-    max_size=6,
+LETTERS = st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Zs"))
+NAME = st.text(LETTERS, min_size=1, max_size=80) | st.lists(
+    st.text(LETTERS, min_size=1), min_size=2, max_size=6
 ).map(" ".join)
 
 

@@ -36,8 +36,6 @@ def encoded_words(text: str) -> str:
     words email.header.Header writes for a short phrase, without its per-call set-up (a To
     field is made for every message of an issue)."""
     data = text.encode()
-    if len(data) <= _WORD_BYTES:
-        return f"=?utf-8?b?{base64.b64encode(data).decode('ascii')}?="
     words: list[str] = []
     start = 0
     while start < len(data):
